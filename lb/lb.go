@@ -1,0 +1,77 @@
+// Package lb chooses which instance of an upstream service gets the next request or
+// connection.
+//
+// Data flows one way: discovery hands a Balancer the current []Endpoint; the Balancer keeps a
+// long-lived *Host per endpoint (so passive health and load survive endpoint updates), builds
+// an immutable Picker over the hosts that are ready, and publishes it through an
+// atomic.Pointer. Pick never locks and never allocates. The proxy reports each attempt's
+// outcome back to the Host (Begin/Done), which drives the EWMA, least-request counts and
+// outlier ejection; when ejection changes which hosts are ready, the Balancer rebuilds the
+// picker.
+package lb
+
+import (
+	"errors"
+	"time"
+)
+
+// Endpoint is one instance of an upstream service, as discovery reports it. It is immutable
+// once handed to the Balancer.
+type Endpoint struct {
+	ID      string            // registry service ID, unique within the service
+	Address string            // host:port to dial: the instance's sidecar inbound listener
+	Weight  uint32            // relative weight from the registry (Weights.Passing); 0 means 1
+	Node    string            // registry node name, for display
+	Meta    map[string]string // service meta from the registry (protocol, metrics_port...)
+}
+
+// Key identifies an endpoint across updates: same key, same Host and health state.
+func (e Endpoint) Key() string { return e.ID + "@" + e.Address }
+
+// PickInfo is what a picker may use about the request being placed. It is passed by value
+// so that picking allocates nothing.
+type PickInfo struct {
+	// Hash is the request's consistent-hash key (from a header, a cookie or the source
+	// address, computed by the proxy). Only ring hash and maglev read it, and only when
+	// HasHash is set; without a key they fall back to a random host.
+	Hash    uint64
+	HasHash bool
+}
+
+// Picker is an immutable snapshot that chooses a host. Implementations must be safe for
+// concurrent use, must not block, and must not allocate.
+type Picker interface {
+	Pick(info PickInfo) (*Host, error)
+}
+
+// ErrNoHost is returned by Pick when no endpoint is available (none known, or all ejected
+// beyond what the max-ejection-percent allows to be skipped).
+var ErrNoHost = errors.New("lb: no healthy endpoint")
+
+// Policy names a load-balancing algorithm.
+type Policy string
+
+// The policies. LeastRequest (power of two choices weighted by latency EWMA) is the default.
+const (
+	RoundRobin   Policy = "round_robin"
+	Random       Policy = "random"
+	LeastRequest Policy = "least_request"
+	RingHash     Policy = "ring_hash"
+	Maglev       Policy = "maglev"
+)
+
+// Outcome classifies one finished attempt against a host, for passive health.
+type Outcome uint8
+
+// Outcomes. ConnectFailure and GatewayFailure (502/503/504 or a reset) and ServerError (any
+// other 5xx) count towards consecutive-failure ejection; Success resets the count.
+const (
+	Success Outcome = iota
+	ClientError
+	ServerError
+	GatewayFailure
+	ConnectFailure
+)
+
+// Clock returns the current time; tests substitute a fake.
+type Clock func() time.Time
