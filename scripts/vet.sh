@@ -24,6 +24,6 @@ rule time-after 'time.After in a loop keeps a timer per iteration alive until it
 rule net-parseip 'use net/netip (netip.ParseAddr): it does not allocate and compares by value' 'net\.ParseIP\('
 rule exit 'only a main may end the process; packages return errors' 'log\.Fatal|os\.Exit\(' '^(cmd|examples|bench)/|/main\.go$'
 rule ioutil 'io/ioutil is deprecated; use io and os' '"io/ioutil"'
-rule ctx-background 'packages take a context from their caller; context.Background belongs in mains and tests' 'context\.Background\(\)' '^(cmd|examples|bench)/|/main\.go$'
+rule ctx-background 'packages take a context from their caller; context.Background belongs in mains and tests' 'context\.Background\(\)' '^(cmd|examples|bench|internal/testutil)/|/main\.go$'
 
 exit $fail
