@@ -293,8 +293,9 @@ func compileMatch(n *matchNode, root reflect.Type) (*matchProg, error) {
 		return nil, err
 	}
 	m := &matchProg{steps: steps, op: n.op, absent: n.op.absent(), m: n}
+	declared := t
 	unsupported := func() error {
-		return fmt.Errorf("filter: operator %q is not supported on selector %q of type %s", n.spell, selectorString(n.sel), t)
+		return fmt.Errorf("filter: operator %q is not supported on selector %q of type %s", n.spell, selectorString(n.sel), declared)
 	}
 	t = deref(t)
 	var valueType reflect.Type // the type the value is converted to
