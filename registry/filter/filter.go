@@ -28,7 +28,8 @@
 // # Evaluation
 //
 // Selectors name exported Go fields (or the names in a `bexpr:"..."` tag; `bexpr:"-"` hides
-// a field), then map keys. Pointers are followed. What each operator accepts depends on the
+// a field, as consul/api does for AgentService.Namespace), then map keys. An embedded struct
+// is a field named after its type; its fields are not promoted. Pointers are followed. What each operator accepts depends on the
 // Go type at the end of the selector; anything else is an error from Validate or Match:
 //
 //   - string: all operators. in/contains is a substring test, matches a Go regexp
@@ -41,8 +42,8 @@
 //   - any other slice, array or map: is empty, is not empty. Structs: nothing.
 //
 // A selector that continues past a slice or array of structs or maps is tested against
-// every element and holds if it holds for ANY element (go-bexpr v0.1.2; Consul documents that
-// `Checks.Status == passing` needs only one passing check). Each element is tested with the
+// every element and holds if it holds for ANY element (go-bexpr v0.1.2; Consul's maintainers
+// note in hashicorp/consul#9777 that `Checks.Status == passing` needs only one passing check). Each element is tested with the
 // operator as written, so `Checks.Status != passing` means "some check is not passing", and
 // "no check is critical" is `not Checks.Status == critical`. Over an empty slice every such
 // test is false, whatever the operator.
@@ -65,8 +66,9 @@
 //     `(a)or(b)` and `Tags contains"x"` parse here but not in go-bexpr.
 //   - `in`/`contains` also works on slices of pointers to scalars.
 //   - Nil pointers are absent values rather than evaluation errors.
-//   - A leading `not` is always the operator, so a selector cannot start with a field
-//     named "not"; parentheses nest at most 100 deep.
+//   - A leading `not` is always the operator, so the word "not" cannot open a match as a
+//     selector or a bare value: `not in Tags` is a syntax error here, while go-bexpr
+//     backtracks and reads it as `"not" in Tags`. Parentheses nest at most 100 deep.
 //
 // A parsed Filter is immutable and safe for concurrent use. It compiles itself once per Go
 // type it is matched against (resolving field names and converting values) and caches the

@@ -225,3 +225,11 @@ func BenchmarkParse(b *testing.B) {
 		}
 	}
 }
+
+// Documented divergence: a leading "not" is always the operator.
+func TestLeadingNotIsOperator(t *testing.T) {
+	_, err := filter.Parse(`not in Service.Tags`)
+	if want := `filter: at offset 7: unexpected "Service" (expected an operator)`; err == nil || err.Error() != want {
+		t.Errorf("Parse(`not in Service.Tags`) = %v, want %s", err, want)
+	}
+}

@@ -137,7 +137,7 @@ func (p *parser) and() (node, error) {
 }
 
 // unary = { "not" } ( "(" or ")" | match ). A leading "not" is always the operator: go-bexpr
-// would also accept a selector whose first segment is "not" (`not == 1`) by backtracking.
+// backtracks and would also read it as a selector (`not == 1`) or a bare value (`not in x`).
 func (p *parser) unary() (node, error) {
 	negate := false
 	for p.isWord("not") {
