@@ -17,9 +17,13 @@ type ringHashPicker struct {
 	rand   func() uint64
 }
 
-// newRingHashPicker builds the ring as Envoy does: the ring has about minSize points, more if
-// the lightest host's share of minSize would round to a fraction, at most maxSize; hosts get
-// points in proportion to their weights, by cumulative rounding so the total matches.
+// newRingHashPicker builds the ring. Each host gets minSize × weight / (lightest weight)
+// points, so with equal weights every host has minSize points and the ring at least minSize,
+// as in Envoy and Consul. Unlike Envoy, which spreads about minSize points over all hosts, a
+// host's point count here does not depend on how many other hosts there are: when one leaves,
+// the others keep exactly their points and only the leaving host's keys move (with Envoy's
+// scheme the survivors gain points and take about 8% of each other's keys when one of three
+// leaves). Only when the ring would exceed maxSize are all counts scaled down to fit.
 func newRingHashPicker(set weightedSet, minSize, maxSize uint64, rnd func() uint64) *ringHashPicker {
 	hosts := set.hosts
 	total, minW := 0.0, math.Inf(1)
@@ -28,21 +32,21 @@ func newRingHashPicker(set weightedSet, minSize, maxSize uint64, rnd func() uint
 		total += w
 		minW = min(minW, w)
 	}
-	minNorm := minW / total
-	scale := min(math.Ceil(minNorm*float64(minSize))/minNorm, float64(maxSize))
+	scale := float64(minSize) / minW // points per unit of weight
+	if scale*total > float64(maxSize) {
+		scale = float64(maxSize) / total
+	}
 
 	type point struct {
 		hash  uint64
 		owner uint32
 	}
-	points := make([]point, 0, int(scale)+len(hosts))
-	var current, target float64
+	points := make([]point, 0, int(scale*total)+len(hosts))
 	for i, h := range hosts {
 		key := h.ep.Load().Key()
-		target += scale * float64(h.weight()) / total
-		for n := uint64(0); current < target; n++ {
-			points = append(points, point{hashReplica(key, n), uint32(i)})
-			current++
+		n := max(uint64(math.Ceil(scale*float64(h.weight()))), 1)
+		for r := range n {
+			points = append(points, point{hashReplica(key, r), uint32(i)})
 		}
 	}
 	slices.SortFunc(points, func(a, b point) int {
