@@ -262,4 +262,3 @@ func TestConcurrentPickDoneUpdate(t *testing.T) {
 		})
 	}
 }
-
