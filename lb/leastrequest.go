@@ -1,6 +1,9 @@
 package lb
 
-import "math/bits"
+import (
+	"math"
+	"math/bits"
+)
 
 // leastRequestPicker is power of two random choices over a load score of latency EWMA ×
 // (requests in flight + 1), Linkerd's peak-EWMA balancer (Finagle's before it). Two
@@ -44,9 +47,8 @@ func (p *leastRequestPicker) Pick(PickInfo) (*Host, error) {
 		if a == c {
 			return a, nil
 		}
-		now := p.b.mono()
-		la, lc := a.load(now, p.b.tau), c.load(now, p.b.tau)
-		if la < lc || la == lc && r2&1 == 0 {
+		ca, cc := compareLoad(a, c, p.b.tau)
+		if ca < cc || ca == cc && r2&1 == 0 {
 			return a, nil
 		}
 		return c, nil
@@ -56,4 +58,21 @@ func (p *leastRequestPicker) Pick(PickInfo) (*Host, error) {
 		return c, nil
 	}
 	return scanFrom(hosts, i)
+}
+
+// compareLoad returns the two hosts' scores, latency EWMA × (in flight + 1), each decayed
+// towards zero for the time since it was last updated, scaled by the same positive factor so
+// that no clock is needed: decaying both to now is the same as decaying the older estimate to
+// the newer one's stamp. That keeps time.Now out of Pick.
+func compareLoad(a, c *Host, tau float64) (float64, float64) {
+	sa, sc := a.stamp.Load(), c.stamp.Load()
+	la := math.Float64frombits(a.cost.Load()) * float64(a.active.Load()+1)
+	lc := math.Float64frombits(c.cost.Load()) * float64(c.active.Load()+1)
+	switch {
+	case sa > sc:
+		lc *= math.Exp(-float64(sa-sc) / tau)
+	case sc > sa:
+		la *= math.Exp(-float64(sc-sa) / tau)
+	}
+	return la, lc
 }
