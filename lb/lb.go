@@ -42,6 +42,11 @@ type PickInfo struct {
 	// HasHash is set; without a key they fall back to a random host.
 	Hash    uint64
 	HasHash bool
+
+	// Avoid, if set, is a host to pass over unless it is the only one in rotation: the host a
+	// failed attempt went to, so that the retry goes elsewhere (Envoy's previous_hosts retry
+	// predicate). Hash policies walk on to the next distinct host, as for an ejected one.
+	Avoid *Host
 }
 
 // Picker is an immutable snapshot that chooses a host. Implementations must be safe for

@@ -21,11 +21,11 @@ type leastRequestPicker struct {
 	b   *Balancer // clock, decay and random source
 }
 
-func (p *leastRequestPicker) Pick(PickInfo) (*Host, error) {
+func (p *leastRequestPicker) Pick(info PickInfo) (*Host, error) {
 	hosts := p.set.hosts
 	n := len(hosts)
 	if n == 1 {
-		return scanFrom(hosts, 0)
+		return scanFrom(hosts, 0, info.Avoid)
 	}
 	r := p.b.cfg.Rand()
 	r2 := mix64(r)
@@ -42,7 +42,7 @@ func (p *leastRequestPicker) Pick(PickInfo) (*Host, error) {
 		j = p.set.index(r2)
 	}
 	a, c := hosts[i], hosts[j]
-	switch okA, okC := a.inRotation(), c.inRotation(); {
+	switch okA, okC := usable(a, info.Avoid), usable(c, info.Avoid); {
 	case okA && okC:
 		if a == c {
 			return a, nil
@@ -57,7 +57,7 @@ func (p *leastRequestPicker) Pick(PickInfo) (*Host, error) {
 	case okC:
 		return c, nil
 	}
-	return scanFrom(hosts, i)
+	return scanFrom(hosts, i, info.Avoid)
 }
 
 // compareLoad returns the two hosts' scores, latency EWMA × (in flight + 1), each decayed
