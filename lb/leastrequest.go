@@ -66,8 +66,8 @@ func (p *leastRequestPicker) Pick(info PickInfo) (*Host, error) {
 // the newer one's stamp. That keeps time.Now out of Pick.
 func compareLoad(a, c *Host, tau float64) (float64, float64) {
 	sa, sc := a.stamp.Load(), c.stamp.Load()
-	la := math.Float64frombits(a.cost.Load()) * float64(a.active.Load()+1)
-	lc := math.Float64frombits(c.cost.Load()) * float64(c.active.Load()+1)
+	la := math.Float64frombits(a.cost.Load()) * float64(max(a.active.Load(), 0)+1)
+	lc := math.Float64frombits(c.cost.Load()) * float64(max(c.active.Load(), 0)+1)
 	switch {
 	case sa > sc:
 		lc *= math.Exp(-float64(sa-sc) / tau)

@@ -69,14 +69,14 @@ func (p *ringHashPicker) Pick(info PickInfo) (*Host, error) {
 	if !info.HasHash {
 		return p.set.pickRandom(p.rand(), info.Avoid)
 	}
+	hosts := p.set.hosts
+	if len(hosts) == 1 {
+		return scanFrom(hosts, 0, info.Avoid)
+	}
 	n := len(p.hashes)
 	i, _ := slices.BinarySearch(p.hashes, mix64(info.Hash))
 	if i == n {
 		i = 0
-	}
-	hosts := p.set.hosts
-	if len(hosts) == 1 {
-		return scanFrom(hosts, 0, info.Avoid)
 	}
 	if h := hosts[p.owner[i]]; usable(h, info.Avoid) {
 		return h, nil
