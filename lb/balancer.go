@@ -197,7 +197,7 @@ func (b *Balancer) eject(h *Host, reason string) {
 	now := b.cfg.Clock()
 	mult := h.multiplierLocked(now, o.Interval) + 1
 	h.ejections = mult
-	d := min(o.BaseEjectionTime*time.Duration(mult), o.MaxEjectionTime)
+	d := ejectionTime(o.BaseEjectionTime, o.MaxEjectionTime, mult)
 	until := now.Add(d)
 	h.ejectedUntil.Store(until.UnixNano())
 	h.gen++
@@ -208,6 +208,16 @@ func (b *Balancer) eject(h *Host, reason string) {
 	ev := Event{Kind: EventEjected, Endpoint: h.Endpoint(), Reason: reason, Ejections: mult, Until: until}
 	b.mu.Unlock()
 	b.emit([]Event{ev})
+}
+
+// ejectionTime is base × 2^(n−1), capped at max: exponential backoff for a host ejected for
+// the n-th time (n counts down again while the host stays healthy).
+func ejectionTime(base, max time.Duration, n int) time.Duration {
+	d := base
+	for i := 1; i < n && d < max; i++ {
+		d *= 2
+	}
+	return min(d, max)
 }
 
 // multiplierLocked is the host's ejection multiplier now: the times it was ejected, less one

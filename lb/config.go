@@ -83,9 +83,9 @@ type Config struct {
 // OutlierConfig configures passive outlier ejection, modelled on Envoy's outlier detection.
 // A host is ejected after Consecutive5xx server errors (5xx, gateway failures and connect
 // failures all count) or ConsecutiveGatewayFailure gateway/connect failures in a row; it stays
-// out for BaseEjectionTime × the number of times it has been ejected, capped at
-// MaxEjectionTime, and comes back by itself. The multiplier drops by one for every Interval
-// the host spends in rotation.
+// out for BaseEjectionTime × 2^(n−1) the n-th time it is ejected (exponential backoff),
+// capped at MaxEjectionTime, and comes back by itself. n drops by one for every Interval the
+// host spends in rotation.
 //
 // At most MaxEjectionPercent of the hosts are ejected at once, rounded down but at least one
 // when there are two hosts or more (Envoy's rule), and never the last host in rotation: with

@@ -170,14 +170,14 @@ func TestReturnAfterEjectionTime(t *testing.T) {
 func TestEjectionTimeGrows(t *testing.T) {
 	b := newTestBalancer(t, Config{Outlier: OutlierConfig{BaseEjectionTime: 30 * time.Second, MaxEjectionTime: 100 * time.Second}}, endpoints(3))
 	a := b.host(t, "a")
-	for i, want := range []time.Duration{30 * time.Second, 60 * time.Second, 90 * time.Second, 100 * time.Second, 100 * time.Second} {
+	for i, want := range []time.Duration{30 * time.Second, 60 * time.Second, 100 * time.Second, 100 * time.Second} {
 		start := b.clock.Now()
 		fail(a, 5, ConnectFailure)
 		if !a.Ejected() {
 			t.Fatalf("ejection %d did not happen", i+1)
 		}
 		if got := time.Unix(0, a.ejectedUntil.Load()).Sub(start); got != want {
-			t.Errorf("ejection %d lasts %v, want %v (base × times ejected, capped)", i+1, got, want)
+			t.Errorf("ejection %d lasts %v, want %v (base × 2^(n−1), capped)", i+1, got, want)
 		}
 		b.clock.Advance(want)
 		if a.Ejected() {
@@ -191,7 +191,7 @@ func TestEjectionMultiplierDecays(t *testing.T) {
 	a := b.host(t, "a")
 	for i := range 3 {
 		fail(a, 5, ConnectFailure)
-		b.clock.Advance(time.Duration(i+1) * 30 * time.Second) // exactly until it returns
+		b.clock.Advance(time.Duration(1<<i) * 30 * time.Second) // exactly until it returns
 	}
 	if got := b.Stats().Hosts[0].Ejections; got != 3 {
 		t.Fatalf("multiplier = %d after 3 ejections, want 3", got)
