@@ -153,17 +153,8 @@ type leafSnapshot struct {
 	serial string
 }
 
-// notLoaded is the table before the first intentions arrive: every caller is denied.
-var notLoaded = mustTable(authz.NewTable(nil, "*", authz.DefaultDeny))
-
+// reasonNotLoaded is the reason Authorize gives before the first intentions arrive.
 const reasonNotLoaded = "intentions not loaded yet"
-
-func mustTable(t *authz.Table, err error) *authz.Table {
-	if err != nil {
-		panic(err)
-	}
-	return t
-}
 
 // New checks the configuration and returns a Source with no material yet.
 func New(cfg Config) (*Source, error) {

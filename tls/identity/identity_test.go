@@ -85,6 +85,18 @@ func TestHandshakeAndPeerIdentity(t *testing.T) {
 		st.ActiveRootID == "" || st.LeafNotAfter.IsZero() || !st.LeafNotAfter.Equal(web.LeafExpiry()) {
 		t.Errorf("stats %+v", st)
 	}
+	// A second connection resumes the session, and is verified again.
+	c2, err := dial(srv.addr, web.ClientConfig("db", nil))
+	if err != nil {
+		t.Fatalf("second connection: %v", err)
+	}
+	defer c2.Close()
+	if !c2.ConnectionState().DidResume {
+		t.Error("second connection did not resume the session")
+	}
+	if p, err := web.PeerIdentity(c2.ConnectionState()); err != nil || p.Service != "db" {
+		t.Errorf("resumed connection peer %+v, %v", p, err)
+	}
 	if _, err := web.PeerIdentity(tls.ConnectionState{}); !errors.Is(err, ErrNoPeerCert) {
 		t.Errorf("PeerIdentity(no certs) = %v", err)
 	}
@@ -538,4 +550,30 @@ func TestIndexGoingBackwardsResets(t *testing.T) {
 	eventually(t, "change seen after the index went backwards", func() bool { ok, _ := s.Authorize(web); return !ok })
 	f.SetIntentions("allow")
 	eventually(t, "next change seen too", func() bool { ok, _ := s.Authorize(web); return ok })
+}
+
+// BenchmarkHandshake measures one mTLS connection (handshake and one echo) between two
+// Sources over loopback, with a full handshake and with session resumption.
+func BenchmarkHandshake(b *testing.B) {
+	f := newFake(b, newMeshCA(b, ca.Config{}))
+	web := startSource(b, f.client(), "web")
+	db := startSource(b, f.client(), "db")
+	srv := startEcho(b, db.ServerConfig(nil))
+	full := web.ClientConfig("db", nil)
+	full.ClientSessionCache = nil
+	for _, bc := range []struct {
+		name string
+		cfg  *tls.Config
+	}{{"full", full}, {"resumed", web.ClientConfig("db", nil)}} {
+		b.Run(bc.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				c, err := dial(srv.addr, bc.cfg)
+				if err != nil {
+					b.Fatal(err)
+				}
+				c.Close()
+			}
+		})
+	}
 }
