@@ -149,7 +149,7 @@ func ParseProviderConfig(raw map[string]any, base Config) (Config, error) {
 			}
 			errs = append(errs, fmt.Errorf("ca: config: %s: bringing your own CA key or root is not supported", k))
 			continue
-		case "leafcertttlseconds", "csrmaxpersecond", "csrmaxconcurrent", "skipvalidate", "csr_max_per_second", "csr_max_concurrent", "skip_validate":
+		case "csrmaxpersecond", "csrmaxconcurrent", "skipvalidate", "csr_max_per_second", "csr_max_concurrent", "skip_validate":
 			continue // accepted and ignored, as these only tune Consul's server
 		default:
 			errs = append(errs, fmt.Errorf("ca: config: unknown key %q", k))
