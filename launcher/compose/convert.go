@@ -28,6 +28,8 @@ type converter struct {
 	// set records the optional fields the file set explicitly, so that validate can tell an
 	// explicit zero from an absent value before withDefaults fills the absent ones.
 	set map[string]bool
+	// mountIndex maps each service's Volumes back to their index in the file's volumes list.
+	mountIndex map[string][]int
 }
 
 func (c *converter) fail(path, format string, args ...any) {
@@ -46,6 +48,7 @@ func (c *converter) item(path string, i int) string {
 
 func (c *converter) project(name, abs string, cp *types.Project) *Project {
 	c.set = map[string]bool{}
+	c.mountIndex = map[string][]int{}
 	p := &Project{Name: name, Dir: c.dir, File: abs}
 	p.Mesh = c.projectMesh(cp.Extensions["x-podmesh"])
 	for _, sn := range c.w.order {
@@ -318,6 +321,7 @@ func (c *converter) volumes(base string, vols []types.ServiceVolumeConfig) []Mou
 			c.fail(p, "option %q is not supported (only ro and rw are)", v.Bind.Propagation)
 		}
 		out = append(out, Mount{Source: v.Source, Target: v.Target, ReadOnly: v.ReadOnly})
+		c.mountIndex[base] = append(c.mountIndex[base], i)
 	}
 	return out
 }

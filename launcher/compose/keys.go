@@ -3,11 +3,14 @@ package compose
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
+	"path"
 	"sort"
 	"strconv"
 	"strings"
 
+	"github.com/compose-spec/compose-go/v2/format"
 	"gopkg.in/yaml.v3"
 )
 
@@ -30,6 +33,9 @@ type spec struct {
 	ext bool
 	// own marks podmesh's own blocks (x-podmesh): a key not listed is unknown, not unsupported.
 	own bool
+	// mounts marks the volumes list, whose entries must have distinct targets: compose-go
+	// would silently keep only the last entry for a target.
+	mounts bool
 }
 
 var (
@@ -59,7 +65,7 @@ var (
 		"healthcheck": healthcheckSpec,
 		"deploy":      deploySpec,
 		"restart":     nil,
-		"volumes": {items: &spec{keys: map[string]*spec{
+		"volumes": {mounts: true, items: &spec{keys: map[string]*spec{
 			"type": nil, "source": nil, "target": nil, "read_only": nil,
 		}, ext: true}},
 		"stop_signal":       nil,
@@ -201,20 +207,29 @@ func (w *walker) walk(n *yaml.Node, s *spec, path string) error {
 		return w.walk(n.Alias, s, path)
 	}
 	if s == nil {
-		return nil
+		return w.recordAll(n, path)
 	}
 	switch n.Kind {
 	case yaml.SequenceNode:
+		targets := map[string]int{}
 		for i, item := range n.Content {
 			p := path + "[" + strconv.Itoa(i) + "]"
 			w.record(p, item.Line)
-			if s.items != nil {
-				if err := w.walk(item, s.items, p); err != nil {
-					return err
+			if s.mounts {
+				if t := mountTarget(item); t != "" {
+					if k, dup := targets[t]; dup {
+						w.errs = append(w.errs, &FieldError{File: w.file, Line: item.Line, Path: p, Msg: fmt.Sprintf("target %s is already mounted by volumes[%d]", t, k)})
+					} else {
+						targets[t] = i
+					}
 				}
+			}
+			if err := w.walk(item, s.items, p); err != nil {
+				return err
 			}
 		}
 	case yaml.MappingNode:
+		seen := map[string]int{}
 		for i := 0; i+1 < len(n.Content); i += 2 {
 			k, v := n.Content[i], n.Content[i+1]
 			if k.Kind != yaml.ScalarNode {
@@ -227,15 +242,18 @@ func (w *walker) walk(n *yaml.Node, s *spec, path string) error {
 				continue
 			}
 			p := join(path, k.Value)
+			if first, dup := seen[k.Value]; dup {
+				w.errs = append(w.errs, &FieldError{File: w.file, Line: k.Line, Path: p, Msg: fmt.Sprintf("duplicate key (first at line %d)", first)})
+				continue
+			}
+			seen[k.Value] = k.Line
 			if s.free {
 				w.record(p, k.Line)
 				if path == "services" {
 					w.order = append(w.order, k.Value)
 				}
-				if s.items != nil {
-					if err := w.walk(v, s.items, p); err != nil {
-						return err
-					}
+				if err := w.walk(v, s.items, p); err != nil {
+					return err
 				}
 				continue
 			}
@@ -254,6 +272,70 @@ func (w *walker) walk(n *yaml.Node, s *spec, path string) error {
 		}
 	}
 	return nil
+}
+
+// recordAll records the lines of everything below a key whose content is not checked here
+// (environment, x-podmesh.upstreams), so errors about it can still point at the right line.
+func (w *walker) recordAll(n *yaml.Node, path string) error {
+	w.visits++
+	if w.visits > maxVisits {
+		return errTooComplex
+	}
+	switch n.Kind {
+	case yaml.AliasNode:
+		if n.Alias != nil {
+			return w.recordAll(n.Alias, path)
+		}
+	case yaml.SequenceNode:
+		for i, item := range n.Content {
+			p := path + "[" + strconv.Itoa(i) + "]"
+			w.record(p, item.Line)
+			if err := w.recordAll(item, p); err != nil {
+				return err
+			}
+		}
+	case yaml.MappingNode:
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			k, v := n.Content[i], n.Content[i+1]
+			if k.Kind != yaml.ScalarNode {
+				continue
+			}
+			if k.Value == "<<" && k.Tag == "!!merge" {
+				if err := w.recordAll(v, path); err != nil {
+					return err
+				}
+				continue
+			}
+			p := join(path, k.Value)
+			w.record(p, k.Line)
+			if err := w.recordAll(v, p); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// mountTarget is the target of one volumes entry as compose-go keys it, or "".
+func mountTarget(n *yaml.Node) string {
+	for n.Kind == yaml.AliasNode && n.Alias != nil {
+		n = n.Alias
+	}
+	switch n.Kind {
+	case yaml.ScalarNode:
+		v, err := format.ParseVolume(n.Value)
+		if err != nil || v.Target == "" {
+			return ""
+		}
+		return path.Clean(v.Target)
+	case yaml.MappingNode:
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			if n.Content[i].Value == "target" && n.Content[i+1].Kind == yaml.ScalarNode && n.Content[i+1].Value != "" {
+				return path.Clean(n.Content[i+1].Value)
+			}
+		}
+	}
+	return ""
 }
 
 // walkMerge follows a YAML merge key (`<<: *anchor` or `<<: [*a, *b]`).

@@ -157,9 +157,6 @@ func load(ctx context.Context, file, abs string, content []byte, env map[string]
 
 	c := &converter{file: file, dir: dir, w: w, env: types.Mapping(env), dict: dict}
 	p := c.project(name, abs, cp)
-	if len(c.errs) > 0 {
-		return nil, joinFieldErrors(c.errs)
-	}
 	if errs := validate(c, p); len(errs) > 0 {
 		return nil, joinFieldErrors(errs)
 	}

@@ -372,7 +372,8 @@ func checkVolumes(v *validator, p *Project) {
 		s := &p.Services[i]
 		targets := map[string]int{}
 		for j, m := range s.Volumes {
-			path := fmt.Sprintf("%s[%d]", svcPath(s, "volumes"), j)
+			idx := v.c.mountIndex[svcPath(s, "")][j]
+			path := fmt.Sprintf("%s[%d]", svcPath(s, "volumes"), idx)
 			if fi, err := os.Stat(m.Source); err != nil {
 				if os.IsNotExist(err) {
 					v.fail(path, "bind source %s does not exist", m.Source)
@@ -392,7 +393,7 @@ func checkVolumes(v *validator, p *Project) {
 			if k, ok := targets[t]; ok {
 				v.fail(path, "target %s is already mounted by volumes[%d]", t, k)
 			}
-			targets[t] = j
+			targets[t] = idx
 		}
 	}
 }
