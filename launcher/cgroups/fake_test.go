@@ -196,17 +196,17 @@ func TestFakeV2Create(t *testing.T) {
 	pod := filepath.Join(base, "web-0")
 	for path, want := range map[string]string{
 		// the launcher left its cgroup for a leaf before delegating controllers
-		own + "/supervisor/cgroup.procs": "4242",
-		own + "/cgroup.subtree_control":  "+cpu +memory +pids",
-		base + "/cgroup.subtree_control": "+cpu +memory +pids",
-		pod + "/cgroup.subtree_control":  "+cpu +memory +pids",
-		pod + "/cpu.max":                 "50000 100000",
-		pod + "/memory.max":              "67108864",
-		pod + "/memory.swap.max":         "0",
-		pod + "/pids.max":                "64",
-		pod + "/app/memory.oom.group":    "1",
+		own + "/supervisor/cgroup.procs":  "4242",
+		own + "/cgroup.subtree_control":   "+cpu +memory +pids",
+		base + "/cgroup.subtree_control":  "+cpu +memory +pids",
+		pod + "/cgroup.subtree_control":   "+cpu +memory +pids",
+		pod + "/cpu.max":                  "50000 100000",
+		pod + "/memory.max":               "67108864",
+		pod + "/memory.swap.max":          "0",
+		pod + "/pids.max":                 "64",
+		pod + "/app/memory.oom.group":     "1",
 		pod + "/sidecar/memory.oom.group": "0",
-		pod + "/app/memory.max":          "max", // limits are on the pod only
+		pod + "/app/memory.max":           "max", // limits are on the pod only
 	} {
 		if got := h.read(path); got != want {
 			t.Errorf("%s = %q, want %q", strings.TrimPrefix(path, h.root), got, want)
@@ -445,9 +445,9 @@ func TestFakeHybridCreate(t *testing.T) {
 		t.Fatal(err)
 	}
 	for path, want := range map[string]string{
-		memPod + "/memory.limit_in_bytes":       "67108864",
-		memPod + "/memory.memsw.limit_in_bytes": "67108864",
-		memPod + "/memory.use_hierarchy":        "1",
+		memPod + "/memory.limit_in_bytes":               "67108864",
+		memPod + "/memory.memsw.limit_in_bytes":         "67108864",
+		memPod + "/memory.use_hierarchy":                "1",
 		h.root + "/cpu/podmesh/web-0/cpu.cfs_period_us": "100000",
 		h.root + "/cpu/podmesh/web-0/cpu.cfs_quota_us":  "150000",
 		h.root + "/pids/podmesh/web-0/pids.max":         "64",
