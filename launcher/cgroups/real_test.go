@@ -391,3 +391,35 @@ func TestRealCgroupFD(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// BenchmarkRealCreateDelete measures what a pod start and stop cost in cgroupfs work: Create
+// with all three limits (the members included), Add of one process, Delete.
+func BenchmarkRealCreateDelete(b *testing.B) {
+	testutil.RequirePrivileged(b)
+	m, err := New(Config{Name: fmt.Sprintf("podmesh-bench-%d", os.Getpid())})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer m.Close()
+	ctx := testutil.Context(b, time.Minute)
+	defer m.Cleanup(ctx)
+	b.ReportAllocs()
+	for i := 0; b.Loop(); i++ {
+		p, err := m.Create(fmt.Sprintf("p%d", i), Limits{NanoCPUs: 5e8, MemoryBytes: 64 << 20, Pids: 64})
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := p.Add(Sidecar, os.Getpid()); err != nil {
+			b.Fatal(err)
+		}
+		// Move back out, or the pod could not be removed.
+		for _, h := range m.hiers {
+			if err := m.fs.write(h.own, "cgroup.procs", strconv.Itoa(os.Getpid())); err != nil {
+				b.Fatal(err)
+			}
+		}
+		if err := p.Delete(ctx); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
