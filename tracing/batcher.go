@@ -24,7 +24,9 @@ type Stats struct {
 }
 
 // Dropped is the sum of the dropped counts.
-func (s Stats) Dropped() uint64 { return s.DroppedQueueFull + s.DroppedExportFailed + s.DroppedShutdown }
+func (s Stats) Dropped() uint64 {
+	return s.DroppedQueueFull + s.DroppedExportFailed + s.DroppedShutdown
+}
 
 // batcher is the Tracer's span processor: a bounded queue between span End and one export
 // goroutine. It replaces the SDK's BatchSpanProcessor, which drops spans silently when its

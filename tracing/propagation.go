@@ -155,7 +155,7 @@ func (c w3cCarrier) Get(key string) string {
 }
 
 func (c w3cCarrier) Set(key, value string) { http.Header(c).Set(key, value) }
-func (c w3cCarrier) Keys() []string       { return []string{"traceparent", "tracestate"} }
+func (c w3cCarrier) Keys() []string        { return []string{"traceparent", "tracestate"} }
 
 // b3Context is what a set of B3 headers says.
 type b3Context struct {
