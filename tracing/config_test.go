@@ -21,17 +21,19 @@ func TestConfigResolve(t *testing.T) {
 		{name: "flag host:port", cfg: Config{ServiceName: "s", Endpoint: "jaeger:4318"},
 			want: func(t *testing.T, s settings) { wantEq(t, "endpoint", s.endpoint, "http://jaeger:4318/v1/traces") }},
 		{name: "flag base URL gets the traces path", cfg: Config{ServiceName: "s", Endpoint: "https://collector.example/"},
-			want: func(t *testing.T, s settings) { wantEq(t, "endpoint", s.endpoint, "https://collector.example/v1/traces") }},
+			want: func(t *testing.T, s settings) {
+				wantEq(t, "endpoint", s.endpoint, "https://collector.example/v1/traces")
+			}},
 		{name: "flag URL with a path is used as is", cfg: Config{ServiceName: "s", Endpoint: "http://c:4318/otlp/v1/traces"},
 			want: func(t *testing.T, s settings) { wantEq(t, "endpoint", s.endpoint, "http://c:4318/otlp/v1/traces") }},
 		{name: "general env endpoint is a base URL", cfg: Config{ServiceName: "s"},
-			env: map[string]string{EnvEndpoint: "http://c:4318"},
+			env:  map[string]string{EnvEndpoint: "http://c:4318"},
 			want: func(t *testing.T, s settings) { wantEq(t, "endpoint", s.endpoint, "http://c:4318/v1/traces") }},
 		{name: "traces env endpoint is used as is and wins over the general one", cfg: Config{ServiceName: "s"},
-			env: map[string]string{EnvEndpoint: "http://general:4318", EnvTracesEndpoint: "http://traces:4318/custom"},
+			env:  map[string]string{EnvEndpoint: "http://general:4318", EnvTracesEndpoint: "http://traces:4318/custom"},
 			want: func(t *testing.T, s settings) { wantEq(t, "endpoint", s.endpoint, "http://traces:4318/custom") }},
 		{name: "flag wins over env", cfg: Config{ServiceName: "s", Endpoint: "flag:4318"},
-			env: map[string]string{EnvEndpoint: "http://general:4318", EnvTracesEndpoint: "http://traces:4318"},
+			env:  map[string]string{EnvEndpoint: "http://general:4318", EnvTracesEndpoint: "http://traces:4318"},
 			want: func(t *testing.T, s settings) { wantEq(t, "endpoint", s.endpoint, "http://flag:4318/v1/traces") }},
 		{name: "OTEL_SDK_DISABLED turns it off", cfg: Config{ServiceName: "s", Endpoint: "c:4318"},
 			env: map[string]string{EnvSDKDisabled: "TRUE"}, off: true},
@@ -67,7 +69,7 @@ func TestConfigResolve(t *testing.T) {
 				wantEq(t, "timeout", s.timeout, time.Second)
 			}},
 		{name: "exporter turns it on without an endpoint", cfg: Config{ServiceName: "s", Exporter: &fakeExporter{}},
-			env: map[string]string{EnvEndpoint: "http://ignored:4318"},
+			env:  map[string]string{EnvEndpoint: "http://ignored:4318"},
 			want: func(t *testing.T, s settings) { wantEq(t, "endpoint", s.endpoint, "") }},
 
 		{name: "service name required when on", cfg: Config{Endpoint: "c:4318"}, wantErr: []string{"ServiceName"}},
