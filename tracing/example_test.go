@@ -77,7 +77,7 @@ func ExampleTracer_StartInbound() {
 // The outbound path: the app calls an upstream through this sidecar; every attempt is a
 // CLIENT span under the outbound span, retries included.
 func ExampleTracer_StartOutbound() {
-	var tr *tracing.Tracer // from tracing.New
+	var tr *tracing.Tracer                                    // from tracing.New
 	endpoints := []string{"10.0.0.5:21000", "10.0.0.6:21000"} // picked by lb
 
 	handler := func(w http.ResponseWriter, r *http.Request) {
