@@ -77,8 +77,9 @@ func ExampleTracer_StartInbound() {
 // The outbound path: the app calls an upstream through this sidecar; every attempt is a
 // CLIENT span under the outbound span, retries included.
 func ExampleTracer_StartOutbound() {
-	var tr *tracing.Tracer                                    // from tracing.New
-	endpoints := []string{"10.0.0.5:21000", "10.0.0.6:21000"} // picked by lb
+	var tr *tracing.Tracer // from tracing.New
+	// The endpoints lb picks for each attempt.
+	endpoints := []string{"10.0.0.5:21000", "10.0.0.6:21000"}
 
 	handler := func(w http.ResponseWriter, r *http.Request) {
 		ctx, span := tr.StartOutbound(r.Context(), r, "catalog") // parent: the app's headers, or a new trace
