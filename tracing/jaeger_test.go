@@ -65,24 +65,39 @@ exporters:
 `
 
 // startJaeger runs the real Jaeger and returns its OTLP/HTTP address and query API base
-// URL. It is stopped when the test ends.
+// URL. It is stopped when the test ends. The ports are probed free just before Jaeger binds
+// them, so another process can take one in between: a start that fails on a bind is retried
+// with new ports.
 func startJaeger(t *testing.T) (otlpAddr, queryURL string) {
 	t.Helper()
 	bin := testutil.Tool(t, "jaeger")
+	for try := 1; ; try++ {
+		otlpAddr, queryURL, err := tryStartJaeger(t, bin)
+		if err == nil {
+			return otlpAddr, queryURL
+		}
+		if try == 3 || !strings.Contains(err.Error(), "address already in use") {
+			t.Fatal(err)
+		}
+		t.Logf("jaeger start %d: %v; retrying with other ports", try, err)
+	}
+}
+
+func tryStartJaeger(t *testing.T, bin string) (otlpAddr, queryURL string, err error) {
 	otlpAddr, queryAddr, grpcAddr := testutil.FreePort(t), testutil.FreePort(t), testutil.FreePort(t)
 	cfg := filepath.Join(t.TempDir(), "jaeger.yaml")
 	if err := os.WriteFile(cfg, fmt.Appendf(nil, jaegerConfig, queryAddr, grpcAddr, otlpAddr), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	var logs syncBuffer
+	logs := &syncBuffer{}
 	cmd := exec.Command(bin, "--config", cfg)
-	cmd.Stdout, cmd.Stderr = &logs, &logs
+	cmd.Stdout, cmd.Stderr = logs, logs
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start jaeger: %v", err)
 	}
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
+	stop := func() {
 		_ = cmd.Process.Signal(syscall.SIGTERM)
 		timer := time.NewTimer(10 * time.Second)
 		defer timer.Stop()
@@ -92,34 +107,50 @@ func startJaeger(t *testing.T) (otlpAddr, queryURL string) {
 			_ = cmd.Process.Kill()
 			<-exited
 		}
+	}
+	queryURL = "http://" + queryAddr
+	// Startup takes a second or two (the collector resolves and starts every component).
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		select {
+		case werr := <-exited:
+			return "", "", fmt.Errorf("jaeger exited during startup (%v):\n%s", werr, logs.String())
+		default:
+		}
+		if ready(queryURL, otlpAddr) {
+			break
+		}
+		if time.Now().After(deadline) {
+			stop()
+			return "", "", fmt.Errorf("jaeger not ready within 30s:\n%s", logs.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Cleanup(func() {
+		stop()
 		if t.Failed() {
 			t.Logf("jaeger output:\n%s", logs.String())
 		}
 	})
-	queryURL = "http://" + queryAddr
-	// Startup takes a second or two (the collector resolves and starts every component).
-	testutil.Eventually(t, 30*time.Second, 50*time.Millisecond, func() error {
-		select {
-		case err := <-exited:
-			exited <- err
-			t.Fatalf("jaeger exited: %v\n%s", err, logs.String())
-		default:
-		}
-		res, err := http.Get(queryURL + "/api/services")
-		if err != nil {
-			return err
-		}
-		res.Body.Close()
-		if res.StatusCode != 200 {
-			return fmt.Errorf("query API: %s", res.Status)
-		}
-		c, err := net.Dial("tcp", otlpAddr)
-		if err != nil {
-			return err
-		}
-		return c.Close()
-	})
-	return otlpAddr, queryURL
+	return otlpAddr, queryURL, nil
+}
+
+// ready reports whether Jaeger answers on its query API and accepts OTLP connections.
+func ready(queryURL, otlpAddr string) bool {
+	res, err := http.Get(queryURL + "/api/services")
+	if err != nil {
+		return false
+	}
+	res.Body.Close()
+	if res.StatusCode != 200 {
+		return false
+	}
+	c, err := net.Dial("tcp", otlpAddr)
+	if err != nil {
+		return false
+	}
+	c.Close()
+	return true
 }
 
 // The parts of Jaeger's /api/traces answer the test reads.
