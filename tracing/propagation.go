@@ -339,14 +339,15 @@ var traceHeaders = [...]string{
 }
 
 // inject writes sc into h in the formats p selects, after removing every trace header h
-// had. All header values are cut from one string, so a full injection costs two
-// allocations plus what the map needs for new keys (and tracestate when there is one).
+// had. An invalid sc leaves h alone: the headers the app sent pass through. All header
+// values are cut from one string, so a full injection costs two allocations plus what the
+// map needs for new keys (and tracestate when there is one).
 func inject(sc trace.SpanContext, p Propagation, h http.Header) {
+	if !sc.IsValid() {
+		return
+	}
 	for _, k := range traceHeaders {
 		delete(h, k)
-	}
-	if !sc.IsValid() || p == 0 {
-		return
 	}
 	// buf: "00-{trace}-{span}-0f" then "{trace}-{span}-s": 55 + 51 bytes.
 	var buf [traceparentSize + 51]byte

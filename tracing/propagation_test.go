@@ -335,3 +335,13 @@ func TestPropagationText(t *testing.T) {
 		}
 	}
 }
+
+// TestInjectWithoutSpanKeepsHeaders: a context without a span changes nothing.
+func TestInjectWithoutSpanKeepsHeaders(t *testing.T) {
+	tr, _ := newTestTracer(t, Config{})
+	h := header("traceparent", "00-"+w3cTrace+"-"+w3cSpan+"-01", "X-B3-Flags", "1")
+	tr.Inject(context.Background(), h)
+	if len(h) != 2 || h.Get("traceparent") != "00-"+w3cTrace+"-"+w3cSpan+"-01" {
+		t.Errorf("headers %v changed by an Inject without a span", h)
+	}
+}

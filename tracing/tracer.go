@@ -211,8 +211,8 @@ func (t *Tracer) Stats() Stats {
 }
 
 // Inject writes the span context in ctx into h, in the configured formats, after removing
-// any trace headers h had. It does nothing when tracing is off (the app's own headers then
-// pass through untouched). StartAttempt calls it; the inbound path calls it on the request
+// any trace headers h had. It does nothing when tracing is off or ctx has no span (the
+// app's own headers then pass through untouched). StartAttempt calls it; the inbound path calls it on the request
 // forwarded to the app.
 func (t *Tracer) Inject(ctx context.Context, h http.Header) {
 	if !t.Enabled() || h == nil {
