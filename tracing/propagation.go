@@ -1,5 +1,17 @@
 package tracing
 
+// W3C Trace Context is read and written with the OpenTelemetry propagator
+// (go.opentelemetry.io/otel/propagation.TraceContext), through a carrier that adds the two
+// multi-header rules of the specification. B3 is parsed and written here rather than with
+// go.opentelemetry.io/contrib/propagators/b3, for three reasons: a B3 request that defers
+// the sampling decision (IDs without a sampled flag) must be decided by this sidecar's
+// ratio, and one with a decision but no IDs ("b3: 0") must decide the new root, but the
+// contrib propagator keeps those states in its own unexported context keys, where the
+// sampler cannot see them (the SDK would then drop every deferred B3 request as
+// unsampled); the precedence (W3C, then single, then multi) is explicit in one function;
+// and it is ~150 lines without a new module. The parsers are fuzzed against the grammar
+// and against re-injection.
+
 import (
 	"context"
 	"encoding/hex"

@@ -15,6 +15,11 @@
 //   - one CLIENT span per attempt, StartAttempt: retries are sibling spans under the same
 //     outbound span, with http.request.resend_count and podmesh.attempt.
 //
+// The outbound span is of kind SERVER because the sidecar serves the app's request (an
+// instrumented app's CLIENT span is its parent), and it gives retries a common parent even
+// when the app sent no context. A trace through two sidecars therefore reads: app CLIENT →
+// outbound SERVER → attempt CLIENT(s) → peer's inbound SERVER → peer app.
+//
 // Attributes follow the OpenTelemetry HTTP and RPC semantic conventions (v1.37.0) and add
 // podmesh.direction, podmesh.source and podmesh.destination (service names). Span status is
 // Error for 5xx responses, transport errors and the gRPC codes the conventions call errors.
