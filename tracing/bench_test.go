@@ -12,6 +12,7 @@ import (
 // benchTracers are the three costs to compare: off, on but not sampled, sampled (exporting
 // to a no-op exporter, so the numbers are this package and the SDK, not the network).
 func benchTracers(b *testing.B) map[string]*Tracer {
+	clearOTELEnv(b)
 	off, err := New(context.Background(), Config{})
 	if err != nil {
 		b.Fatal(err)

@@ -132,9 +132,7 @@ func wantEq[T comparable](t *testing.T, what string, got, want T) {
 // TestNewReadsEnvironment: New itself consults the process environment (t.Setenv), and the
 // validation error reaches the caller.
 func TestNewReadsEnvironment(t *testing.T) {
-	t.Setenv(EnvEndpoint, "")
-	t.Setenv(EnvTracesEndpoint, "")
-	t.Setenv(EnvSDKDisabled, "")
+	clearOTELEnv(t)
 	tr, err := New(context.Background(), Config{})
 	if err != nil || tr.Enabled() {
 		t.Fatalf("New(zero) = enabled %v, %v; want off", tr.Enabled(), err)

@@ -121,3 +121,10 @@ func header(kv ...string) http.Header {
 	}
 	return h
 }
+
+// clearOTELEnv unsets the variables that would turn a zero Config on, for the test.
+func clearOTELEnv(t testing.TB) {
+	for _, k := range []string{EnvEndpoint, EnvTracesEndpoint, EnvSDKDisabled} {
+		t.Setenv(k, "")
+	}
+}

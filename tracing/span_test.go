@@ -247,6 +247,7 @@ func TestGRPCClientStatus(t *testing.T) {
 // TestOffIsNoop: with tracing off, and with a nil Tracer, every helper works, records
 // nothing, touches no header, and allocates nothing.
 func TestOffIsNoop(t *testing.T) {
+	clearOTELEnv(t)
 	off, err := New(context.Background(), Config{})
 	if err != nil {
 		t.Fatal(err)
