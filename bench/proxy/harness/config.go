@@ -247,7 +247,7 @@ func (c Config) Validate() error {
 		errs = append(errs, errors.New("BACKEND: \"nginx\": nginx is not installed"))
 	}
 	if len(c.Self) == 0 {
-		errs = append(errs, errors.New("Self: cannot find this program's path to start the Go backend"))
+		errs = append(errs, errors.New("self: cannot find this program's path to start the Go backend"))
 	}
 	if c.Duration < time.Second || c.VegetaDuration < time.Second {
 		errs = append(errs, fmt.Errorf("BENCH_DURATION/BENCH_VEGETA_DURATION: %v/%v: want at least 1s", c.Duration, c.VegetaDuration))

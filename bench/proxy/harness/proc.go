@@ -134,8 +134,10 @@ func (p *Proc) CPU() (time.Duration, error) {
 // RSS returns the resident memory of the process in bytes: VmRSS for a single process;
 // for a process with children (nginx master and workers) the sum of their PSS, so pages
 // they share count once.
-func (p *Proc) RSS() (int64, error) {
-	tree := p.Tree()
+func (p *Proc) RSS() (int64, error) { return treeRSS(p.Tree()) }
+
+// treeRSS is RSS for a process tree listed root first.
+func treeRSS(tree []int) (int64, error) {
 	if len(tree) == 1 {
 		return readRSS(tree[0])
 	}
@@ -143,7 +145,7 @@ func (p *Proc) RSS() (int64, error) {
 	for _, pid := range tree {
 		n, err := readPSS(pid)
 		if err != nil {
-			if pid == p.Pid() {
+			if pid == tree[0] {
 				return 0, err
 			}
 			continue

@@ -50,6 +50,12 @@ func collectMeta(ctx context.Context, c Config) Meta {
 		defer cancel()
 		out, _ := exec.CommandContext(ctx, bin, args...).CombinedOutput() // wrk -v exits 1
 		v := firstLine(string(out))
+		v = strings.TrimPrefix(v, "nginx version: ")
+		for _, cut := range []string{" Copyright", " - http", " (Library"} {
+			if i := strings.Index(v, cut); i > 0 {
+				v = v[:i]
+			}
+		}
 		if v == "" {
 			v = filepath.Base(bin)
 		}
@@ -104,11 +110,12 @@ func firstLine(s string) string {
 func printHeader(w io.Writer, m Meta, c Config) {
 	fmt.Fprintf(w, "Podmesh proxy benchmark (bench/proxy), %s\n", m.Started.Format(time.RFC3339))
 	fmt.Fprintf(w, "machine: %s, %d cores, %.1f GiB, kernel %s, load average at start %s\n", m.CPU, m.Cores, m.MemGiB, m.Kernel, m.LoadAvgStart)
-	fmt.Fprintf(w, "tools:  ")
-	for _, k := range []string{"wrk", "h2load", "vegeta", "nginx", "haproxy", "openssl", "go (backend, harness)", "sidecar"} {
-		fmt.Fprintf(w, " %s: %s;", k, m.Tools[k])
+	var tools []string
+	for _, k := range []string{"wrk", "h2load", "vegeta", "nginx", "haproxy", "openssl", "go (backend, harness)"} {
+		tools = append(tools, k+": "+m.Tools[k])
 	}
-	fmt.Fprintln(w)
+	fmt.Fprintf(w, "tools:   %s\n", strings.Join(tools, "; "))
+	fmt.Fprintf(w, "sidecar: %s\n", m.Tools["sidecar"])
 	quick := ""
 	if c.Quick {
 		quick = " (QUICK=1: smoke-run durations, numbers are rough)"

@@ -660,8 +660,13 @@ func (r *runner) measure(ctx context.Context, name string, ch *chain) Result {
 }
 
 // sampleRSS records each process's maximum RSS every 100ms until the returned func is
-// called.
+// called. The process trees are listed once: scanning /proc ten times a second would cost
+// the harness more CPU than it should take from the proxies.
 func sampleRSS(ps []*Proc, into []ProcStats) (stop func()) {
+	trees := make([][]int, len(ps))
+	for i, p := range ps {
+		trees[i] = p.Tree()
+	}
 	done := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Add(1)
@@ -670,8 +675,8 @@ func sampleRSS(ps []*Proc, into []ProcStats) (stop func()) {
 		t := time.NewTicker(100 * time.Millisecond)
 		defer t.Stop()
 		for {
-			for i, p := range ps {
-				if n, err := p.RSS(); err == nil && mb(n) > into[i].RSSLoad {
+			for i, tree := range trees {
+				if n, err := treeRSS(tree); err == nil && mb(n) > into[i].RSSLoad {
 					into[i].RSSLoad = mb(n)
 				}
 			}
