@@ -84,6 +84,13 @@ func (p *Proc) Exited() error {
 	}
 }
 
+// OutputBytes returns how many bytes the process has written to stdout and stderr.
+func (p *Proc) OutputBytes() int64 {
+	p.out.mu.Lock()
+	defer p.out.mu.Unlock()
+	return p.out.total
+}
+
 // Output returns the last n bytes of the process's combined output.
 func (p *Proc) Output(n int) string { return p.out.Last(n) }
 
@@ -253,22 +260,24 @@ func processTree(root int) []int {
 
 // tail keeps the last max bytes written to it.
 type tail struct {
-	mu  sync.Mutex
-	max int
-	buf []byte
+	mu    sync.Mutex
+	max   int
+	buf   []byte
+	total int64 // bytes ever written
 }
 
 func (t *tail) Write(p []byte) (int, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	t.total += int64(len(p))
 	t.buf = append(t.buf, p...)
-	if len(t.buf) > t.max {
+	if len(t.buf) > 2*t.max { // trim at twice the size: amortized O(1) per byte written
 		t.buf = append(t.buf[:0], t.buf[len(t.buf)-t.max:]...)
 	}
 	return len(p), nil
 }
 
-// Last returns the last n bytes written, trimmed, on one line per original line.
+// Last returns the last n (at most max) bytes written, trimmed.
 func (t *tail) Last(n int) string {
 	t.mu.Lock()
 	defer t.mu.Unlock()

@@ -120,11 +120,11 @@ func printHeader(w io.Writer, m Meta, c Config) {
 	if c.Quick {
 		quick = " (QUICK=1: smoke-run durations, numbers are rough)"
 	}
-	warm := "no warm-up"
+	warm := "without warm-up"
 	if c.Warmup > 0 {
-		warm = c.Warmup.String() + " warm-up"
+		warm = "each after a " + c.Warmup.String() + " warm-up"
 	}
-	fmt.Fprintf(w, "load:    wrk -t%d -c%d -d%v --latency | h2load -t%d -c%d -m%d -D%v (h2c prior knowledge to the first hop), each after a %s\n",
+	fmt.Fprintf(w, "load:    wrk -t%d -c%d -d%v --latency | h2load -t%d -c%d -m%d -D%v (h2c prior knowledge to the first hop), %s\n",
 		c.Threads, c.Conns, c.Duration, c.Threads, c.H2Conns, c.H2Streams, c.Duration, warm)
 	fmt.Fprintf(w, "         vegeta at a fixed %d/s and %d/s for %v each (open loop, HTTP/1.1 keep-alive)%s; rounds: %d (medians)\n",
 		c.Rate, c.LoadRate, c.VegetaDuration, quick, c.Rounds)
@@ -187,12 +187,14 @@ func printScenario(w io.Writer, res Result, c Config) {
 	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "   load\treq/s\tp50\tp99\tmean\tmax\tfailed\t")
+	var errs []string
 	row := func(label string, l *Load) {
 		if l == nil {
 			return
 		}
 		if l.Error != "" {
-			fmt.Fprintf(tw, "   %s\tn/a: %s\t\t\t\t\t\t\n", label, trim(l.Error, 90))
+			fmt.Fprintf(tw, "   %s\tn/a\t\t\t\t\t\t\n", label)
+			errs = append(errs, label+": "+trim(l.Error, 160))
 			return
 		}
 		fmt.Fprintf(tw, "   %s\t%.0f\t%s\t%s\t%s\t%s\t%d\t\n", label, l.RPS, fmtMs(l.P50), fmtMs(l.P99), fmtMs(l.Mean), fmtMs(l.Max), l.Failures)
@@ -202,6 +204,9 @@ func printScenario(w io.Writer, res Result, c Config) {
 	row(fmt.Sprintf("vegeta %d/s", c.Rate), res.Fixed)
 	row(fmt.Sprintf("vegeta %d/s", c.LoadRate), res.Loaded)
 	_ = tw.Flush()
+	for _, e := range errs {
+		fmt.Fprintf(w, "   n/a: %s\n", e)
+	}
 	for _, l := range []*Load{res.Wrk, res.H2, res.Fixed, res.Loaded} {
 		if l.ok() && l.Failures > 0 {
 			fmt.Fprintf(w, "   WARNING: %s had %d failed requests %s\n", l.Tool, l.Failures, trim(l.FirstFailure, 120))

@@ -555,9 +555,9 @@ func parseMetricLine(line string) (name, labels string, v float64, ok bool) {
 }
 
 // measure runs the same loads against a started chain.
-func (r *runner) measure(ctx context.Context, name string, ch *chain) Result {
+func (r *runner) measure(ctx context.Context, name string, ch *chain) (res Result) {
 	c := r.cfg
-	res := Result{Scenario: name, Status: StatusOK, Path: ch.path, Notes: ch.notes}
+	res = Result{Scenario: name, Status: StatusOK, Path: ch.path, Notes: ch.notes}
 	fail := func(err error) Result {
 		res.Status, res.Reason = StatusFailed, err.Error()
 		return res
@@ -575,6 +575,17 @@ func (r *runner) measure(ctx context.Context, name string, ch *chain) Result {
 	if ch.before != nil {
 		ch.before()
 	}
+	outBefore := make([]int64, len(ch.procs))
+	for i, p := range ch.procs {
+		outBefore[i] = p.OutputBytes()
+	}
+	defer func() {
+		for i, p := range ch.procs {
+			if n := p.OutputBytes() - outBefore[i]; n > 64<<10 {
+				res.Notes = append(res.Notes, fmt.Sprintf("%s wrote %d KB of logs during the loads (their cost is in its CPU)", p.Name, n>>10))
+			}
+		}
+	}()
 	var total int64 // every request sent, warm-ups included (for handshakes per 1,000)
 	cpuWindow := func(run func() int64, into func(*ProcStats, float64)) {
 		before := make([]time.Duration, len(ch.procs))
