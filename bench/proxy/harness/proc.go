@@ -78,7 +78,7 @@ func (p *Proc) Pid() int { return p.cmd.Process.Pid }
 func (p *Proc) Exited() error {
 	select {
 	case <-p.done:
-		return fmt.Errorf("%s exited (%v): %s", p.Name, p.err, p.out.Last(600))
+		return fmt.Errorf("%s exited (%v): %s", p.Name, p.err, lastLines(p.out.Last(2000), 2))
 	default:
 		return nil
 	}

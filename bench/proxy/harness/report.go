@@ -357,6 +357,9 @@ func printRatios(w io.Writer, rat map[string]map[string]float64, c Config) {
 		}
 		return "n/a"
 	}
+	if len(rat) == 0 {
+		fmt.Fprintln(tw, "   (no scenario and baseline both measured)")
+	}
 	for _, cmp := range comparisons {
 		key := cmp[0] + "/" + cmp[1]
 		m, ok := rat[key]

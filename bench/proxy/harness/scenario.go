@@ -657,6 +657,11 @@ func (r *runner) measure(ctx context.Context, name string, ch *chain) (res Resul
 		return v.Requests
 	}, func(p *ProcStats, v float64) { p.CPULoad = v })
 	stopSampling()
+	if !res.Loaded.ok() {
+		for i := range procs {
+			procs[i].RSSLoad, procs[i].CPULoad = 0, 0 // sampled during no load
+		}
+	}
 	if err := ch.alive(); err != nil {
 		return fail(err)
 	}
