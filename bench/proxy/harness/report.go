@@ -128,6 +128,8 @@ func printHeader(w io.Writer, m Meta, c Config) {
 		c.Threads, c.Conns, c.Duration, c.Threads, c.H2Conns, c.H2Streams, c.Duration, warm)
 	fmt.Fprintf(w, "         vegeta at a fixed %d/s and %d/s for %v each (open loop, HTTP/1.1 keep-alive)%s; rounds: %d (medians)\n",
 		c.Rate, c.LoadRate, c.VegetaDuration, quick, c.Rounds)
+	fmt.Fprintf(w, "order:   per scenario: idle RSS, vegeta %d/s (RSS max, CPU), vegeta %d/s (the latency target), wrk, h2load (RSS peak over all)\n",
+		c.LoadRate, c.Rate)
 	fmt.Fprintf(w, "proxies: %d core(s) each: nginx worker_processes %d, haproxy nbthread %d, sidecar GOMAXPROCS=%d; a pair of proxies has the machine's %d cores\n",
 		c.ProxyCores, c.ProxyCores, c.ProxyCores, c.ProxyCores, m.Cores)
 	probe := ""
@@ -199,10 +201,10 @@ func printScenario(w io.Writer, res Result, c Config) {
 		}
 		fmt.Fprintf(tw, "   %s\t%.0f\t%s\t%s\t%s\t%s\t%d\t\n", label, l.RPS, fmtMs(l.P50), fmtMs(l.P99), fmtMs(l.Mean), fmtMs(l.Max), l.Failures)
 	}
+	row(fmt.Sprintf("vegeta %d/s", c.LoadRate), res.Loaded)
+	row(fmt.Sprintf("vegeta %d/s", c.Rate), res.Fixed)
 	row(fmt.Sprintf("wrk HTTP/1.1, %d conns", c.Conns), res.Wrk)
 	row(fmt.Sprintf("h2load h2c, %d conns × %d", c.H2Conns, c.H2Streams), res.H2)
-	row(fmt.Sprintf("vegeta %d/s", c.Rate), res.Fixed)
-	row(fmt.Sprintf("vegeta %d/s", c.LoadRate), res.Loaded)
 	_ = tw.Flush()
 	for _, e := range errs {
 		fmt.Fprintf(w, "   n/a: %s\n", e)
@@ -222,13 +224,14 @@ func printScenario(w io.Writer, res Result, c Config) {
 	}
 	if len(res.Procs) > 0 {
 		tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-		fmt.Fprintf(tw, "   process\tRSS idle\tRSS max @%d/s\tCPU s/1k req: wrk\th2load\t@%d/s\t\n", c.LoadRate, c.LoadRate)
+		fmt.Fprintf(tw, "   process\tRSS idle\tRSS max @%d/s\tRSS peak\tCPU s/1k req: @%d/s\twrk\th2load\t\n", c.LoadRate, c.LoadRate)
 		for _, p := range res.Procs {
 			name := p.Name
 			if p.Role == "backend" {
 				name += " (backend)"
 			}
-			fmt.Fprintf(tw, "   %s\t%s\t%s\t%s\t%s\t%s\t\n", name, fmtMB(p.RSSIdle), fmtMB(p.RSSLoad), fmtCPU(p.CPUWrk), fmtCPU(p.CPUH2), fmtCPU(p.CPULoad))
+			fmt.Fprintf(tw, "   %s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", name, fmtMB(p.RSSIdle), fmtMB(p.RSSLoad), fmtMB(p.RSSPeak),
+				fmtCPU(p.CPULoad), fmtCPU(p.CPUWrk), fmtCPU(p.CPUH2))
 		}
 		_ = tw.Flush()
 	}

@@ -97,10 +97,12 @@ type ProcStats struct {
 	Name string `json:"name"`
 	Role string `json:"role"` // proxy or backend
 	Pid  int    `json:"pid"`
-	// RSS in MB (10^6 bytes): after start, before load; and the maximum sampled every 100ms during
-	// the LoadRate run.
+	// RSS in MB (10^6 bytes): after start, before load; the maximum sampled every 100ms
+	// during the LoadRate run (the first load); and the maximum over all the loads. For
+	// nginx and haproxy trees, the PSS of master and workers summed.
 	RSSIdle float64 `json:"rss_idle_mb"`
 	RSSLoad float64 `json:"rss_load_mb"`
+	RSSPeak float64 `json:"rss_peak_mb"`
 	// CPU seconds per 1,000 requests during the wrk run, the h2load run (warm-up
 	// included on both sides of the division) and the LoadRate run.
 	CPUWrk  float64 `json:"cpu_s_per_1k_wrk"`
@@ -205,6 +207,7 @@ func mergeRounds(rs []Result) Result {
 		p := &out.Procs[i]
 		p.RSSIdle = f(func(s ProcStats) float64 { return s.RSSIdle })
 		p.RSSLoad = f(func(s ProcStats) float64 { return s.RSSLoad })
+		p.RSSPeak = f(func(s ProcStats) float64 { return s.RSSPeak })
 		p.CPUWrk = f(func(s ProcStats) float64 { return s.CPUWrk })
 		p.CPUH2 = f(func(s ProcStats) float64 { return s.CPUH2 })
 		p.CPULoad = f(func(s ProcStats) float64 { return s.CPULoad })

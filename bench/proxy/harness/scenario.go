@@ -601,7 +601,47 @@ func (r *runner) measure(ctx context.Context, name string, ch *chain) (res Resul
 		}
 	}
 
+	check := func() error {
+		if err := ch.alive(); err != nil {
+			return err
+		}
+		return ctx.Err()
+	}
+	stopPeak := sampleRSS(ch.procs, func(i int, v float64) { procs[i].RSSPeak = max(procs[i].RSSPeak, v) })
+	defer stopPeak()
+
+	// The open-loop runs come first, on a chain no saturating load has grown yet: RSS at
+	// LoadRate is then the steady state at that rate, not what h2load's 640 concurrent
+	// streams left behind. The LoadRate run also warms the chain for the Rate run.
+	r.logf("%s: vegeta %d/s for %v, sampling RSS", name, c.LoadRate, c.VegetaDuration)
+	stopSampling := sampleRSS(ch.procs, func(i int, v float64) { procs[i].RSSLoad = max(procs[i].RSSLoad, v) })
+	cpuWindow(func() int64 {
+		v, err := c.vegeta(ctx, r.dir, ch.h1, c.LoadRate)
+		res.Loaded = vegetaLoad(v, err)
+		total += v.Requests
+		return v.Requests
+	}, func(p *ProcStats, v float64) { p.CPULoad = v })
+	stopSampling()
+	if !res.Loaded.ok() {
+		for i := range procs {
+			procs[i].RSSLoad, procs[i].CPULoad = 0, 0 // sampled during no load
+		}
+	}
+	if err := check(); err != nil {
+		return fail(err)
+	}
+
+	sleepCtx(ctx, 300*time.Millisecond)
+	r.logf("%s: vegeta %d/s for %v", name, c.Rate, c.VegetaDuration)
+	v, err := c.vegeta(ctx, r.dir, ch.h1, c.Rate)
+	res.Fixed = vegetaLoad(v, err)
+	total += v.Requests
+	if err := check(); err != nil {
+		return fail(err)
+	}
+
 	// wrk: warm-up, then the measured run.
+	sleepCtx(ctx, 300*time.Millisecond)
 	if c.Wrk != "" && c.Warmup > 0 {
 		r.logf("%s: wrk warm-up %v", name, c.Warmup)
 		if w, _, err := c.wrk(ctx, ch.h1, c.Warmup); err == nil {
@@ -615,11 +655,8 @@ func (r *runner) measure(ctx context.Context, name string, ch *chain) (res Resul
 		total += w.Requests
 		return w.Requests
 	}, func(p *ProcStats, v float64) { p.CPUWrk = v })
-	if err := ch.alive(); err != nil {
+	if err := check(); err != nil {
 		return fail(err)
-	}
-	if ctx.Err() != nil {
-		return fail(ctx.Err())
 	}
 
 	sleepCtx(ctx, 300*time.Millisecond)
@@ -631,40 +668,10 @@ func (r *runner) measure(ctx context.Context, name string, ch *chain) (res Resul
 		total += all
 		return all
 	}, func(p *ProcStats, v float64) { p.CPUH2 = v })
-	if err := ch.alive(); err != nil {
+	if err := check(); err != nil {
 		return fail(err)
 	}
-	if ctx.Err() != nil {
-		return fail(ctx.Err())
-	}
-
-	sleepCtx(ctx, 300*time.Millisecond)
-	r.logf("%s: vegeta %d/s for %v", name, c.Rate, c.VegetaDuration)
-	v, err := c.vegeta(ctx, r.dir, ch.h1, c.Rate)
-	res.Fixed = vegetaLoad(v, err)
-	total += v.Requests
-	if err := ch.alive(); err != nil {
-		return fail(err)
-	}
-
-	sleepCtx(ctx, 300*time.Millisecond)
-	r.logf("%s: vegeta %d/s for %v, sampling RSS", name, c.LoadRate, c.VegetaDuration)
-	stopSampling := sampleRSS(ch.procs, procs)
-	cpuWindow(func() int64 {
-		v, err := c.vegeta(ctx, r.dir, ch.h1, c.LoadRate)
-		res.Loaded = vegetaLoad(v, err)
-		total += v.Requests
-		return v.Requests
-	}, func(p *ProcStats, v float64) { p.CPULoad = v })
-	stopSampling()
-	if !res.Loaded.ok() {
-		for i := range procs {
-			procs[i].RSSLoad, procs[i].CPULoad = 0, 0 // sampled during no load
-		}
-	}
-	if err := ch.alive(); err != nil {
-		return fail(err)
-	}
+	stopPeak()
 	res.Procs = procs
 	if ch.tls != nil {
 		res.TLS = ch.tls(total)
@@ -675,10 +682,10 @@ func (r *runner) measure(ctx context.Context, name string, ch *chain) (res Resul
 	return res
 }
 
-// sampleRSS records each process's maximum RSS every 100ms until the returned func is
-// called. The process trees are listed once: scanning /proc ten times a second would cost
-// the harness more CPU than it should take from the proxies.
-func sampleRSS(ps []*Proc, into []ProcStats) (stop func()) {
+// sampleRSS passes each process's RSS in MB to record every 100ms until the returned func
+// is called (which is idempotent). The process trees are listed once: scanning /proc ten
+// times a second would cost the harness more CPU than it should take from the proxies.
+func sampleRSS(ps []*Proc, record func(i int, mb float64)) (stop func()) {
 	trees := make([][]int, len(ps))
 	for i, p := range ps {
 		trees[i] = p.Tree()
@@ -692,8 +699,8 @@ func sampleRSS(ps []*Proc, into []ProcStats) (stop func()) {
 		defer t.Stop()
 		for {
 			for i, tree := range trees {
-				if n, err := treeRSS(tree); err == nil && mb(n) > into[i].RSSLoad {
-					into[i].RSSLoad = mb(n)
+				if n, err := treeRSS(tree); err == nil {
+					record(i, mb(n))
 				}
 			}
 			select {
@@ -703,7 +710,8 @@ func sampleRSS(ps []*Proc, into []ProcStats) (stop func()) {
 			}
 		}
 	}()
-	return func() { close(done); wg.Wait() }
+	var once sync.Once
+	return func() { once.Do(func() { close(done); wg.Wait() }) }
 }
 
 // mb converts bytes to MB (10^6 bytes, the unit of the issues' targets).
