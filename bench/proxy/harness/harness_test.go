@@ -476,7 +476,7 @@ func TestRunDirect(t *testing.T) {
 			}
 		}
 	}
-	if len(res.Procs) != 1 || res.Procs[0].Role != "backend" || res.Procs[0].Pid <= 0 || res.Procs[0].RSSIdle <= 0 || res.Procs[0].CPUWrk <= 0 {
+	if len(res.Procs) != 1 || res.Procs[0].Role != "backend" || res.Procs[0].Pid <= 0 || res.Procs[0].RSSIdle <= 0 || res.Procs[0].RSSPeak <= 0 || res.Procs[0].CPUWrk <= 0 {
 		t.Errorf("processes: %+v", res.Procs)
 	}
 	if rep.Meta.Backend == "" || !strings.HasPrefix(rep.Meta.Backend, "go") {
