@@ -327,3 +327,29 @@ func FuzzParseVegeta(f *testing.F) {
 		}
 	})
 }
+
+func TestCPUShare(t *testing.T) {
+	stat := "cpu  100 5 50 1000 7 3 2 1 0 0\ncpu0 50 2 25 500 3 1 1 0 0 0\n"
+	busy, err := parseProcStatBusy(stat)
+	if err != nil || busy != 1610*time.Millisecond { // (100+5+50+3+2+1) ticks
+		t.Errorf("parseProcStatBusy = %v, %v; want 1.61s", busy, err)
+	}
+	for _, bad := range []string{"", "intr 1 2 3", "cpu 1 2 x 4 5 6 7 8"} {
+		if _, err := parseProcStatBusy(bad); err == nil {
+			t.Errorf("parseProcStatBusy(%q) succeeded", bad)
+		}
+	}
+	self := "77 (proxybench) S 1 77 77 0 -1 0 0 0 0 0 10 20 30 40 20 0 9 0"
+	if d, err := parseSelfAndReaped(self); err != nil || d != time.Second {
+		t.Errorf("parseSelfAndReaped = %v, %v; want 1s", d, err)
+	}
+	a := cpuShare{at: time.Unix(0, 0), busy: 10 * time.Second, ours: 4 * time.Second}
+	b := cpuShare{at: time.Unix(10, 0), busy: 20 * time.Second, ours: 9 * time.Second}
+	// 10s busy in 10s on 2 cores, 5s of it ours: others used 5s of 20s.
+	if f := othersFraction(a, b, 2); f != 0.25 {
+		t.Errorf("othersFraction = %v, want 0.25", f)
+	}
+	if s, err := takeCPUShare(); err != nil || s.busy <= 0 || s.ours <= 0 {
+		t.Errorf("takeCPUShare = %+v, %v", s, err)
+	}
+}

@@ -323,3 +323,84 @@ func waitFor(ctx context.Context, timeout time.Duration, exited func() error, co
 		}
 	}
 }
+
+// cpuShare takes snapshots of the machine's busy CPU time and of the CPU time of this
+// process and all its descendants, live or reaped, so that the CPU other processes used
+// in between can be reported next to the numbers they disturbed.
+type cpuShare struct {
+	at         time.Time
+	busy, ours time.Duration
+}
+
+func takeCPUShare() (cpuShare, error) {
+	s := cpuShare{at: time.Now()}
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return s, fmt.Errorf("bench: read /proc/stat: %w", err)
+	}
+	if s.busy, err = parseProcStatBusy(string(b)); err != nil {
+		return s, err
+	}
+	self, err := os.ReadFile("/proc/self/stat")
+	if err != nil {
+		return s, fmt.Errorf("bench: read /proc/self/stat: %w", err)
+	}
+	if s.ours, err = parseSelfAndReaped(string(self)); err != nil {
+		return s, err
+	}
+	for _, pid := range processTree(os.Getpid())[1:] {
+		if st, err := readStat(pid); err == nil {
+			s.ours += st.cpu
+		}
+	}
+	return s, nil
+}
+
+// othersFraction is the share of the machine's CPU capacity (all cores) that processes
+// other than the harness's used between two snapshots.
+func othersFraction(a, b cpuShare, cores int) float64 {
+	wall := b.at.Sub(a.at)
+	if wall <= 0 || cores <= 0 {
+		return 0
+	}
+	others := (b.busy - a.busy) - (b.ours - a.ours)
+	return max(float64(others)/float64(wall)/float64(cores), 0)
+}
+
+// parseProcStatBusy returns the busy time (user, nice, system, irq, softirq, steal) of the
+// aggregate "cpu" line of /proc/stat.
+func parseProcStatBusy(s string) (time.Duration, error) {
+	line, _, _ := strings.Cut(s, "\n")
+	f := strings.Fields(line)
+	if len(f) < 9 || f[0] != "cpu" {
+		return 0, fmt.Errorf("bench: /proc/stat first line %.80q: want the cpu totals", line)
+	}
+	var busy int64
+	for _, i := range []int{1, 2, 3, 6, 7, 8} {
+		n, err := strconv.ParseInt(f[i], 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("bench: /proc/stat %.80q: %w", line, err)
+		}
+		busy += n
+	}
+	return time.Duration(busy) * time.Second / clockTicks, nil
+}
+
+// parseSelfAndReaped returns utime+stime+cutime+cstime from a /proc/PID/stat line: the
+// process's CPU time and that of the children it has waited for.
+func parseSelfAndReaped(s string) (time.Duration, error) {
+	i := strings.LastIndexByte(s, ')')
+	f := strings.Fields(s[i+1:])
+	if i < 0 || len(f) < 15 {
+		return 0, fmt.Errorf("bench: stat line %.60q: too short", s)
+	}
+	var sum int64
+	for _, j := range []int{11, 12, 13, 14} {
+		n, err := strconv.ParseInt(f[j], 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("bench: stat line %.60q: %w", s, err)
+		}
+		sum += n
+	}
+	return time.Duration(sum) * time.Second / clockTicks, nil
+}

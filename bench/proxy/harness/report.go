@@ -148,7 +148,8 @@ func printHeader(w io.Writer, m Meta, c Config) {
 		pin = fmt.Sprintf("load generators pinned to CPUs %q, backend/proxies/registry to %q", c.PinLoad, c.PinSUT)
 	}
 	fmt.Fprintf(w, "caveat:  %s; the load generator's CPU is taken from the proxies' budget in every scenario alike,\n", pin)
-	fmt.Fprintf(w, "         so compare the ratios, not the absolute numbers; other processes on the machine add noise (see load average).\n")
+	fmt.Fprintf(w, "         so compare the ratios, not the absolute numbers. Other processes on the machine add noise: each scenario\n")
+	fmt.Fprintf(w, "         reports the share of the machine's CPU they used during it (\"others' CPU\"); rerun when it is high.\n")
 }
 
 func fmtMs(v float64) string {
@@ -264,7 +265,7 @@ func trim(s string, n int) string {
 func printSummary(w io.Writer, rs []Result, c Config) {
 	fmt.Fprintf(w, "\n== summary\n")
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintf(tw, "   scenario\twrk req/s\tp50\tp99\th2load req/s\tmean\t@%d/s p50\tp99\t@%d/s p50\tp99\tfailed\t\n", c.Rate, c.LoadRate)
+	fmt.Fprintf(tw, "   scenario\twrk req/s\tp50\tp99\th2load req/s\tmean\t@%d/s p50\tp99\t@%d/s p50\tp99\tfailed\tothers' CPU\t\n", c.Rate, c.LoadRate)
 	for _, r := range rs {
 		if r.Status != StatusOK {
 			fmt.Fprintf(tw, "   %s\t%s\t\t\t\t\t\t\t\t\t\t\n", r.Scenario, r.Status)
@@ -286,9 +287,9 @@ func printSummary(w io.Writer, rs []Result, c Config) {
 				fails += l.Failures
 			}
 		}
-		fmt.Fprintf(tw, "   %s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t\n", r.Scenario,
+		fmt.Fprintf(tw, "   %s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%.0f%%\t\n", r.Scenario,
 			cell(r.Wrk, rps), cell(r.Wrk, p50), cell(r.Wrk, p99), cell(r.H2, rps), cell(r.H2, mean),
-			cell(r.Fixed, p50), cell(r.Fixed, p99), cell(r.Loaded, p50), cell(r.Loaded, p99), fails)
+			cell(r.Fixed, p50), cell(r.Fixed, p99), cell(r.Loaded, p50), cell(r.Loaded, p99), fails, r.OthersCPU*100)
 	}
 	_ = tw.Flush()
 }

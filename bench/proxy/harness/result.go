@@ -68,7 +68,10 @@ type Result struct {
 	Loaded   *Load       `json:"vegeta_load,omitempty"`  // at LoadRate
 	Procs    []ProcStats `json:"processes,omitempty"`
 	TLS      *TLSStats   `json:"tls,omitempty"`
-	Notes    []string    `json:"notes,omitempty"`
+	// OthersCPU is the share of the machine's CPU (all cores) that processes outside the
+	// harness used during the measurements: noise.
+	OthersCPU float64  `json:"others_cpu_share"`
+	Notes     []string `json:"notes,omitempty"`
 }
 
 // Load is one load generator run. Latencies are in milliseconds; h2load gives no
@@ -212,6 +215,11 @@ func mergeRounds(rs []Result) Result {
 		p.CPUH2 = f(func(s ProcStats) float64 { return s.CPUH2 })
 		p.CPULoad = f(func(s ProcStats) float64 { return s.CPULoad })
 	}
+	var others []float64
+	for _, r := range ok {
+		others = append(others, r.OthersCPU)
+	}
+	out.OthersCPU = median(others)
 	if out.TLS != nil {
 		var per []float64
 		for _, r := range ok {
