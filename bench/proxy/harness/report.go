@@ -228,9 +228,6 @@ func printScenario(w io.Writer, res Result, c Config) {
 		fmt.Fprintf(tw, "   process\tRSS idle\tRSS max @%d/s\tRSS peak\tCPU s/1k req: @%d/s\twrk\th2load\t\n", c.LoadRate, c.LoadRate)
 		for _, p := range res.Procs {
 			name := p.Name
-			if p.Role == "backend" {
-				name += " (backend)"
-			}
 			fmt.Fprintf(tw, "   %s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", name, fmtMB(p.RSSIdle), fmtMB(p.RSSLoad), fmtMB(p.RSSPeak),
 				fmtCPU(p.CPULoad), fmtCPU(p.CPUWrk), fmtCPU(p.CPUH2))
 		}
