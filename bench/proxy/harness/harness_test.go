@@ -403,7 +403,12 @@ func TestMergeRounds(t *testing.T) {
 		result(Sidecar, load(200, 2, 7), load(1000, 0.4, 1), sidecars(11, 30)...),
 	}
 	rounds[2].Wrk.Failures = 2
+	rounds[0].Notes = []string{"x", "y"}
+	rounds[3].Notes = []string{"y", "z"}
 	m := mergeRounds(rounds)
+	if !slices.Equal(m.Notes, []string{"x", "y", "z"}) {
+		t.Errorf("notes %q, want x y z once each", m.Notes)
+	}
 	if m.Status != StatusOK || m.Rounds != 3 || m.Wrk.RPS != 200 || m.Wrk.P50 != 2 || m.Wrk.P99 != 7 ||
 		m.Fixed.P50 != 0.4 || m.Procs[0].RSSIdle != 11 || m.Procs[0].RSSLoad != 22 || m.Wrk.Failures != 2 {
 		t.Errorf("mergeRounds = %+v, wrk %+v, procs %+v", m, m.Wrk, m.Procs)

@@ -24,11 +24,7 @@ func (r *runner) measure(ctx context.Context, name string, ch *chain) (res Resul
 	if share0, err := takeCPUShare(); err == nil {
 		defer func() {
 			if share1, err := takeCPUShare(); err == nil {
-				f := othersFraction(share0, share1, runtime.NumCPU())
-				res.OthersCPU = f
-				if f >= 0.05 {
-					res.Notes = append(res.Notes, fmt.Sprintf("other processes on the machine used %.0f%% of its CPU during this scenario: its numbers are disturbed", f*100))
-				}
+				res.OthersCPU = othersFraction(share0, share1, runtime.NumCPU())
 			}
 		}()
 	}

@@ -248,6 +248,9 @@ func printScenario(w io.Writer, res Result, c Config) {
 	for _, n := range res.Notes {
 		fmt.Fprintf(w, "   note: %s\n", n)
 	}
+	if res.OthersCPU >= 0.05 {
+		fmt.Fprintf(w, "   note: other processes on the machine used %.0f%% of its CPU during this scenario: its numbers are disturbed\n", res.OthersCPU*100)
+	}
 }
 
 func trim(s string, n int) string {

@@ -180,6 +180,7 @@ func mergeRounds(rs []Result) Result {
 		m := *ls[0]
 		m.Requests = int64(f(func(l *Load) float64 { return float64(l.Requests) }))
 		m.RPS = f(func(l *Load) float64 { return l.RPS })
+		m.Sent = f(func(l *Load) float64 { return l.Sent })
 		m.P50 = f(func(l *Load) float64 { return l.P50 })
 		m.P99 = f(func(l *Load) float64 { return l.P99 })
 		m.Mean = f(func(l *Load) float64 { return l.Mean })
@@ -233,9 +234,15 @@ func mergeRounds(rs []Result) Result {
 		}
 		out.TLS = &t
 	}
-	for _, r := range ok[1:] {
-		out.Notes = append(out.Notes, r.Notes...)
+	seen := map[string]bool{}
+	out.Notes = nil
+	for _, r := range ok {
+		for _, n := range r.Notes {
+			if !seen[n] {
+				seen[n] = true
+				out.Notes = append(out.Notes, n)
+			}
+		}
 	}
-	out.Notes = slices.Compact(out.Notes)
 	return out
 }
