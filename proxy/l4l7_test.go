@@ -335,4 +335,3 @@ func TestUpgradeHalfClose(t *testing.T) {
 		t.Fatalf("refused upgrade: %+v %v", res, err)
 	}
 }
-
