@@ -494,9 +494,10 @@ func (u *Upstream) pickHost(ctx context.Context, info lb.PickInfo, tried *triedH
 		changed := u.bal.Changed()
 		h, err := u.bal.Pick(info)
 		if err == nil {
-			// Up to a few more picks to find a host not tried yet.
+			// Up to a few more picks to find a host not tried yet. A hash key would pick
+			// the same host again, so the re-picks go without it.
 			for i := 0; i < 3 && tried.has(h); i++ {
-				if h2, err := u.bal.Pick(info); err == nil {
+				if h2, err := u.bal.Pick(lb.PickInfo{}); err == nil {
 					h = h2
 				}
 			}

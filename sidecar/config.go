@@ -26,86 +26,86 @@ import (
 // fields plus per-upstream policy. The zero value of every field means its default;
 // withDefaults applies them all, in one place, and Validate checks the result.
 type Config struct {
-	Service   string            `yaml:"service"`   // the local service's registry name
-	ID        string            `yaml:"id"`        // instance ID; default SERVICE-HOST-PORT of the advertised inbound
-	Protocol  string            `yaml:"protocol"`  // what the app speaks: tcp (default), http, http2, grpc
-	Inbound   string            `yaml:"inbound"`   // listener for peer sidecars, host:port
-	Advertise string            `yaml:"advertise"` // address registered for the inbound; default its host
-	App       string            `yaml:"app"`       // the app's host:port inside the pod
-	Admin     string            `yaml:"admin"`     // /ready /live /config /metrics; default 127.0.0.1:19000
-	Metrics   string            `yaml:"metrics"`   // optional separate /metrics listener, advertised as meta metrics_port
-	Registry  string            `yaml:"registry"`  // Consul HTTP API; default $CONSUL_HTTP_ADDR, then http://127.0.0.1:8500
-	Register  *bool             `yaml:"register"`  // register the instance (default true); false when the launcher does
-	Tags      []string          `yaml:"tags"`      // registration tags
-	Meta      map[string]string `yaml:"meta"`      // extra registration meta
-	Check     Check             `yaml:"check"`
-	Upstreams []Upstream        `yaml:"upstreams"`
-	Limits    Limits            `yaml:"limits"`
+	Service   string            `yaml:"service" json:"service"`     // the local service's registry name
+	ID        string            `yaml:"id" json:"id"`               // instance ID; default SERVICE-HOST-PORT of the advertised inbound
+	Protocol  string            `yaml:"protocol" json:"protocol"`   // what the app speaks: tcp (default), http, http2, grpc
+	Inbound   string            `yaml:"inbound" json:"inbound"`     // listener for peer sidecars, host:port
+	Advertise string            `yaml:"advertise" json:"advertise"` // address registered for the inbound; default its host
+	App       string            `yaml:"app" json:"app"`             // the app's host:port inside the pod
+	Admin     string            `yaml:"admin" json:"admin"`         // /ready /live /config /metrics; default 127.0.0.1:19000
+	Metrics   string            `yaml:"metrics" json:"metrics"`     // optional separate /metrics listener, advertised as meta metrics_port
+	Registry  string            `yaml:"registry" json:"registry"`   // Consul HTTP API; default $CONSUL_HTTP_ADDR, then http://127.0.0.1:8500
+	Register  *bool             `yaml:"register" json:"register"`   // register the instance (default true); false when the launcher does
+	Tags      []string          `yaml:"tags" json:"tags"`           // registration tags
+	Meta      map[string]string `yaml:"meta" json:"meta"`           // extra registration meta
+	Check     Check             `yaml:"check" json:"check"`
+	Upstreams []Upstream        `yaml:"upstreams" json:"upstreams"`
+	Limits    Limits            `yaml:"limits" json:"limits"`
 	// MaxRequests bounds requests in flight to the app (1024); peers get 503s beyond it.
-	MaxRequests int `yaml:"max_requests"`
+	MaxRequests int `yaml:"max_requests" json:"max_requests"`
 	// DrainTimeout bounds the graceful drain on SIGTERM (8s, inside a 10s stop grace).
-	DrainTimeout Duration `yaml:"drain_timeout"`
+	DrainTimeout Duration `yaml:"drain_timeout" json:"drain_timeout"`
 	// ReadyTimeout is how long /ready waits for the first discovery answer of every
 	// upstream before reporting ready anyway (5s).
-	ReadyTimeout Duration `yaml:"ready_timeout"`
+	ReadyTimeout Duration `yaml:"ready_timeout" json:"ready_timeout"`
 }
 
 // Check is the app health check the sidecar runs and reports to the registry through a
 // TTL check: the registry may not reach the app inside its pod, and a sidecar that dies
 // stops refreshing the TTL, so its instance goes critical.
 type Check struct {
-	HTTP            string   `yaml:"http"`             // path probed with GET on the app; empty: TCP connect
-	Interval        Duration `yaml:"interval"`         // 2s
-	Timeout         Duration `yaml:"timeout"`          // 1s
-	TTL             Duration `yaml:"ttl"`              // 3 × interval
-	DeregisterAfter Duration `yaml:"deregister_after"` // critical this long: the registry drops the instance (1m, Consul's minimum)
+	HTTP            string   `yaml:"http" json:"http"`                         // path probed with GET on the app; empty: TCP connect
+	Interval        Duration `yaml:"interval" json:"interval"`                 // 2s
+	Timeout         Duration `yaml:"timeout" json:"timeout"`                   // 1s
+	TTL             Duration `yaml:"ttl" json:"ttl"`                           // 3 × interval
+	DeregisterAfter Duration `yaml:"deregister_after" json:"deregister_after"` // critical this long: the registry drops the instance (1m, Consul's minimum)
 }
 
 // Upstream is one service the app calls, on a local listener, with its policy.
 type Upstream struct {
-	Name     string `yaml:"name"`
-	Listen   string `yaml:"listen"`   // local host:port the app calls
-	Protocol string `yaml:"protocol"` // overrides the instances' meta protocol
-	LB       string `yaml:"lb"`       // round_robin, random, least_request (default), ring_hash, maglev
+	Name     string `yaml:"name" json:"name"`
+	Listen   string `yaml:"listen" json:"listen"`     // local host:port the app calls
+	Protocol string `yaml:"protocol" json:"protocol"` // overrides the instances' meta protocol
+	LB       string `yaml:"lb" json:"lb"`             // round_robin, random, least_request (default), ring_hash, maglev
 	// HashOn is the consistent-hash key of ring_hash and maglev: header:NAME, cookie:NAME
 	// or source_ip (the default for those policies).
-	HashOn         string   `yaml:"hash_on"`
-	ConnectTimeout Duration `yaml:"connect_timeout"` // 5s
+	HashOn         string   `yaml:"hash_on" json:"hash_on"`
+	ConnectTimeout Duration `yaml:"connect_timeout" json:"connect_timeout"` // 5s
 	// Timeout bounds the wait for response headers over all tries: 15s, none for grpc;
 	// "none" disables it.
-	Timeout       Duration `yaml:"timeout"`
-	PerTryTimeout Duration `yaml:"per_try_timeout"` // none
-	Retries       *int     `yaml:"retries"`         // 2; 0 disables retries
+	Timeout       Duration `yaml:"timeout" json:"timeout"`
+	PerTryTimeout Duration `yaml:"per_try_timeout" json:"per_try_timeout"` // none
+	Retries       *int     `yaml:"retries" json:"retries"`                 // 2; 0 disables retries
 	// RetryOn replaces the default [connect-failure, refused-stream, idempotent]; 5xx and
 	// gateway-error retry those statuses for every method.
-	RetryOn  []string         `yaml:"retry_on"`
-	Breakers Breakers         `yaml:"breakers"`
-	Budget   Budget           `yaml:"retry_budget"`
-	Outlier  lb.OutlierConfig `yaml:"outlier"`
+	RetryOn  []string         `yaml:"retry_on" json:"retry_on"`
+	Breakers Breakers         `yaml:"breakers" json:"breakers"`
+	Budget   Budget           `yaml:"retry_budget" json:"retry_budget"`
+	Outlier  lb.OutlierConfig `yaml:"outlier" json:"outlier"`
 }
 
 // Breakers are the upstream's circuit breakers (Envoy's defaults 1024/1024/1024; retries
 // are bounded by the retry budget unless max_retries is set).
 type Breakers struct {
-	MaxConnections     int `yaml:"max_connections"`
-	MaxPendingRequests int `yaml:"max_pending_requests"`
-	MaxRequests        int `yaml:"max_requests"`
-	MaxRetries         int `yaml:"max_retries"`
+	MaxConnections     int `yaml:"max_connections" json:"max_connections"`
+	MaxPendingRequests int `yaml:"max_pending_requests" json:"max_pending_requests"`
+	MaxRequests        int `yaml:"max_requests" json:"max_requests"`
+	MaxRetries         int `yaml:"max_retries" json:"max_retries"`
 }
 
 // Budget is the retry budget: percent of requests in flight, at least min_concurrent.
 type Budget struct {
-	Percent       float64 `yaml:"percent"`        // 20
-	MinConcurrent int     `yaml:"min_concurrent"` // 3
+	Percent       float64 `yaml:"percent" json:"percent"`               // 20
+	MinConcurrent int     `yaml:"min_concurrent" json:"min_concurrent"` // 3
 }
 
 // Limits are the abuse limits of every listener (see proxy.Limits for the defaults).
 type Limits struct {
-	MaxHeaderBytes    int      `yaml:"max_header_bytes"`    // 32 KiB
-	MaxHeaderCount    int      `yaml:"max_header_count"`    // 100
-	ReadHeaderTimeout Duration `yaml:"read_header_timeout"` // 10s
-	IdleTimeout       Duration `yaml:"idle_timeout"`        // 60s
-	MaxConnections    int      `yaml:"max_connections"`     // 1024 per listener
+	MaxHeaderBytes    int      `yaml:"max_header_bytes" json:"max_header_bytes"`       // 32 KiB
+	MaxHeaderCount    int      `yaml:"max_header_count" json:"max_header_count"`       // 100
+	ReadHeaderTimeout Duration `yaml:"read_header_timeout" json:"read_header_timeout"` // 10s
+	IdleTimeout       Duration `yaml:"idle_timeout" json:"idle_timeout"`               // 60s
+	MaxConnections    int      `yaml:"max_connections" json:"max_connections"`         // 1024 per listener
 }
 
 // Duration is a time.Duration written as a Go duration string ("1.5s") in YAML, or
@@ -396,7 +396,7 @@ var checks = []check{
 				return fieldErr(f("name"), u.Name, "duplicate upstream")
 			}
 			names[u.Name] = true
-			if other, ok := listens[u.Listen]; ok && u.Listen != "" {
+			if other, ok := listens[u.Listen]; ok && u.Listen != "" && !strings.HasSuffix(u.Listen, ":0") {
 				return fieldErr(f("listen"), u.Listen, "already used by "+other)
 			}
 			listens[u.Listen] = u.Name
@@ -514,7 +514,7 @@ func (u *upstreamFlag) Set(s string) error {
 type durationFlag struct{ d *Duration }
 
 func (f durationFlag) String() string {
-	if f.d == nil {
+	if f.d == nil || *f.d == 0 {
 		return ""
 	}
 	return f.d.String()
