@@ -490,8 +490,8 @@ type sidecarProc struct {
 	cmd     *exec.Cmd
 	admin   string
 	inbound string
-	done  chan error
-	log   *strings.Builder
+	done    chan error
+	log     *strings.Builder
 }
 
 func startSidecarProc(t *testing.T, args ...string) *sidecarProc {
