@@ -56,9 +56,6 @@ var (
 	errTimeout = errors.New("proxy: upstream timeout")
 	// errPerTryTimeout is one attempt's timeout firing.
 	errPerTryTimeout = errors.New("proxy: per-try timeout")
-	// errBodyConsumed marks a failed attempt that cannot be retried because its request
-	// body was partly sent and was too large to keep for replay.
-	errBodyConsumed = errors.New("proxy: request body already sent")
 )
 
 // Response headers the sidecars use between themselves.

@@ -68,7 +68,13 @@ type Upstream struct {
 	hashKey string // canonical header name for HashHeader
 
 	ln *listener
+
+	// roundTrip, when set, replaces the HTTP/2 pool: tests measure the proxy's own
+	// per-request work with it.
+	roundTrip func(*http.Request) (*http.Response, error)
 }
+
+func noCancel() {}
 
 // NewUpstream builds an upstream. ctx bounds its background work (connection dials,
 // closing connections to departed instances); cancelling it cuts connections, while
@@ -292,7 +298,7 @@ func (u *Upstream) serveHTTP(w http.ResponseWriter, r *http.Request) int {
 			lastErr = err
 			break
 		}
-		res, cancelTry, err := u.try(ctx, out, body, host)
+		res, cancelTry, err := u.try(ctx, out, body, host, attempt)
 		if retrySlot {
 			u.releaseRetry()
 			retrySlot = false
@@ -351,15 +357,21 @@ func (u *Upstream) retryAllowed(body *reqBody) bool {
 
 // try runs one attempt against host. On success the caller owns res and must call
 // cancelTry once the body is done.
-func (u *Upstream) try(ctx context.Context, out *http.Request, body *reqBody, host *lb.Host) (*http.Response, func(), error) {
-	actx, cancel := ctx, func() {}
+func (u *Upstream) try(ctx context.Context, out *http.Request, body *reqBody, host *lb.Host, attempt int) (*http.Response, func(), error) {
+	if attempt > 0 {
+		// A failed attempt's transport may still hold its request: retries get their own.
+		o, url := *out, *out.URL
+		o.URL = &url
+		out = &o
+	}
+	actx, cancel := ctx, noCancel
 	if d := u.pol.PerTryTimeout; d > 0 {
 		c, cc := context.WithCancelCause(ctx)
 		t := time.AfterFunc(d, func() { cc(errPerTryTimeout) })
 		actx = c
 		cancel = func() { t.Stop(); cc(nil) }
+		out = out.WithContext(actx)
 	}
-	out = out.WithContext(actx)
 	out.URL.Host = host.Address()
 	out.Body = body.attempt()
 
@@ -370,13 +382,20 @@ func (u *Upstream) try(ctx context.Context, out *http.Request, body *reqBody, ho
 	}
 	host.Begin()
 	start := time.Now()
-	cc, err := u.h2.get(actx, host.Address())
-	u.pending.release()
 	var res *http.Response
-	if err == nil {
-		res, err = cc.RoundTrip(out)
-		if err != nil {
-			err = classifyRoundTrip(err)
+	var err error
+	if u.roundTrip != nil {
+		u.pending.release()
+		res, err = u.roundTrip(out)
+	} else {
+		var cc *http.ClientConn
+		cc, err = u.h2.get(actx, host.Address())
+		u.pending.release()
+		if err == nil {
+			res, err = cc.RoundTrip(out)
+			if err != nil {
+				err = classifyRoundTrip(err)
+			}
 		}
 	}
 	latency := time.Since(start)
@@ -488,6 +507,7 @@ func (u *Upstream) pickHost(ctx context.Context, info lb.PickInfo, tried *triedH
 	defer func() {
 		if t != nil {
 			t.Stop()
+			u.pending.release()
 		}
 	}()
 	for {
@@ -507,7 +527,12 @@ func (u *Upstream) pickHost(ctx context.Context, info lb.PickInfo, tried *triedH
 			return nil, err
 		}
 		if t == nil {
-			t = time.NewTimer(u.pol.ConnectTimeout)
+			// Waiting for discovery makes this a pending request.
+			if !u.pending.tryAcquire() {
+				u.m.overloaded[BreakerPending].Inc()
+				return nil, OverloadedError{Breaker: BreakerPending}
+			}
+			t = time.NewTimer(u.pol.ConnectTimeout) // released with the slot on return
 		}
 		select {
 		case <-changed:

@@ -153,7 +153,7 @@ func TestLargeBodyNotReplayed(t *testing.T) {
 		mu.Lock()
 		sizes = append(sizes, len(b))
 		mu.Unlock()
-		http.Error(w, "boom", 503)
+		http.Error(w, "boom", http.StatusServiceUnavailable)
 	})
 	badIn, _ := startInbound(t, InboundConfig{Service: "s", Protocol: HTTP, App: bad.addr})
 	upAddr, _ := startUpstream(t, UpstreamConfig{Name: "s", Policy: Policy{RetryOn: Retry5xx}},

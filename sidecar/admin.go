@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"net/http/pprof"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -19,6 +20,7 @@ import (
 //	          (or ReadyTimeout passed); 503 before, and while draining
 //	/config   the effective configuration and every upstream's endpoints and state, as JSON
 //	/metrics  Prometheus metrics
+//	/debug/pprof/  Go profiles
 func (s *Sidecar) adminHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /live", func(w http.ResponseWriter, _ *http.Request) {
@@ -38,6 +40,10 @@ func (s *Sidecar) adminHandler() http.Handler {
 		enc.Encode(s.Snapshot())
 	})
 	mux.Handle("GET /metrics", s.metricsHandler())
+	// Profiles, on the admin listener only (loopback by default).
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	return mux
 }
 
