@@ -190,17 +190,16 @@ func (w *Watcher) Run(ctx context.Context) error {
 				recoverEnd, stable = time.Time{}, nil
 			}
 		}
-		changed := !published || !slices.EqualFunc(eps, last, sameEndpoint)
-		if changed {
-			w.cfg.Listener.Update(slices.Clone(eps))
-			last, published = eps, true
-		}
 		index = max(meta.LastIndex, 1) // Consul: an index below 1 is treated as 1
 		w.record(func(s *State) {
 			s.Index, s.Endpoints, s.Answered = index, len(eps), true
 			s.LastSuccess, s.LastError, s.Failures = time.Now(), "", 0
 			s.Recovering = !recoverEnd.IsZero()
 		})
+		if !published || !slices.EqualFunc(eps, last, sameEndpoint) {
+			w.cfg.Listener.Update(slices.Clone(eps))
+			last, published = eps, true
+		}
 		select {
 		case <-w.ready:
 		default:
