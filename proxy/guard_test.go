@@ -8,10 +8,12 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/podmesh/podmesh/internal/testutil"
 	"github.com/podmesh/podmesh/lb"
 )
 
@@ -294,5 +296,100 @@ func FuzzGuardConn(f *testing.F) {
 		if i < 0 || !bytes.HasPrefix(data, out[:i]) {
 			t.Fatalf("released bytes are not a prefix of the input:\nin:  %q\nout: %q", data, out)
 		}
+	})
+}
+
+// Slowloris: a head that trickles in is cut at the read-header timeout, and a connection
+// that idles after a request is closed at the idle timeout.
+func TestSlowHeadAndIdleTimeouts(t *testing.T) {
+	a := startApp(t, "a", nil)
+	lim := Limits{ReadHeaderTimeout: 200 * time.Millisecond, IdleTimeout: 300 * time.Millisecond}
+	inAddr, _ := startInbound(t, InboundConfig{Service: "a", Protocol: HTTP, App: a.addr, Limits: lim})
+	upAddr, _ := startUpstream(t, UpstreamConfig{Name: "a", Limits: lim}, []lb.Endpoint{endpoint("a1", inAddr, HTTP)})
+
+	c, err := net.Dial("tcp", upAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	start := time.Now()
+	io.WriteString(c, "GET / HTTP/1.1\r\nHost: a\r\nX-Slow: ")
+	c.SetReadDeadline(time.Now().Add(3 * time.Second))
+	_, err = io.ReadAll(c) // returns when the proxy closes the connection
+	if d := time.Since(start); err != nil || d > 2*time.Second {
+		t.Errorf("slow head: closed after %v (%v)", d, err)
+	}
+	if a.hits.Load() != 0 {
+		t.Error("the slow request reached the app")
+	}
+
+	c2, err := net.Dial("tcp", upAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	io.WriteString(c2, "GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+	br := bufio.NewReader(c2)
+	res, err := http.ReadResponse(br, nil)
+	if err != nil || res.StatusCode != 200 {
+		t.Fatalf("request: %v %v", res, err)
+	}
+	io.Copy(io.Discard, res.Body)
+	start = time.Now()
+	c2.SetReadDeadline(time.Now().Add(3 * time.Second))
+	if _, err := br.ReadByte(); !errors.Is(err, io.EOF) {
+		t.Errorf("idle connection: %v", err)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("idle connection closed after %v", d)
+	}
+}
+
+// Connections beyond the listener's limit are closed at once.
+func TestMaxConnectionsPerListener(t *testing.T) {
+	a := startApp(t, "a", nil)
+	inAddr, _ := startInbound(t, InboundConfig{Service: "a", Protocol: HTTP, App: a.addr})
+	upAddr, _ := startUpstream(t, UpstreamConfig{Name: "a", Limits: Limits{MaxConnections: 2}},
+		[]lb.Endpoint{endpoint("a1", inAddr, HTTP)})
+	var conns []net.Conn
+	for range 2 {
+		c, err := net.Dial("tcp", upAddr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		io.WriteString(c, "GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+		if res, err := http.ReadResponse(bufio.NewReader(c), nil); err != nil || res.StatusCode != 200 {
+			t.Fatalf("admitted connection: %v %v", res, err)
+		}
+		conns = append(conns, c)
+	}
+	c, err := net.Dial("tcp", upAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetReadDeadline(time.Now().Add(3 * time.Second))
+	if n, err := c.Read(make([]byte, 1)); n != 0 || err == nil || os.IsTimeout(err) {
+		t.Errorf("third connection: read %d, %v; want it closed", n, err)
+	}
+	// Closing one admits a new one.
+	conns[0].Close()
+	testutil.Eventually(t, 3*time.Second, 20*time.Millisecond, func() error {
+		c, err := net.Dial("tcp", upAddr)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(time.Second))
+		io.WriteString(c, "GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+		res, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			return err
+		}
+		if res.StatusCode != 200 {
+			return fmt.Errorf("status %d", res.StatusCode)
+		}
+		return nil
 	})
 }

@@ -151,6 +151,11 @@ func (l *listener) handle(c net.Conn) {
 	var peer = Peer{Addr: c.RemoteAddr()}
 	if l.serverTLS != nil {
 		if cfg := l.serverTLS(); cfg != nil {
+			cfg = cfg.Clone()
+			if len(cfg.NextProtos) == 0 {
+				cfg.NextProtos = []string{ALPNHTTP2, ALPNHTTP1, ALPNTCP}
+			}
+			cfg.MinVersion = max(cfg.MinVersion, tls.VersionTLS13)
 			tc := tls.Server(c, cfg)
 			ctx, cancel := context.WithTimeout(l.ctx, l.limits.ReadHeaderTimeout)
 			err := tc.HandshakeContext(ctx)
