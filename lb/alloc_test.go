@@ -29,6 +29,7 @@ func TestNoAllocs(t *testing.T) {
 					"Pick":           func() { _, _ = b.Pick(PickInfo{}) },
 					"Pick/hash":      func() { key++; _, _ = b.Pick(PickInfo{Hash: key, HasHash: true}) },
 					"Pick/stale":     func() { key++; _, _ = stale.Pick(PickInfo{Hash: key, HasHash: key%2 == 0}) },
+					"Pick/avoid":     func() { key++; _, _ = stale.Pick(PickInfo{Hash: key, HasHash: key%2 == 0, Avoid: ha}) },
 					"Begin/Done":     func() { ha.Begin(); ha.Done(time.Millisecond, Success) },
 					"Begin/Done/5xx": func() { hc.Begin(); hc.Done(time.Millisecond, ServerError); hc.Begin(); hc.Done(0, Success) },
 				} {

@@ -78,7 +78,7 @@ func (b *Balancer) mono() int64 { return int64(b.cfg.Clock().Sub(b.epoch)) }
 func (b *Balancer) Update(eps []Endpoint) {
 	b.mu.Lock()
 	next := make(map[string]*Host, len(eps))
-	changed := len(eps) != len(b.hosts)
+	changed := false
 	var newHosts []*Host
 	for i := range eps {
 		ep := eps[i]

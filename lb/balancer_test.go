@@ -238,6 +238,11 @@ func TestConcurrentPickDoneUpdate(t *testing.T) {
 				for i := 0; !stop.Load(); i++ {
 					b.Update(endpoints(3 + i%3))
 					_ = b.Stats()
+					// a also fails here, so it is ejected whatever the policy makes of it.
+					if hosts := b.Hosts(); hosts[0].Endpoint().ID == "a" {
+						hosts[0].Begin()
+						hosts[0].Done(time.Millisecond, ConnectFailure)
+					}
 					select {
 					case <-b.Changed():
 					case <-tick.C:

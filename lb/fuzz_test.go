@@ -77,7 +77,8 @@ func checkAvailability(t *testing.T, b *testBalancer, step int) {
 
 // FuzzStalePicker checks the guard in every picker: a picker built over some hosts, some of
 // which are ejected afterwards (the moment before the next picker is published), never
-// returns an ejected host, and returns ErrNoHost only when all of its hosts are ejected.
+// returns an ejected host, returns ErrNoHost only when all of its hosts are ejected, and
+// returns the host to avoid only when it is the last one in rotation.
 func FuzzStalePicker(f *testing.F) {
 	f.Add(uint8(0), uint8(3), uint8(0b001), []byte{1, 2, 3}, uint64(1))
 	f.Add(uint8(2), uint8(5), uint8(0b11110), []byte{0, 9}, uint64(7))
@@ -95,6 +96,10 @@ func FuzzStalePicker(f *testing.F) {
 		b := newTestBalancer(t, Config{Policy: policy, MaglevTableSize: 251, MinimumRingSize: 64, Rand: seededRand(seed)}, endpoints(n, w...))
 		p := b.Picker()
 		hosts := b.Hosts()
+		var avoid *Host
+		if seed%3 == 0 {
+			avoid = hosts[int(seed/3)%n]
+		}
 		live := 0
 		for i, h := range hosts {
 			if mask&(1<<i) != 0 {
@@ -104,12 +109,14 @@ func FuzzStalePicker(f *testing.F) {
 			}
 		}
 		for i := range 64 {
-			h, err := p.Pick(PickInfo{Hash: seed + uint64(i)*0x9e3779b97f4a7c15, HasHash: i%3 != 0})
+			h, err := p.Pick(PickInfo{Hash: seed + uint64(i)*0x9e3779b97f4a7c15, HasHash: i%3 != 0, Avoid: avoid})
 			switch {
 			case err != nil && live > 0:
 				t.Fatalf("%s: ErrNoHost with %d of %d hosts live", policy, live, n)
 			case err == nil && h.Ejected():
 				t.Fatalf("%s: returned ejected host %s", policy, h.Endpoint().ID)
+			case err == nil && h == avoid && live > 1:
+				t.Fatalf("%s: returned the host to avoid with %d hosts live", policy, live)
 			}
 		}
 	})

@@ -135,11 +135,6 @@ func (h *Host) latency(now int64, tau float64) float64 {
 	return c
 }
 
-// load is the least-request score: latency EWMA × (in flight + 1).
-func (h *Host) load(now int64, tau float64) float64 {
-	return h.latency(now, tau) * float64(h.active.Load()+1)
-}
-
 // weight is the endpoint's weight, 0 counting as 1.
 func (h *Host) weight() uint64 {
 	if w := h.ep.Load().Weight; w > 0 {

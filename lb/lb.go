@@ -7,7 +7,13 @@
 // atomic.Pointer. Pick never locks and never allocates. The proxy reports each attempt's
 // outcome back to the Host (Begin/Done), which drives the EWMA, least-request counts and
 // outlier ejection; when ejection changes which hosts are ready, the Balancer rebuilds the
-// picker.
+// picker, and a timer rebuilds it again when the ejection ends. Changed wakes callers waiting
+// for a new picker, Stats and OnEvent feed the admin view and metrics, and Close stops the
+// timers.
+//
+// Policies: round_robin (smooth weighted), random (weighted), least_request (power of two
+// choices on latency EWMA × in-flight, the default), ring_hash and maglev (consistent hashing
+// on PickInfo.Hash, computed with Hash). See Config for the defaults.
 package lb
 
 import (
@@ -36,6 +42,11 @@ type PickInfo struct {
 	// HasHash is set; without a key they fall back to a random host.
 	Hash    uint64
 	HasHash bool
+
+	// Avoid, if set, is a host to pass over unless it is the only one in rotation: the host a
+	// failed attempt went to, so that the retry goes elsewhere (Envoy's previous_hosts retry
+	// predicate). Hash policies walk on to the next distinct host, as for an ejected one.
+	Avoid *Host
 }
 
 // Picker is an immutable snapshot that chooses a host. Implementations must be safe for
@@ -44,8 +55,8 @@ type Picker interface {
 	Pick(info PickInfo) (*Host, error)
 }
 
-// ErrNoHost is returned by Pick when no endpoint is available (none known, or all ejected
-// beyond what the max-ejection-percent allows to be skipped).
+// ErrNoHost is returned by Pick when no endpoint is available. Outlier ejection always leaves
+// at least one host in rotation, so for a Balancer this means it has no endpoints.
 var ErrNoHost = errors.New("lb: no healthy endpoint")
 
 // Policy names a load-balancing algorithm.
@@ -63,8 +74,10 @@ const (
 // Outcome classifies one finished attempt against a host, for passive health.
 type Outcome uint8
 
-// Outcomes. ConnectFailure and GatewayFailure (502/503/504 or a reset) and ServerError (any
-// other 5xx) count towards consecutive-failure ejection; Success resets the count.
+// Outcomes. ServerError (a 5xx other than 502/503/504) counts towards the consecutive-5xx
+// rule; GatewayFailure (502/503/504, a reset) and ConnectFailure count towards both it and
+// the consecutive-gateway-failure rule. Success and ClientError (a 4xx: the host answered)
+// reset both counts.
 const (
 	Success Outcome = iota
 	ClientError

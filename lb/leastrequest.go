@@ -1,6 +1,9 @@
 package lb
 
-import "math/bits"
+import (
+	"math"
+	"math/bits"
+)
 
 // leastRequestPicker is power of two random choices over a load score of latency EWMA ×
 // (requests in flight + 1), Linkerd's peak-EWMA balancer (Finagle's before it). Two
@@ -18,11 +21,11 @@ type leastRequestPicker struct {
 	b   *Balancer // clock, decay and random source
 }
 
-func (p *leastRequestPicker) Pick(PickInfo) (*Host, error) {
+func (p *leastRequestPicker) Pick(info PickInfo) (*Host, error) {
 	hosts := p.set.hosts
 	n := len(hosts)
 	if n == 1 {
-		return scanFrom(hosts, 0)
+		return scanFrom(hosts, 0, info.Avoid)
 	}
 	r := p.b.cfg.Rand()
 	r2 := mix64(r)
@@ -39,14 +42,13 @@ func (p *leastRequestPicker) Pick(PickInfo) (*Host, error) {
 		j = p.set.index(r2)
 	}
 	a, c := hosts[i], hosts[j]
-	switch okA, okC := a.inRotation(), c.inRotation(); {
+	switch okA, okC := usable(a, info.Avoid), usable(c, info.Avoid); {
 	case okA && okC:
 		if a == c {
 			return a, nil
 		}
-		now := p.b.mono()
-		la, lc := a.load(now, p.b.tau), c.load(now, p.b.tau)
-		if la < lc || la == lc && r2&1 == 0 {
+		ca, cc := compareLoad(a, c, p.b.tau)
+		if ca < cc || ca == cc && r2&1 == 0 {
 			return a, nil
 		}
 		return c, nil
@@ -55,5 +57,22 @@ func (p *leastRequestPicker) Pick(PickInfo) (*Host, error) {
 	case okC:
 		return c, nil
 	}
-	return scanFrom(hosts, i)
+	return scanFrom(hosts, i, info.Avoid)
+}
+
+// compareLoad returns the two hosts' scores, latency EWMA × (in flight + 1), each decayed
+// towards zero for the time since it was last updated, scaled by the same positive factor so
+// that no clock is needed: decaying both to now is the same as decaying the older estimate to
+// the newer one's stamp. That keeps time.Now out of Pick.
+func compareLoad(a, c *Host, tau float64) (float64, float64) {
+	sa, sc := a.stamp.Load(), c.stamp.Load()
+	la := math.Float64frombits(a.cost.Load()) * float64(max(a.active.Load(), 0)+1)
+	lc := math.Float64frombits(c.cost.Load()) * float64(max(c.active.Load(), 0)+1)
+	switch {
+	case sa > sc:
+		lc *= math.Exp(-float64(sa-sc) / tau)
+	case sc > sa:
+		la *= math.Exp(-float64(sc-sa) / tau)
+	}
+	return la, lc
 }

@@ -68,12 +68,15 @@ func newMaglevPicker(set weightedSet, size uint64, rnd func() uint64) *maglevPic
 
 func (p *maglevPicker) Pick(info PickInfo) (*Host, error) {
 	if !info.HasHash {
-		return p.set.pickRandom(p.rand())
+		return p.set.pickRandom(p.rand(), info.Avoid)
 	}
 	m := uint64(len(p.table))
 	c := mix64(info.Hash) % m
 	hosts := p.set.hosts
-	if h := hosts[p.table[c]]; h.inRotation() {
+	if len(hosts) == 1 {
+		return scanFrom(hosts, 0, info.Avoid)
+	}
+	if h := hosts[p.table[c]]; usable(h, info.Avoid) {
 		return h, nil
 	}
 	// Walk the table to the next entry owned by a host in rotation.
@@ -82,9 +85,13 @@ func (p *maglevPicker) Pick(info PickInfo) (*Host, error) {
 		if j >= m {
 			j -= m
 		}
-		if h := hosts[p.table[j]]; h.inRotation() {
+		if h := hosts[p.table[j]]; usable(h, info.Avoid) {
 			return h, nil
 		}
+	}
+	// Only the host to avoid is left, if it is in rotation.
+	if info.Avoid != nil && info.Avoid.inRotation() && containsHost(hosts, info.Avoid) {
+		return info.Avoid, nil
 	}
 	return nil, ErrNoHost
 }

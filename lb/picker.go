@@ -79,23 +79,36 @@ func (s *weightedSet) index(r uint64) int {
 	return lo
 }
 
-// pickRandom returns a weighted random host, or the next one in rotation after it.
-func (s *weightedSet) pickRandom(r uint64) (*Host, error) {
-	return scanFrom(s.hosts, s.index(r))
+// pickRandom returns a weighted random host, or the next usable one after it.
+func (s *weightedSet) pickRandom(r uint64, avoid *Host) (*Host, error) {
+	return scanFrom(s.hosts, s.index(r), avoid)
 }
 
-// scanFrom returns the first host in rotation at or after hosts[start], wrapping around:
-// at most one pass.
-func scanFrom(hosts []*Host, start int) (*Host, error) {
+// usable reports whether a picker may return h: it is in rotation and not the one to avoid.
+func usable(h, avoid *Host) bool { return h != avoid && h.inRotation() }
+
+// scanFrom returns the first usable host at or after hosts[start], wrapping around, or the
+// host to avoid if it is among them and the only one in rotation: at most one pass.
+func scanFrom(hosts []*Host, start int, avoid *Host) (*Host, error) {
 	n := len(hosts)
+	sawAvoid := false
 	for k := 0; k < n; k++ {
 		j := start + k
 		if j >= n {
 			j -= n
 		}
-		if h := hosts[j]; h.inRotation() {
-			return h, nil
+		h := hosts[j]
+		if !h.inRotation() {
+			continue
 		}
+		if h == avoid {
+			sawAvoid = true
+			continue
+		}
+		return h, nil
+	}
+	if sawAvoid {
+		return avoid, nil
 	}
 	return nil, ErrNoHost
 }
@@ -106,7 +119,9 @@ type randomPicker struct {
 	rand func() uint64
 }
 
-func (p *randomPicker) Pick(PickInfo) (*Host, error) { return p.set.pickRandom(p.rand()) }
+func (p *randomPicker) Pick(info PickInfo) (*Host, error) {
+	return p.set.pickRandom(p.rand(), info.Avoid)
+}
 
 // Interface guards.
 var (
@@ -117,3 +132,12 @@ var (
 	_ Picker = (*ringHashPicker)(nil)
 	_ Picker = (*maglevPicker)(nil)
 )
+
+func containsHost(hosts []*Host, h *Host) bool {
+	for _, x := range hosts {
+		if x == h {
+			return true
+		}
+	}
+	return false
+}

@@ -428,3 +428,61 @@ func TestHashIsFNV1aMixed(t *testing.T) {
 		t.Errorf("hashReplica(k, 12) = %#x, want Hash(k_12) = %#x", got, want)
 	}
 }
+
+func TestPickAvoid(t *testing.T) {
+	for _, policy := range policies {
+		t.Run(string(policy), func(t *testing.T) {
+			b := newTestBalancer(t, Config{Policy: policy}, endpoints(3))
+			a := b.host(t, "a")
+			for i := range 3000 {
+				info := keyHash(i)
+				info.HasHash = i%2 == 0
+				first, err := b.Pick(info)
+				if err != nil {
+					t.Fatal(err)
+				}
+				info.Avoid = a
+				h, err := b.Pick(info)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if h == a {
+					t.Fatalf("pick %d returned the host to avoid", i)
+				}
+				if info.HasHash && first != a && h != first && (policy == RingHash || policy == Maglev) {
+					t.Fatalf("key %d moved from %s to %s by avoiding another host", i, first.Endpoint().ID, h.Endpoint().ID)
+				}
+				if info.HasHash && (policy == RingHash || policy == Maglev) {
+					if again, _ := b.Pick(info); again != h {
+						t.Fatalf("key %d avoiding a: %s then %s, want the same host", i, h.Endpoint().ID, again.Endpoint().ID)
+					}
+				}
+			}
+			// The host to avoid is still returned when it is the only one left.
+			one := newTestBalancer(t, Config{Policy: policy}, endpoints(1))
+			only := one.host(t, "a")
+			for _, hasHash := range []bool{false, true} {
+				if h, err := one.Pick(PickInfo{Hash: 1, HasHash: hasHash, Avoid: only}); err != nil || h != only {
+					t.Errorf("single host avoided (hash %v): %v, %v", hasHash, h, err)
+				}
+			}
+			// With two hosts, one ejected and the other to avoid, the avoided one is returned.
+			two := newTestBalancer(t, Config{Policy: policy}, endpoints(2))
+			stale := two.Picker()
+			fail(two.host(t, "a"), 5, ConnectFailure)
+			bh := two.host(t, "b")
+			for _, p := range []Picker{stale, two.Picker()} {
+				for i := range 20 {
+					if h, err := p.Pick(PickInfo{Hash: uint64(i), HasHash: i%2 == 0, Avoid: bh}); err != nil || h != bh {
+						t.Fatalf("pick with a ejected and b avoided: %v, %v; want b", h, err)
+					}
+				}
+			}
+			// A host to avoid that is not in the picker is never returned.
+			stranger := newTestBalancer(t, Config{}, endpoints(1)).host(t, "a")
+			if h, err := stale.Pick(PickInfo{Hash: 3, HasHash: true, Avoid: stranger}); err != nil || h != bh {
+				t.Errorf("avoiding a host from elsewhere: %v, %v; want b", h, err)
+			}
+		})
+	}
+}

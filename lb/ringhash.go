@@ -67,15 +67,18 @@ func newRingHashPicker(set weightedSet, minSize, maxSize uint64, rnd func() uint
 
 func (p *ringHashPicker) Pick(info PickInfo) (*Host, error) {
 	if !info.HasHash {
-		return p.set.pickRandom(p.rand())
+		return p.set.pickRandom(p.rand(), info.Avoid)
+	}
+	hosts := p.set.hosts
+	if len(hosts) == 1 {
+		return scanFrom(hosts, 0, info.Avoid)
 	}
 	n := len(p.hashes)
 	i, _ := slices.BinarySearch(p.hashes, mix64(info.Hash))
 	if i == n {
 		i = 0
 	}
-	hosts := p.set.hosts
-	if h := hosts[p.owner[i]]; h.inRotation() {
+	if h := hosts[p.owner[i]]; usable(h, info.Avoid) {
 		return h, nil
 	}
 	// Walk clockwise to the next point owned by a host in rotation.
@@ -84,9 +87,13 @@ func (p *ringHashPicker) Pick(info PickInfo) (*Host, error) {
 		if j >= n {
 			j -= n
 		}
-		if h := hosts[p.owner[j]]; h.inRotation() {
+		if h := hosts[p.owner[j]]; usable(h, info.Avoid) {
 			return h, nil
 		}
+	}
+	// Only the host to avoid is left, if it is in rotation.
+	if info.Avoid != nil && info.Avoid.inRotation() && containsHost(hosts, info.Avoid) {
+		return info.Avoid, nil
 	}
 	return nil, ErrNoHost
 }

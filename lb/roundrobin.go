@@ -22,12 +22,12 @@ func newRoundRobinPicker(hosts []*Host, start uint64) *roundRobinPicker {
 	return p
 }
 
-func (p *roundRobinPicker) Pick(PickInfo) (*Host, error) {
+func (p *roundRobinPicker) Pick(info PickInfo) (*Host, error) {
 	i := p.next.Add(1) - 1
 	if p.sched == nil {
-		return scanFrom(p.hosts, int(i%uint64(len(p.hosts))))
+		return scanFrom(p.hosts, int(i%uint64(len(p.hosts))), info.Avoid)
 	}
-	return scanFrom(p.hosts, int(p.sched[i%uint64(len(p.sched))]))
+	return scanFrom(p.hosts, int(p.sched[i%uint64(len(p.sched))]), info.Avoid)
 }
 
 // smoothSchedule returns one cycle of nginx's smooth weighted round robin over the hosts'
