@@ -510,14 +510,17 @@ func (u *Upstream) pickHost(ctx context.Context, info lb.PickInfo, tried *triedH
 			u.pending.release()
 		}
 	}()
+	if tried.n > 0 {
+		info.Avoid = tried.h[tried.n-1] // lb passes over it unless it is the only one left
+	}
 	for {
 		changed := u.bal.Changed()
 		h, err := u.bal.Pick(info)
 		if err == nil {
-			// Up to a few more picks to find a host not tried yet. A hash key would pick
-			// the same host again, so the re-picks go without it.
+			// After two failures, up to a few more picks to avoid the earlier ones too. A
+			// hash key would pick the same host again, so these re-picks go without it.
 			for i := 0; i < 3 && tried.has(h); i++ {
-				if h2, err := u.bal.Pick(lb.PickInfo{}); err == nil {
+				if h2, err := u.bal.Pick(lb.PickInfo{Avoid: info.Avoid}); err == nil {
 					h = h2
 				}
 			}
