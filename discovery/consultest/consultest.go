@@ -1,6 +1,10 @@
 // Package consultest runs a real Consul agent in dev mode for tests: the registry contract
 // is the Consul HTTP API, so tests of discovery and the sidecar run against the real thing.
 // The binary comes from testutil.Tool(t, "consul") (the Makefile builds Consul v1.14.0).
+//
+// With PODMESH_TEST_REGISTRY_BIN set to a Podmesh registry binary, the same tests run
+// against it instead (started with -http, -data, -node and -advertise), to check that it
+// stands in for Consul.
 package consultest
 
 import (
@@ -21,7 +25,8 @@ import (
 
 // Agent is a running (or stopped) Consul dev agent on loopback.
 type Agent struct {
-	bin   string
+	podmesh bool // the Podmesh registry rather than Consul
+	bin     string
 	dir   string
 	ports [4]int // http, serf lan, serf wan, server
 	Addr  string // host:port of the HTTP API
@@ -34,7 +39,11 @@ type Agent struct {
 // StartMain) must Stop it.
 func Start(t testing.TB) *Agent {
 	t.Helper()
-	a, err := start(testutil.Tool(t, "consul"), t.TempDir())
+	bin := os.Getenv("PODMESH_TEST_REGISTRY_BIN")
+	if bin == "" {
+		bin = testutil.Tool(t, "consul")
+	}
+	a, err := start(bin, t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -46,7 +55,10 @@ func Start(t testing.TB) *Agent {
 // look it up as testutil.Tool would, without a testing.TB); it returns nil and a reason
 // when the binary is missing.
 func StartMain(dir string) (*Agent, string, error) {
-	bin := os.Getenv("PODMESH_CONSUL_BIN")
+	bin := os.Getenv("PODMESH_TEST_REGISTRY_BIN")
+	if bin == "" {
+		bin = os.Getenv("PODMESH_CONSUL_BIN")
+	}
 	if bin == "" {
 		home, _ := os.UserHomeDir()
 		bin = filepath.Join(home, ".cache", "podmesh", "bin", "consul-v1.14.0")
@@ -59,7 +71,7 @@ func StartMain(dir string) (*Agent, string, error) {
 }
 
 func start(bin, dir string) (*Agent, error) {
-	a := &Agent{bin: bin, dir: dir}
+	a := &Agent{bin: bin, dir: dir, podmesh: bin == os.Getenv("PODMESH_TEST_REGISTRY_BIN")}
 	for i := range a.ports {
 		p, err := freePort()
 		if err != nil {
@@ -99,6 +111,10 @@ func (a *Agent) Restart() error {
 		"-server-port", strconv.Itoa(a.ports[3]),
 		"-dns-port", "-1", "-grpc-port", "-1", "-grpc-tls-port", "-1",
 		"-log-level", "warn")
+	if a.podmesh {
+		cmd = exec.Command(a.bin, "-http", a.Addr, "-data", filepath.Join(a.dir, "registry-data"),
+			"-node", "podmesh-test", "-advertise", "127.0.0.1", "-log-level", "warn")
+	}
 	log, err := os.OpenFile(filepath.Join(a.dir, "consul.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return err
