@@ -27,9 +27,9 @@ import (
 type Agent struct {
 	podmesh bool // the Podmesh registry rather than Consul
 	bin     string
-	dir   string
-	ports [4]int // http, serf lan, serf wan, server
-	Addr  string // host:port of the HTTP API
+	dir     string
+	ports   [4]int // http, serf lan, serf wan, server
+	Addr    string // host:port of the HTTP API
 
 	mu  sync.Mutex
 	cmd *exec.Cmd
