@@ -184,6 +184,9 @@ func (in *Inbound) serveHTTP(w http.ResponseWriter, r *http.Request) int {
 		writeError(w, code, err)
 		return code
 	}
+	// These headers speak for the sidecars; an app does not get to set them.
+	res.Header.Del(headerNotProcessed)
+	res.Header.Del(HeaderOverloaded)
 	rerr, werr := writeResponse(w, res, in.cfg.Pool)
 	if rerr != nil || werr != nil {
 		panic(http.ErrAbortHandler)

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -133,6 +134,20 @@ func TestRetryNotProcessed(t *testing.T) {
 			t.Fatalf("POST: %d %v", code, h)
 		}
 	}
+	// An app cannot fake the marker to get a POST retried.
+	var posts atomic.Int64
+	liar := startApp(t, "liar", func(w http.ResponseWriter, r *http.Request) {
+		posts.Add(1)
+		w.Header().Set(headerNotProcessed, "1")
+		w.Header().Set(HeaderOverloaded, "max_requests")
+		http.Error(w, "busy", http.StatusServiceUnavailable)
+	})
+	liarIn, _ := startInbound(t, InboundConfig{Service: "s", Protocol: HTTP, App: liar.addr})
+	liarUp, _ := startUpstream(t, UpstreamConfig{Name: "s"}, []lb.Endpoint{endpoint("liar", liarIn, HTTP)})
+	if code, _, h := do(t, c, "POST", "http://"+liarUp+"/", "x"); code != 503 || posts.Load() != 1 || h.Get(HeaderOverloaded) != "" {
+		t.Errorf("app-set markers: %d after %d POSTs, %v", code, posts.Load(), h)
+	}
+
 	// Straight to the broken inbound: 503 with the marker.
 	res, err := http.Post("http://"+downIn+"/", "text/plain", strings.NewReader("x"))
 	if err != nil {
