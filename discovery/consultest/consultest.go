@@ -31,8 +31,9 @@ type Agent struct {
 	ports   [4]int // http, serf lan, serf wan, server
 	Addr    string // host:port of the HTTP API
 
-	mu  sync.Mutex
-	cmd *exec.Cmd
+	mu     sync.Mutex
+	cmd    *exec.Cmd
+	exited chan struct{} // closed when cmd has exited
 }
 
 // Start runs a dev agent and waits until it has a leader. The test (or TestMain, with
@@ -71,19 +72,25 @@ func StartMain(dir string) (*Agent, string, error) {
 }
 
 func start(bin, dir string) (*Agent, error) {
-	a := &Agent{bin: bin, dir: dir, podmesh: bin == os.Getenv("PODMESH_TEST_REGISTRY_BIN")}
-	for i := range a.ports {
-		p, err := freePort()
-		if err != nil {
-			return nil, err
+	// Free ports are only free until somebody else takes them (other tests share the
+	// machine): try a few sets.
+	var err error
+	for range 3 {
+		a := &Agent{bin: bin, dir: dir, podmesh: bin == os.Getenv("PODMESH_TEST_REGISTRY_BIN")}
+		for i := range a.ports {
+			p, perr := freePort()
+			if perr != nil {
+				return nil, perr
+			}
+			a.ports[i] = p
 		}
-		a.ports[i] = p
+		a.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(a.ports[0]))
+		if err = a.Restart(); err == nil {
+			return a, nil
+		}
+		a.Kill()
 	}
-	a.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(a.ports[0]))
-	if err := a.Restart(); err != nil {
-		return nil, err
-	}
-	return a, nil
+	return nil, err
 }
 
 func freePort() (int, error) {
@@ -125,11 +132,14 @@ func (a *Agent) Restart() error {
 		return fmt.Errorf("consultest: start %s: %w", a.bin, err)
 	}
 	a.cmd = cmd
+	exited := make(chan struct{})
+	a.exited = exited
+	go func() { _ = cmd.Wait(); close(exited) }()
 	client, err := a.clientLocked()
 	if err != nil {
 		return err
 	}
-	deadline := time.Now().Add(30 * time.Second)
+	deadline := time.Now().Add(20 * time.Second)
 	for {
 		leader, err := client.Status().Leader()
 		if err == nil && leader != "" {
@@ -138,9 +148,15 @@ func (a *Agent) Restart() error {
 				return nil
 			}
 		}
+		select {
+		case <-exited:
+			err = fmt.Errorf("exited")
+			deadline = time.Now()
+		default:
+		}
 		if time.Now().After(deadline) {
 			data, _ := os.ReadFile(filepath.Join(a.dir, "consul.log"))
-			return fmt.Errorf("consultest: no leader after 30s (err %v); log:\n%s", err, data)
+			return fmt.Errorf("consultest: no leader after 20s (err %v); log:\n%s", err, data)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -174,7 +190,7 @@ func (a *Agent) Kill() {
 		return
 	}
 	_ = a.cmd.Process.Kill()
-	_ = a.cmd.Wait()
+	<-a.exited
 	a.cmd = nil
 }
 
@@ -186,15 +202,13 @@ func (a *Agent) Stop() {
 		return
 	}
 	_ = a.cmd.Process.Signal(os.Interrupt)
-	done := make(chan struct{})
-	go func() { _ = a.cmd.Wait(); close(done) }()
 	t := time.NewTimer(5 * time.Second)
 	defer t.Stop()
 	select {
-	case <-done:
+	case <-a.exited:
 	case <-t.C:
 		_ = a.cmd.Process.Kill()
-		<-done
+		<-a.exited
 	}
 	a.cmd = nil
 }
