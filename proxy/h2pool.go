@@ -1,0 +1,287 @@
+package proxy
+
+import (
+	"context"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// h2Pool keeps multiplexed HTTP/2 connections to peers (other sidecars' inbound listeners,
+// or an h2c app), a few per address. Requests are spread round robin over a peer's usable
+// connections, so that the peer's per-connection frame reader is not a single-core
+// bottleneck. Connections are made with net/http's Transport.NewClientConn, which gives
+// one connection per call and leaves pooling to us.
+type h2Pool struct {
+	ctx    context.Context // bounds background dials; the connect timeout bounds each
+	tr     *http.Transport
+	scheme string // "http" (h2c) or "https"
+	size   int    // connections kept per peer
+	// conns counts open connections for the max_connections breaker (nil: unlimited).
+	conns *gate
+
+	mu    sync.Mutex
+	peers map[string]*h2Peer
+}
+
+type h2Peer struct {
+	addr  string
+	conns atomic.Pointer[[]*http.ClientConn] // immutable snapshot
+	next  atomic.Uint32
+
+	mu      sync.Mutex // serializes changes to conns and dialing
+	dialing chan struct{}
+	dialErr error
+	closed  bool
+}
+
+// newH2Pool builds a pool; dial makes the TCP (and TLS) connection, whose error must
+// already be classified (DialError).
+func newH2Pool(ctx context.Context, size int, tlsOn bool, dial func(ctx context.Context, addr string) (net.Conn, error), conns *gate) *h2Pool {
+	var protos http.Protocols
+	scheme := "http"
+	if tlsOn {
+		protos.SetHTTP2(true)
+		scheme = "https"
+	} else {
+		protos.SetUnencryptedHTTP2(true)
+	}
+	tr := &http.Transport{
+		DisableCompression: true, // a proxy passes bodies through as they are
+		Protocols:          &protos,
+		IdleConnTimeout:    5 * time.Minute,
+		HTTP2: &http.HTTP2Config{
+			SendPingTimeout: 30 * time.Second,
+			PingTimeout:     10 * time.Second,
+			// Moderate flow-control windows: memory only grows when a reader falls behind.
+			MaxReceiveBufferPerConnection: 4 << 20,
+			MaxReceiveBufferPerStream:     1 << 20,
+		},
+	}
+	d := func(ctx context.Context, _, addr string) (net.Conn, error) { return dial(ctx, addr) }
+	if tlsOn {
+		tr.DialTLSContext = d
+	} else {
+		tr.DialContext = d
+	}
+	return &h2Pool{ctx: ctx, tr: tr, scheme: scheme, size: max(size, 1), conns: conns, peers: map[string]*h2Peer{}}
+}
+
+// roundTrip sends req to addr over a pooled connection.
+func (p *h2Pool) roundTrip(req *http.Request, addr string) (*http.Response, error) {
+	cc, err := p.get(req.Context(), addr)
+	if err != nil {
+		return nil, err
+	}
+	res, err := cc.RoundTrip(req)
+	if err != nil {
+		return nil, classifyRoundTrip(err)
+	}
+	return res, nil
+}
+
+func (p *h2Pool) peer(addr string) *h2Peer {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	pr := p.peers[addr]
+	if pr == nil {
+		pr = &h2Peer{addr: addr}
+		empty := []*http.ClientConn{}
+		pr.conns.Store(&empty)
+		p.peers[addr] = pr
+	}
+	return pr
+}
+
+// get returns a connection to addr that can take a request now, dialling if none can.
+func (p *h2Pool) get(ctx context.Context, addr string) (*http.ClientConn, error) {
+	pr := p.peer(addr)
+	for {
+		conns := *pr.conns.Load()
+		n := len(conns)
+		if n > 0 {
+			start := int(pr.next.Add(1))
+			for i := 0; i < n; i++ {
+				cc := conns[(start+i)%n]
+				if cc.Err() == nil && cc.Available() > 0 {
+					if n < p.size {
+						p.dialAsync(pr) // grow towards size without making this request wait
+					}
+					return cc, nil
+				}
+			}
+		}
+		// No usable connection: prune dead ones and dial (one dial per peer at a time;
+		// concurrent requests wait for it, counted as pending by the caller).
+		if err := p.dialWait(ctx, pr); err != nil {
+			// With live but saturated connections, queue on one of them rather than fail.
+			if cc := leastLoaded(*pr.conns.Load()); cc != nil {
+				return cc, nil
+			}
+			return nil, err
+		}
+	}
+}
+
+func leastLoaded(conns []*http.ClientConn) *http.ClientConn {
+	var best *http.ClientConn
+	for _, cc := range conns {
+		if cc.Err() == nil && (best == nil || cc.InFlight() < best.InFlight()) {
+			best = cc
+		}
+	}
+	return best
+}
+
+// dialWait starts a dial to pr unless one is running, and waits for it.
+func (p *h2Pool) dialWait(ctx context.Context, pr *h2Peer) error {
+	pr.mu.Lock()
+	ch := pr.dialing
+	if ch == nil {
+		ch = p.startDialLocked(pr)
+	}
+	pr.mu.Unlock()
+	select {
+	case <-ch:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	pr.mu.Lock()
+	err := pr.dialErr
+	pr.mu.Unlock()
+	return err
+}
+
+func (p *h2Pool) dialAsync(pr *h2Peer) {
+	pr.mu.Lock()
+	if pr.dialing == nil && !pr.closed {
+		p.startDialLocked(pr)
+	}
+	pr.mu.Unlock()
+}
+
+// startDialLocked starts a dial in the background; pr.mu must be held.
+func (p *h2Pool) startDialLocked(pr *h2Peer) chan struct{} {
+	ch := make(chan struct{})
+	pr.dialing = ch
+	go func() {
+		cc, err := p.dial(pr)
+		pr.mu.Lock()
+		defer pr.mu.Unlock()
+		pr.dialing = nil
+		pr.dialErr = err
+		old := *pr.conns.Load()
+		next := make([]*http.ClientConn, 0, len(old)+1)
+		for _, c := range old {
+			if c.Err() == nil {
+				next = append(next, c)
+			} else {
+				p.conns.release()
+			}
+		}
+		if cc != nil {
+			if pr.closed {
+				cc.Close()
+				p.conns.release()
+			} else {
+				next = append(next, cc)
+			}
+		}
+		pr.conns.Store(&next)
+		close(ch)
+	}()
+	return ch
+}
+
+func (p *h2Pool) dial(pr *h2Peer) (*http.ClientConn, error) {
+	if !p.conns.tryAcquire() {
+		return nil, OverloadedError{Breaker: BreakerConnections}
+	}
+	// The dial outlives the request that triggered it; the connect timeout bounds it.
+	cc, err := p.tr.NewClientConn(p.ctx, p.scheme, pr.addr)
+	if err != nil {
+		p.conns.release()
+		return nil, err
+	}
+	return cc, nil
+}
+
+// retain closes the connections to peers not in keep, once their requests finish.
+func (p *h2Pool) retain(keep map[string]bool) {
+	p.mu.Lock()
+	var gone []*h2Peer
+	for addr, pr := range p.peers {
+		if !keep[addr] {
+			gone = append(gone, pr)
+			delete(p.peers, addr)
+		}
+	}
+	p.mu.Unlock()
+	for _, pr := range gone {
+		go p.closePeer(pr, 30*time.Second)
+	}
+}
+
+// closePeer closes pr's connections when they are idle, or after grace.
+func (p *h2Pool) closePeer(pr *h2Peer, grace time.Duration) {
+	pr.mu.Lock()
+	pr.closed = true
+	conns := *pr.conns.Load()
+	empty := []*http.ClientConn{}
+	pr.conns.Store(&empty)
+	pr.mu.Unlock()
+	deadline := time.Now().Add(grace)
+	for _, cc := range conns {
+		for cc.Err() == nil && cc.InFlight() > 0 && time.Now().Before(deadline) {
+			time.Sleep(50 * time.Millisecond)
+		}
+		cc.Close()
+		p.conns.release()
+	}
+}
+
+// close closes every connection now.
+func (p *h2Pool) close() {
+	p.mu.Lock()
+	peers := p.peers
+	p.peers = map[string]*h2Peer{}
+	p.mu.Unlock()
+	for _, pr := range peers {
+		p.closePeer(pr, 0)
+	}
+}
+
+// gate is a counting semaphore that never blocks: a circuit breaker's threshold.
+type gate struct {
+	n   atomic.Int64
+	max int64
+}
+
+func newGate(max int) *gate { return &gate{max: int64(max)} }
+
+// tryAcquire takes a slot if one is free. A nil gate is unlimited.
+func (g *gate) tryAcquire() bool {
+	if g == nil {
+		return true
+	}
+	if g.n.Add(1) > g.max {
+		g.n.Add(-1)
+		return false
+	}
+	return true
+}
+
+func (g *gate) release() {
+	if g != nil {
+		g.n.Add(-1)
+	}
+}
+
+func (g *gate) load() int64 {
+	if g == nil {
+		return 0
+	}
+	return g.n.Load()
+}
