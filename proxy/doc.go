@@ -43,12 +43,21 @@
 // # Abuse limits (Limits)
 //
 // 32 KiB of request head (431 beyond), 100 header fields (431), 10s to read a head, 60s
-// keep-alive idle, 1024 connections per listener (more are closed), 250 streams per HTTP/2
-// connection. Every HTTP/1 request head is validated on the raw bytes before net/http
-// parses it (see guard.go): Content-Length with Transfer-Encoding, duplicate or malformed
-// Content-Length, Transfer-Encoding other than one "chunked", obs-fold, bare CR or LF,
-// invalid header names or values, missing or repeated Host, oversized heads: 400 or 431,
-// never forwarded.
+// keep-alive idle, 1024 connections per listener, 250 streams per HTTP/2 connection. At
+// the connection limit an idle keep-alive connection is closed to make room, and when
+// none is idle accepting pauses (new connections wait in the kernel's accept queue)
+// rather than closing them. Every HTTP/1 request head is validated on the raw bytes before
+// it is parsed (see guard.go): Content-Length with Transfer-Encoding, duplicate or
+// malformed Content-Length, Transfer-Encoding other than one "chunked", obs-fold, bare CR
+// or LF, invalid header names or values, missing or repeated Host, oversized heads: 400 or
+// 431, never forwarded.
+//
+// # HTTP/1 serving
+//
+// HTTP/1.x connections are served by the proxy's own loop (h1server.go), not net/http's
+// server: one goroutine per connection, handler called in it, no per-request background
+// read (a client that goes away is noticed for requests running longer than 100ms). HTTP/2
+// (prior knowledge, or ALPN h2) is served by net/http's HTTP/2 server.
 //
 // # Headers
 //

@@ -2,31 +2,28 @@ package proxy
 
 import (
 	"bytes"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"io"
 	"net"
 	"net/http"
 	"strconv"
-	"strings"
 	"sync"
+	"time"
 )
 
-// The guard sits between a listener's connection and net/http's HTTP/1 server. net/http is
-// lenient where a proxy must not be: it drops Content-Length when Transfer-Encoding is also
-// present, merges identical duplicate Content-Length headers, and accepts bare LF line
-// ends. A proxy that forwards what its backend would frame differently is open to request
-// smuggling, so every request head is checked here, on the raw bytes, before net/http sees
-// it, and the guard tracks each body's framing so that it knows where the next head of a
-// keep-alive connection starts.
+// The guard reads the HTTP/1.x requests of a listener's connections for the proxy's own
+// HTTP/1 loop (h1server.go). A proxy must not be lenient where net/http is: net/http drops
+// Content-Length when Transfer-Encoding is also present, merges identical duplicate
+// Content-Length headers, and accepts bare LF line ends. A proxy that forwards what its
+// backend would frame differently is open to request smuggling, so every request head is
+// checked here, on the raw bytes, before it is parsed, and the guard decodes each body's
+// framing itself, so that it always knows where the next head of a keep-alive connection
+// starts.
 //
-// A rejected head never reaches net/http. In its place the guard hands net/http a short
-// synthetic request whose path carries a per-process secret; the proxy's handler answers
-// it with the status (400 or 431) and "Connection: close", so the answer is written in
-// order after any response still in flight, and the connection ends. An HTTP/2 preface
-// switches the connection to pass-through: HTTP/2 framing is checked by net/http's HTTP/2
-// server. After a head that asks for an Upgrade the guard holds every further byte until
+// A rejected head is never parsed or forwarded: the loop answers it with the status (400
+// or 431) and "Connection: close", after the response in flight, and the connection ends.
+// An HTTP/2 preface switches the connection to pass-through: HTTP/2 framing is checked by
+// net/http's HTTP/2 server. After a head that asks for an Upgrade no further head is read:
 // the handler either switches the connection to pass-through (the tunnel is up) or answers
 // with "Connection: close".
 
@@ -239,69 +236,64 @@ const (
 	stChunkSize                     // a chunk-size line
 	stChunkCRLF                     // the CRLF after chunk data
 	stTrailer                       // trailer lines up to the empty line
-	stHold                          // after an Upgrade head: nothing is released
-	stPassthrough                   // HTTP/2 or an established tunnel: everything is released
-	stReject                        // the synthetic request, then EOF
+	stHold                          // after an Upgrade message: no further head is read
+	stPassthrough                   // HTTP/2 or an established tunnel: raw bytes
 	stBroken                        // malformed chunked framing: reads fail
 )
 
 // maxChunkLine bounds a chunk-size or trailer line, as net/http does.
 const maxChunkLine = 4096
 
-// guardBufSize is the pooled buffer each connection reads through while it has bytes the
-// guard has not yet released. Heads up to the head limit grow it beyond this.
+// guardBufSize is the pooled buffer each connection reads through. Heads up to the head
+// limit grow it beyond this.
 const guardBufSize = 4096
 
 var guardBufs = sync.Pool{New: func() any { b := make([]byte, guardBufSize); return &b }}
 
-// rejectSecret makes the synthetic rejection request impossible for a client to forge.
-var rejectSecret = func() string {
-	var b [16]byte
-	if _, err := rand.Read(b[:]); err != nil {
-		panic(err)
-	}
-	return hex.EncodeToString(b[:])
-}()
+var (
+	// errBroken is returned by body reads once chunked framing turned out malformed.
+	errBroken = errors.New("proxy: malformed chunked request body")
+	// errHeld is returned by readHead after an Upgrade message that was not switched.
+	errHeld = errors.New("proxy: no request may follow an upgrade request")
+	// errBodyPending is returned by readHead before the previous body was read to its end.
+	errBodyPending = errors.New("proxy: request body not consumed")
+)
 
-// rejectPrefix starts the path of a synthetic rejection request.
-var rejectPrefix = "/.podmesh-reject/" + rejectSecret + "/"
-
-// errBroken is returned by reads once chunked framing turned out malformed.
-var errBroken = errors.New("proxy: malformed chunked request body")
-
-// errHoldOverflow is returned when a client sends too much before its Upgrade is answered.
-var errHoldOverflow = errors.New("proxy: data before the upgrade was answered")
-
-// guardConn validates the HTTP/1.x requests read through it. Reads come from one goroutine
-// at a time (net/http's connection reader serializes them), so the state needs no lock.
+// guardConn reads HTTP/1.x requests off a connection: readHead returns each head once it
+// is complete and valid, readBody the decoded body that follows (Content-Length or
+// chunked, trailers collected), so that it always knows where the next head starts. One
+// goroutine reads at a time; the state needs no lock. After Passthrough (HTTP/2, or a
+// tunnel once the upgrade is answered) Read returns the raw bytes, buffered ones first.
 type guardConn struct {
 	net.Conn
 	maxHead, maxCount int
 
-	bp        *[]byte // pooled buffer, nil when empty
+	bp        *[]byte // pooled buffer; buf is it, or a larger one for a large head
 	buf       []byte
-	r, v, w   int // buf[r:v] validated, not yet read; buf[v:w] not yet validated
+	r, w      int // buf[r:w] read from the connection, not yet consumed
 	state     guardState
 	remain    int64      // body or chunk bytes left (stBody)
 	afterBody guardState // the state after the current stBody run
 	next      guardState // the state after the current message (stHead or stHold)
-	scanned   int        // bytes of buf[v:] already searched for the end of the head
+	scanned   int        // bytes of buf[r:] already searched for the end of the head
 	trailers  int        // trailer lines so far
-	heads     int        // heads released
-	synthetic []byte
+	heads     int        // heads returned
+	trailer   http.Header
 	onReject  func(reason string)
 	rerr      error // a read error kept until the buffered bytes are consumed
+
+	// readHeaderTimeout, when set, bounds a head from its first byte (see readHead).
+	readHeaderTimeout time.Duration
 }
 
 func newGuardConn(c net.Conn, lim Limits, onReject func(reason string)) *guardConn {
 	return &guardConn{Conn: c, maxHead: lim.MaxHeaderBytes, maxCount: lim.MaxHeaderCount, onReject: onReject}
 }
 
-// Passthrough releases every further byte unchecked; the handler calls it once it has
-// hijacked the connection for a tunnel.
+// Passthrough makes Read return every further byte unchecked, the buffered ones first:
+// for HTTP/2, and for a tunnel once the handler has hijacked the connection.
 func (g *guardConn) Passthrough() {
 	g.state = stPassthrough
-	g.v = g.w
 }
 
 // CloseWrite half-closes the underlying connection, for tunnels.
@@ -312,35 +304,133 @@ func (g *guardConn) CloseWrite() error {
 	return g.Conn.Close()
 }
 
+// Read returns raw bytes after Passthrough, the buffered ones first. Before it, the
+// connection is read through readHead and readBody only, and Read fails.
 func (g *guardConn) Read(p []byte) (int, error) {
+	if g.state != stPassthrough {
+		return 0, errors.New("proxy: raw read of a guarded connection")
+	}
+	if g.w > g.r {
+		n := copy(p, g.buf[g.r:g.w])
+		g.r += n
+		return n, nil
+	}
+	if g.rerr != nil {
+		return 0, g.takeErr()
+	}
+	return g.Conn.Read(p)
+}
+
+// readHead returns the next request head, complete and valid, and its framing; the bytes
+// are valid until the next call of any method. An HTTP/2 preface is returned with
+// info.h2Preface and left unconsumed (the caller switches to Passthrough). A head the
+// guard refuses is a *headError, counted through onReject.
+//
+// The caller sets the read deadline for the wait (the idle timeout); once part of a head
+// has arrived and more is needed, readHead moves the deadline to readHeaderTimeout from
+// then on.
+func (g *guardConn) readHead() ([]byte, headInfo, error) {
+	switch g.state {
+	case stHead:
+	case stHold:
+		return nil, headInfo{}, errHeld
+	case stBroken:
+		return nil, headInfo{}, errBroken
+	default:
+		return nil, headInfo{}, errBodyPending
+	}
+	headTimer := false
 	for {
-		if g.v > g.r {
-			n := copy(p, g.buf[g.r:g.v])
-			g.r += n
-			g.releaseIfEmpty()
-			return n, nil
-		}
-		switch g.state {
-		case stReject:
-			if len(g.synthetic) > 0 {
-				n := copy(p, g.synthetic)
-				g.synthetic = g.synthetic[n:]
-				return n, nil
+		data := g.buf[g.r:g.w]
+		// Search only what earlier rounds have not, so that a head trickling in byte by
+		// byte costs linear time.
+		from := max(g.scanned-3, 0)
+		if end := bytes.Index(data[from:], crlfcrlf); end >= 0 {
+			end += from
+			g.scanned = 0
+			head := data[:end+4]
+			if len(head) > g.maxHead {
+				return nil, headInfo{}, g.reject(tooLarge(reasonHeadTooLarge))
 			}
+			info, err := validateHead(head, g.maxCount)
+			if err != nil {
+				var he *headError
+				if !errors.As(err, &he) {
+					he = bad(reasonRequestLine)
+				}
+				return nil, headInfo{}, g.reject(he)
+			}
+			if info.h2Preface {
+				if g.heads > 0 {
+					return nil, headInfo{}, g.reject(bad(reasonVersion))
+				}
+				return head, info, nil
+			}
+			g.heads++
+			g.r += len(head)
+			g.trailer = nil
+			g.next = stHead
+			if info.upgrade {
+				g.next = stHold
+			}
+			switch {
+			case info.chunked:
+				g.state, g.trailers = stChunkSize, 0
+			case info.contentLength > 0:
+				g.state, g.remain, g.afterBody = stBody, info.contentLength, g.next
+			default:
+				g.state = g.next
+			}
+			return head, info, nil
+		}
+		// A bare LF can never become part of a valid head; say so without waiting.
+		for i := max(g.scanned, 0); i < len(data); i++ {
+			if data[i] == '\n' && (i == 0 || data[i-1] != '\r') {
+				return nil, headInfo{}, g.reject(bad(reasonLineEnding))
+			}
+		}
+		g.scanned = len(data)
+		if len(data) > g.maxHead {
+			return nil, headInfo{}, g.reject(tooLarge(reasonHeadTooLarge))
+		}
+		if g.rerr != nil {
+			return nil, headInfo{}, g.takeErr()
+		}
+		if len(data) > 0 && !headTimer && g.readHeaderTimeout > 0 {
+			headTimer = true
+			g.Conn.SetReadDeadline(time.Now().Add(g.readHeaderTimeout))
+		}
+		if err := g.fill(); err != nil {
+			return nil, headInfo{}, err
+		}
+	}
+}
+
+var crlfcrlf = []byte("\r\n\r\n")
+
+// readBody reads the current request's body, decoded: io.EOF at its end. A connection
+// that ends inside the body is io.ErrUnexpectedEOF; malformed chunked framing is
+// errBroken, for good.
+func (g *guardConn) readBody(p []byte) (int, error) {
+	for {
+		switch g.state {
+		case stHead, stHold, stPassthrough:
 			return 0, io.EOF
 		case stBroken:
 			return 0, errBroken
-		case stPassthrough:
-			return g.Conn.Read(p)
 		case stBody:
-			if g.w > g.v {
-				n := min(int64(g.w-g.v), g.remain)
-				g.v += int(n)
-				g.bodyConsumed(n)
-				continue
+			if len(p) == 0 {
+				return 0, nil
+			}
+			if g.w > g.r {
+				n := int(min(int64(g.w-g.r), g.remain, int64(len(p))))
+				copy(p, g.buf[g.r:g.r+n])
+				g.r += n
+				g.bodyConsumed(int64(n))
+				return n, nil
 			}
 			if g.rerr != nil {
-				return 0, g.takeErr()
+				return 0, unexpected(g.takeErr())
 			}
 			// Nothing buffered: read the body straight into the caller's buffer.
 			if int64(len(p)) > g.remain {
@@ -348,18 +438,47 @@ func (g *guardConn) Read(p []byte) (int, error) {
 			}
 			n, err := g.Conn.Read(p)
 			g.bodyConsumed(int64(n))
-			return n, err
+			if err != nil {
+				if n > 0 {
+					g.rerr = err
+					return n, nil
+				}
+				return 0, unexpected(err)
+			}
+			return n, nil
 		}
-		if g.advance() {
+		// Chunk framing: consume what is buffered, read more when it is not enough.
+		progress, done := g.advanceChunked()
+		if done {
+			return 0, io.EOF
+		}
+		if progress {
 			continue
 		}
 		if g.rerr != nil {
-			return 0, g.takeErr()
+			return 0, unexpected(g.takeErr())
 		}
 		if err := g.fill(); err != nil {
-			return 0, err
+			return 0, unexpected(err)
 		}
 	}
+}
+
+// unexpected turns the end of the connection inside a body into io.ErrUnexpectedEOF.
+func unexpected(err error) error {
+	if err == io.EOF {
+		return io.ErrUnexpectedEOF
+	}
+	return err
+}
+
+// bodyDone reports whether the current request's body has been read to its end.
+func (g *guardConn) bodyDone() bool {
+	switch g.state {
+	case stHead, stHold, stPassthrough:
+		return true
+	}
+	return false
 }
 
 func (g *guardConn) takeErr() error {
@@ -384,24 +503,23 @@ func (g *guardConn) fill() error {
 	if g.r > 0 {
 		copy(g.buf, g.buf[g.r:g.w])
 		g.w -= g.r
-		g.v -= g.r
 		g.r = 0
+	}
+	if g.w == 0 && len(g.buf) > guardBufSize {
+		g.buf = *g.bp // a large head is gone: back to the pooled buffer
 	}
 	if g.w == len(g.buf) {
 		limit := g.maxHead + 4
 		if g.state != stHead {
 			limit = maxChunkLine + 4
 		}
-		if g.state == stHold {
-			limit = 64 << 10
-		}
 		if len(g.buf) >= limit {
-			// advance would have rejected an over-long head or line already.
-			return errHoldOverflow
+			// readHead or advanceChunked would have refused an over-long head or line.
+			return errBroken
 		}
 		nb := make([]byte, min(2*len(g.buf), limit))
 		copy(nb, g.buf[:g.w])
-		g.buf = nb // the pooled buffer goes back when the connection drains
+		g.buf = nb
 	}
 	n, err := g.Conn.Read(g.buf[g.w:])
 	g.w += n
@@ -415,142 +533,115 @@ func (g *guardConn) fill() error {
 	return nil
 }
 
-// releaseIfEmpty returns the buffer to the pool when nothing is buffered, so that idle
-// keep-alive connections hold no buffer.
-func (g *guardConn) releaseIfEmpty() {
-	if g.r != g.w || g.bp == nil {
-		return
+// waitMore blocks until the peer sends more bytes or the connection ends, and keeps what
+// arrives for the next head. It is the HTTP/1 loop's check for a client that went away
+// while its request is served (the body has been read by then). A full buffer returns at
+// once.
+func (g *guardConn) waitMore() error {
+	if g.bp == nil {
+		g.bp = guardBufs.Get().(*[]byte)
+		g.buf = *g.bp
 	}
-	guardBufs.Put(g.bp) // bp is always the pooled 4 KiB buffer, even if buf grew past it
-	g.bp, g.buf = nil, nil
-	g.r, g.v, g.w = 0, 0, 0
+	if g.r > 0 {
+		copy(g.buf, g.buf[g.r:g.w])
+		g.w -= g.r
+		g.r = 0
+	}
+	if g.w == len(g.buf) || g.rerr != nil {
+		return nil
+	}
+	n, err := g.Conn.Read(g.buf[g.w:])
+	g.w += n
+	if err != nil && n > 0 && !isTimeout(err) {
+		g.rerr = err
+	}
+	return err
 }
 
-// advance validates what it can of buf[v:w] and reports whether it made progress.
-func (g *guardConn) advance() bool {
-	data := g.buf[g.v:g.w]
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// release returns the buffer to the pool; the connection is done.
+func (g *guardConn) release() {
+	if g.bp != nil {
+		guardBufs.Put(g.bp)
+		g.bp, g.buf = nil, nil
+		g.r, g.w = 0, 0
+	}
+}
+
+// advanceChunked consumes chunk framing from the buffer: it reports whether it made
+// progress, and done once the trailer section ended the message.
+func (g *guardConn) advanceChunked() (progress, done bool) {
+	data := g.buf[g.r:g.w]
 	switch g.state {
-	case stHead:
-		// Search only what earlier calls have not, so that a head trickling in byte by
-		// byte costs linear time.
-		from := max(g.scanned-3, 0)
-		end := bytes.Index(data[from:], []byte("\r\n\r\n"))
-		if end < 0 {
-			// A bare LF can never become part of a valid head; say so without waiting.
-			for i := max(g.scanned, 0); i < len(data); i++ {
-				if data[i] == '\n' && (i == 0 || data[i-1] != '\r') {
-					g.reject(bad(reasonLineEnding))
-					return true
-				}
-			}
-			g.scanned = len(data)
-			if len(data) > g.maxHead {
-				g.reject(tooLarge(reasonHeadTooLarge))
-				return true
-			}
-			return false
-		}
-		end += from
-		g.scanned = 0
-		head := data[:end+4]
-		if len(head) > g.maxHead {
-			g.reject(tooLarge(reasonHeadTooLarge))
-			return true
-		}
-		info, err := validateHead(head, g.maxCount)
-		if err != nil {
-			var he *headError
-			if !errors.As(err, &he) {
-				he = bad(reasonRequestLine)
-			}
-			g.reject(he)
-			return true
-		}
-		if info.h2Preface {
-			if g.heads > 0 {
-				g.reject(bad(reasonVersion))
-				return true
-			}
-			g.Passthrough()
-			return true
-		}
-		g.heads++
-		g.v += len(head)
-		g.next = stHead
-		if info.upgrade {
-			g.next = stHold
-		}
-		switch {
-		case info.chunked:
-			g.state, g.trailers = stChunkSize, 0
-		case info.contentLength > 0:
-			g.state, g.remain, g.afterBody = stBody, info.contentLength, g.next
-		default:
-			g.state = g.next
-		}
-		return true
 	case stChunkSize:
 		i := bytes.IndexByte(data, '\n')
 		if i < 0 {
 			if len(data) > maxChunkLine {
 				g.state = stBroken
-				return true
+				return true, false
 			}
-			return false
+			return false, false
 		}
 		size, ok := parseChunkLine(data[:i+1])
 		if !ok {
 			g.state = stBroken
-			return true
+			return true, false
 		}
-		g.v += i + 1
+		g.r += i + 1
 		if size == 0 {
 			g.state = stTrailer
 		} else {
 			g.state, g.remain, g.afterBody = stBody, size, stChunkCRLF
 		}
-		return true
+		return true, false
 	case stChunkCRLF:
 		if len(data) < 2 {
-			return false
+			return false, false
 		}
 		if data[0] != '\r' || data[1] != '\n' {
 			g.state = stBroken
-			return true
+			return true, false
 		}
-		g.v += 2
+		g.r += 2
 		g.state = stChunkSize
-		return true
+		return true, false
 	case stTrailer:
 		i := bytes.IndexByte(data, '\n')
 		if i < 0 {
 			if len(data) > maxChunkLine {
 				g.state = stBroken
-				return true
+				return true, false
 			}
-			return false
+			return false, false
 		}
 		line := data[:i+1]
 		if len(line) < 2 || line[len(line)-2] != '\r' {
 			g.state = stBroken
-			return true
+			return true, false
 		}
-		g.v += i + 1
+		g.r += i + 1
 		if len(line) == 2 {
 			g.state = g.next
-			return true
+			return true, true
 		}
 		g.trailers++
-		if g.trailers > g.maxCount || !validTrailerLine(line[:len(line)-2]) {
+		line = line[:len(line)-2]
+		if g.trailers > g.maxCount || !validTrailerLine(line) {
 			g.state = stBroken
+			return true, false
 		}
-		return true
-	case stHold:
-		// Keep reading so that net/http's background read can be aborted by a deadline,
-		// but release nothing.
-		return false
+		name, value, _ := bytes.Cut(line, []byte(":"))
+		if g.trailer == nil {
+			g.trailer = http.Header{}
+		}
+		g.trailer.Add(string(name), string(trimOWS(value)))
+		return true, false
 	}
-	return false
+	return false, false
 }
 
 // parseChunkLine parses "HEX[;ext]\r\n" and returns the chunk size.
@@ -608,33 +699,13 @@ func validTrailerLine(line []byte) bool {
 	return true
 }
 
-// reject replaces the rest of the connection with the synthetic rejection request.
-func (g *guardConn) reject(he *headError) {
+// reject counts a refused head and makes the connection unusable for further heads.
+func (g *guardConn) reject(he *headError) error {
 	if g.onReject != nil {
 		g.onReject(he.reason)
 	}
-	g.state = stReject
-	g.synthetic = []byte("GET " + rejectPrefix + strconv.Itoa(he.status) + "/" + he.reason +
-		" HTTP/1.1\r\nHost: podmesh\r\nConnection: close\r\n\r\n")
-	g.v, g.w = g.r, g.r // drop what was buffered: none of it is ever released
+	g.state = stBroken
+	g.r, g.w = 0, 0 // drop what was buffered: none of it is ever used
 	g.rerr = nil
-	g.releaseIfEmpty()
-}
-
-// serveRejection answers a synthetic rejection request and reports whether r was one.
-func serveRejection(w http.ResponseWriter, r *http.Request) bool {
-	if r.ProtoMajor != 1 || !strings.HasPrefix(r.URL.Path, rejectPrefix) {
-		return false
-	}
-	code, reason, _ := strings.Cut(r.URL.Path[len(rejectPrefix):], "/")
-	status, err := strconv.Atoi(code)
-	if err != nil || (status != http.StatusBadRequest && status != http.StatusRequestHeaderFieldsTooLarge) {
-		status = http.StatusBadRequest
-	}
-	h := w.Header()
-	h.Set("Connection", "close")
-	h.Set("Content-Type", "text/plain; charset=utf-8")
-	w.WriteHeader(status)
-	_, _ = io.WriteString(w, strconv.Itoa(status)+" "+http.StatusText(status)+": "+reason+"\n")
-	return true
+	return he
 }

@@ -134,9 +134,6 @@ func (in *Inbound) Shutdown(ctx context.Context) error {
 
 // ServeHTTP forwards one request from a peer to the app.
 func (in *Inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if serveRejection(w, r) {
-		return
-	}
 	start := time.Now()
 	code := in.serveHTTP(w, r)
 	in.m.request(code, start)

@@ -24,9 +24,16 @@ const (
 )
 
 // listener runs one accept loop: it enforces the connection limit, performs the TLS
-// handshake when there is one, and hands each connection to net/http (through a channel
-// listener) or to a TCP handler. It tracks TCP sessions and tunnels so that Shutdown can
+// handshake when there is one, and serves each connection: HTTP/1.x with the proxy's own
+// loop (h1server.go), HTTP/2 with net/http (through a channel listener), raw TCP with a
+// TCP handler. It tracks HTTP/1 connections, TCP sessions and tunnels so that Shutdown can
 // drain them.
+//
+// At the connection limit an idle keep-alive HTTP/1 connection is closed to make room
+// (clients retry a request that meets a closed idle connection); when none is idle,
+// accepting pauses until a connection ends, and new connections wait in the kernel's
+// accept queue. Closing new connections instead would make every burst of connections a
+// burst of errors.
 type listener struct {
 	dir, service string
 	limits       Limits
@@ -40,23 +47,30 @@ type listener struct {
 	serverTLS func() *tls.Config
 	authorize func(ctx context.Context, p Peer) (bool, string)
 
-	http   *http.Server
-	httpLn *chanListener
+	handler http.Handler
+	http    *http.Server // HTTP/2 only
+	httpLn  *chanListener
 
-	active atomic.Int64 // open accepted connections, for MaxConnections
+	active    atomic.Int64  // open accepted connections, for MaxConnections
+	evicting  atomic.Int64  // idle connections closed for the limit, not yet released
+	slotFreed chan struct{} // a connection ended or became idle (capacity 1)
+	stopping  atomic.Bool   // Shutdown began
+	stopped   chan struct{} // closed by Shutdown: the accept loop ends
 
 	mu       sync.Mutex
 	ln       net.Listener
 	closing  bool
 	sessions map[io.Closer]struct{} // TCP sessions and tunnels, for draining
+	h1       map[*h1Conn]struct{}   // HTTP/1 connections
 
 	ctx    context.Context // cancelled when the drain deadline passes
 	cancel context.CancelFunc
 }
 
 func newListener(ctx context.Context, dir, service string, lim Limits, m *serviceMetrics, logger *slog.Logger, h http.Handler) *listener {
-	l := &listener{dir: dir, service: service, limits: lim, metrics: m, log: logger,
-		sessions: map[io.Closer]struct{}{}}
+	l := &listener{dir: dir, service: service, limits: lim, metrics: m, log: logger, handler: h,
+		sessions: map[io.Closer]struct{}{}, h1: map[*h1Conn]struct{}{},
+		slotFreed: make(chan struct{}, 1), stopped: make(chan struct{})}
 	l.ctx, l.cancel = context.WithCancel(ctx)
 	var protos http.Protocols
 	protos.SetHTTP1(true)
@@ -66,8 +80,7 @@ func newListener(ctx context.Context, dir, service string, lim Limits, m *servic
 		Handler:           h,
 		ReadHeaderTimeout: lim.ReadHeaderTimeout,
 		IdleTimeout:       lim.IdleTimeout,
-		// The guard enforces the head limit first; net/http's own limit (which adds 4 KiB
-		// of slack) only backs it up.
+		// Bounds HTTP/2 header lists (HTTP/1 heads are bounded by the guard).
 		MaxHeaderBytes: lim.MaxHeaderBytes,
 		Protocols:      &protos,
 		HTTP2: &http.HTTP2Config{
@@ -128,10 +141,9 @@ func (l *listener) serve(ln net.Listener) error {
 			return err
 		}
 		tempDelay = 0
-		if l.active.Load() >= int64(l.limits.MaxConnections) {
-			l.metrics.overloaded[BreakerConnections].Inc()
+		if !l.awaitSlot() {
 			c.Close()
-			continue
+			return nil
 		}
 		l.active.Add(1)
 		l.metrics.conns.Inc()
@@ -140,10 +152,88 @@ func (l *listener) serve(ln net.Listener) error {
 	}
 }
 
+// awaitSlot returns once the listener may take the connection it has just accepted:
+// below the limit, after closing an idle HTTP/1 connection if need be. Meanwhile further
+// connections wait in the kernel's accept queue. It returns false when Shutdown began.
+func (l *listener) awaitSlot() bool {
+	counted := false
+	for l.active.Load() >= int64(l.limits.MaxConnections) {
+		if !counted {
+			l.metrics.overloaded[BreakerConnections].Inc()
+			counted = true
+		}
+		if l.active.Load()-l.evicting.Load() >= int64(l.limits.MaxConnections) {
+			l.evicting.Add(int64(l.closeIdle(1)))
+		}
+		select {
+		case <-l.slotFreed:
+		case <-l.stopped:
+			return false
+		}
+	}
+	return !l.stopping.Load()
+}
+
 // release accounts for one closed connection.
 func (l *listener) release() {
-	l.active.Add(-1)
+	if l.active.Add(-1) < int64(l.limits.MaxConnections) {
+		l.wake()
+	}
 	l.metrics.active.Dec()
+}
+
+// wake tells an accept loop waiting in awaitSlot to look again.
+func (l *listener) wake() {
+	select {
+	case l.slotFreed <- struct{}{}:
+	default:
+	}
+}
+
+// addH1 registers an HTTP/1 connection; false when the listener is shutting down.
+func (l *listener) addH1(c *h1Conn) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closing {
+		return false
+	}
+	l.h1[c] = struct{}{}
+	return true
+}
+
+func (l *listener) removeH1(c *h1Conn) {
+	l.mu.Lock()
+	delete(l.h1, c)
+	l.mu.Unlock()
+}
+
+// closeIdle closes up to n HTTP/1 connections waiting for their next request (n < 0: all
+// of them, and connections that have not sent a request yet). It reports how many it
+// closed.
+func (l *listener) closeIdle(n int) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	closed := 0
+	for c := range l.h1 {
+		if n >= 0 && closed >= n {
+			break
+		}
+		to := connEvicted
+		if n < 0 {
+			to = connClosed
+		}
+		if c.state.CompareAndSwap(connIdle, to) || n < 0 && c.state.CompareAndSwap(connNew, to) {
+			c.g.Conn.Close()
+			closed++
+		}
+	}
+	return closed
+}
+
+func (l *listener) h1Count() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.h1)
 }
 
 func (l *listener) handle(c net.Conn) {
@@ -194,7 +284,7 @@ func (l *listener) handle(c net.Conn) {
 	case kindHTTP2TLS:
 		l.httpLn.push(c)
 	default:
-		l.httpLn.push(newGuardConn(c, l.limits, l.metrics.reject))
+		l.serveHTTP1(newGuardConn(c, l.limits, l.metrics.reject))
 	}
 }
 
@@ -224,22 +314,31 @@ func (l *listener) sessionCount() int {
 // ctx ends closes whatever is left. It is idempotent.
 func (l *listener) shutdown(ctx context.Context) error {
 	l.mu.Lock()
+	first := !l.closing
 	l.closing = true
 	ln := l.ln
 	l.mu.Unlock()
+	l.stopping.Store(true)
+	if first {
+		close(l.stopped)
+	}
 	if ln != nil {
 		ln.Close()
 	}
-	// net/http drains its own connections (GOAWAY on HTTP/2, close when idle on
-	// HTTP/1.1); sessions are polled the way http.Server.Shutdown polls.
+	// HTTP/1 connections close once idle: those idle now at once, busy ones after their
+	// response (which says "Connection: close"). net/http drains its HTTP/2 connections
+	// (GOAWAY); HTTP/1 connections and sessions are polled the way http.Server.Shutdown
+	// polls.
+	l.closeIdle(-1)
 	err := l.http.Shutdown(ctx)
 	tick := time.NewTicker(10 * time.Millisecond)
 	defer tick.Stop()
-	for err == nil && l.sessionCount() > 0 {
+	for err == nil && (l.sessionCount() > 0 || l.h1Count() > 0) {
 		select {
 		case <-ctx.Done():
 			err = ctx.Err()
 		case <-tick.C:
+			l.closeIdle(-1)
 		}
 	}
 	if err != nil {
@@ -249,6 +348,10 @@ func (l *listener) shutdown(ctx context.Context) error {
 		l.mu.Lock()
 		for c := range l.sessions {
 			c.Close()
+		}
+		for c := range l.h1 {
+			c.state.Store(connClosed)
+			c.g.Conn.Close()
 		}
 		l.mu.Unlock()
 	}

@@ -229,9 +229,6 @@ func (u *Upstream) timeout() time.Duration {
 
 // ServeHTTP proxies one request from the app.
 func (u *Upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if serveRejection(w, r) {
-		return
-	}
 	start := time.Now()
 	code := u.serveHTTP(w, r)
 	u.m.request(code, start)
