@@ -40,7 +40,7 @@ type Inbound struct {
 	m        *serviceMetrics
 	log      *slog.Logger
 	dialer   dialer
-	h1       *http.Transport // http apps
+	h1       *h1Client // http apps
 	h2       *h2Pool         // http2 and grpc apps
 	requests *gate
 	ln       *listener
@@ -84,16 +84,7 @@ func NewInbound(ctx context.Context, cfg InboundConfig) (*Inbound, error) {
 	if p.appH2() {
 		in.h2 = newH2Pool(ctx, 2, false, appDial, nil)
 	} else {
-		var protos http.Protocols
-		protos.SetHTTP1(true)
-		in.h1 = &http.Transport{
-			DialContext:           func(ctx context.Context, _, addr string) (net.Conn, error) { return appDial(ctx, addr) },
-			Protocols:             &protos,
-			DisableCompression:    true,
-			MaxIdleConnsPerHost:   256,
-			IdleConnTimeout:       90 * time.Second,
-			ExpectContinueTimeout: time.Second,
-		}
+		in.h1 = newH1Client(cfg.App, appDial)
 	}
 	in.ln = newListener(ctx, DirInbound, cfg.Service, cfg.Limits, in.m, in.log, in)
 	in.ln.serverTLS = cfg.Security.ServerTLS
@@ -124,7 +115,7 @@ func (in *Inbound) Serve(ln net.Listener) error { return in.ln.serve(ln) }
 func (in *Inbound) Shutdown(ctx context.Context) error {
 	err := in.ln.shutdown(ctx)
 	if in.h1 != nil {
-		in.h1.CloseIdleConnections()
+		in.h1.closeIdle(true)
 	}
 	if in.h2 != nil {
 		in.h2.close()
@@ -170,7 +161,7 @@ func (in *Inbound) serveHTTP(w http.ResponseWriter, r *http.Request) int {
 	if in.h2 != nil {
 		res, err = in.h2.roundTrip(out, in.cfg.App)
 	} else {
-		res, err = in.h1.RoundTrip(out)
+		res, err = in.h1.roundTrip(out)
 	}
 	if err != nil {
 		code := statusFor(err, r.Context())
