@@ -36,11 +36,11 @@ import (
 // Connection states, for closing idle connections at the connection limit and on
 // shutdown.
 const (
-	connNew    int32 = iota // accepted, no request yet
-	connActive              // reading or serving a request
-	connIdle                // waiting for the next request of a keep-alive connection
-	connClosed              // closed by the listener (shutdown)
-	connEvicted             // closed by the listener to make room at the connection limit
+	connNew     int32 = iota // accepted, no request yet
+	connActive               // reading or serving a request
+	connIdle                 // waiting for the next request of a keep-alive connection
+	connClosed               // closed by the listener (shutdown)
+	connEvicted              // closed by the listener to make room at the connection limit
 )
 
 // watchDelay is how long a request runs before its connection is watched for a client

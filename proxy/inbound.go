@@ -41,7 +41,7 @@ type Inbound struct {
 	log      *slog.Logger
 	dialer   dialer
 	h1       *h1Client // http apps
-	h2       *h2Pool         // http2 and grpc apps
+	h2       *h2Pool   // http2 and grpc apps
 	requests *gate
 	ln       *listener
 }
