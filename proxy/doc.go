@@ -54,10 +54,15 @@
 //
 // # HTTP/1 serving
 //
-// HTTP/1.x connections are served by the proxy's own loop (h1server.go), not net/http's
-// server: one goroutine per connection, handler called in it, no per-request background
-// read (a client that goes away is noticed for requests running longer than 100ms). HTTP/2
-// (prior knowledge, or ALPN h2) is served by net/http's HTTP/2 server.
+// HTTP/1.x and HTTP/2 are served by the proxy's own servers, not net/http's, whose
+// goroutine hand-offs and allocations cost more than the rest of the proxy. HTTP/1.x
+// (h1server.go): one goroutine per connection, the handler called in it, no per-request
+// background read (a client that goes away is noticed for requests running longer than
+// 100ms). HTTP/2 (h2server.go; prior knowledge, or ALPN h2): the connection's goroutine
+// reads and handles frames, a goroutine per stream runs the handler, which writes its
+// frames into the connection's buffer itself (a short response is one write). The inbound
+// side reaches HTTP/1.1 apps with its own client (h1client.go), in the handler's
+// goroutine.
 //
 // # Headers
 //

@@ -22,8 +22,8 @@ import (
 // the response, and reads the next head. net/http costs a second goroutine and an extra read
 // per request (its background read, which notices a client that went away) and about twenty
 // allocations of parsing; here a client that goes away is noticed only for requests that
-// run longer than watchDelay, and a request head costs a handful of allocations. HTTP/2
-// (prior knowledge, or ALPN h2) still goes to net/http's HTTP/2 server.
+// run longer than watchDelay, and a request head costs a handful of allocations. An HTTP/2
+// preface hands the connection to the HTTP/2 server (h2server.go).
 //
 // Semantics follow net/http's server: keep-alive (HTTP/1.1 by default, HTTP/1.0 with
 // "Connection: keep-alive"), Content-Length or chunked responses (a short response of
@@ -88,6 +88,7 @@ type h1Conn struct {
 	gone    atomic.Bool // the background read saw the client leave
 
 	hijacked bool
+	h2       bool // an HTTP/2 preface: served by serveHTTP2
 }
 
 // serveHTTP1 serves the HTTP/1.x requests of one accepted connection until it ends. An
@@ -113,8 +114,8 @@ func (l *listener) serveHTTP1(g *guardConn) {
 	}
 	c.mu.Unlock()
 	switch {
-	case handedOff:
-		// net/http serves it (HTTP/2) and accounts for it.
+	case handedOff && c.h2:
+		l.serveHTTP2(g, nil) // it accounts for the connection
 	case c.hijacked:
 		// The handler owns the connection; release was done at the hijack.
 	default:
@@ -133,7 +134,7 @@ func (l *listener) serveHTTP1(g *guardConn) {
 }
 
 // serve runs the request loop. It returns true when the connection is no longer this
-// loop's to close (handed to net/http, or hijacked).
+// loop's to close (an HTTP/2 preface, or hijacked).
 func (c *h1Conn) serve() bool {
 	l, g := c.l, c.g
 	g.SetReadDeadline(time.Now().Add(l.limits.ReadHeaderTimeout))
@@ -152,7 +153,7 @@ func (c *h1Conn) serve() bool {
 		if info.h2Preface {
 			g.Passthrough()
 			g.SetReadDeadline(time.Time{})
-			l.httpLn.push(g)
+			c.h2 = true
 			return true
 		}
 		req, err := c.newRequest(head, info)

@@ -24,10 +24,9 @@ const (
 )
 
 // listener runs one accept loop: it enforces the connection limit, performs the TLS
-// handshake when there is one, and serves each connection: HTTP/1.x with the proxy's own
-// loop (h1server.go), HTTP/2 with net/http (through a channel listener), raw TCP with a
-// TCP handler. It tracks HTTP/1 connections, TCP sessions and tunnels so that Shutdown can
-// drain them.
+// handshake when there is one, and serves each connection: HTTP/1.x and HTTP/2 with the
+// proxy's own servers (h1server.go, h2server.go), raw TCP with a TCP handler. It tracks
+// connections, TCP sessions and tunnels so that Shutdown can drain them.
 //
 // At the connection limit an idle keep-alive HTTP/1 connection is closed to make room
 // (clients retry a request that meets a closed idle connection); when none is idle,
@@ -48,8 +47,6 @@ type listener struct {
 	authorize func(ctx context.Context, p Peer) (bool, string)
 
 	handler http.Handler
-	http    *http.Server // HTTP/2 only
-	httpLn  *chanListener
 
 	active    atomic.Int64  // open accepted connections, for MaxConnections
 	evicting  atomic.Int64  // idle connections closed for the limit, not yet released
@@ -62,6 +59,7 @@ type listener struct {
 	closing  bool
 	sessions map[io.Closer]struct{} // TCP sessions and tunnels, for draining
 	h1       map[*h1Conn]struct{}   // HTTP/1 connections
+	h2       map[*h2Conn]struct{}   // HTTP/2 connections
 
 	ctx    context.Context // cancelled when the drain deadline passes
 	cancel context.CancelFunc
@@ -69,34 +67,9 @@ type listener struct {
 
 func newListener(ctx context.Context, dir, service string, lim Limits, m *serviceMetrics, logger *slog.Logger, h http.Handler) *listener {
 	l := &listener{dir: dir, service: service, limits: lim, metrics: m, log: logger, handler: h,
-		sessions: map[io.Closer]struct{}{}, h1: map[*h1Conn]struct{}{},
+		sessions: map[io.Closer]struct{}{}, h1: map[*h1Conn]struct{}{}, h2: map[*h2Conn]struct{}{},
 		slotFreed: make(chan struct{}, 1), stopped: make(chan struct{})}
 	l.ctx, l.cancel = context.WithCancel(ctx)
-	var protos http.Protocols
-	protos.SetHTTP1(true)
-	protos.SetHTTP2(true)
-	protos.SetUnencryptedHTTP2(true)
-	l.http = &http.Server{
-		Handler:           h,
-		ReadHeaderTimeout: lim.ReadHeaderTimeout,
-		IdleTimeout:       lim.IdleTimeout,
-		// Bounds HTTP/2 header lists (HTTP/1 heads are bounded by the guard).
-		MaxHeaderBytes: lim.MaxHeaderBytes,
-		Protocols:      &protos,
-		HTTP2: &http.HTTP2Config{
-			MaxConcurrentStreams: lim.MaxConcurrentStreams,
-			// Detect dead peers on idle multiplexed connections.
-			SendPingTimeout: 30 * time.Second,
-			PingTimeout:     10 * time.Second,
-		},
-		ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelDebug),
-		ConnState: func(c net.Conn, s http.ConnState) {
-			if s == http.StateClosed || s == http.StateHijacked {
-				l.release()
-			}
-		},
-	}
-	l.httpLn = newChanListener()
 	return l
 }
 
@@ -109,15 +82,7 @@ func (l *listener) serve(ln net.Listener) error {
 		return net.ErrClosed
 	}
 	l.ln = ln
-	l.httpLn.addr = ln.Addr()
 	l.mu.Unlock()
-
-	httpDone := make(chan struct{})
-	go func() {
-		defer close(httpDone)
-		_ = l.http.Serve(l.httpLn)
-	}()
-	defer func() { <-httpDone }()
 
 	var tempDelay time.Duration
 	for {
@@ -137,7 +102,6 @@ func (l *listener) serve(ln net.Listener) error {
 				<-t.C
 				continue
 			}
-			l.httpLn.Close()
 			return err
 		}
 		tempDelay = 0
@@ -230,10 +194,40 @@ func (l *listener) closeIdle(n int) int {
 	return closed
 }
 
-func (l *listener) h1Count() int {
+// addH2 registers an HTTP/2 connection; false when the listener is shutting down.
+func (l *listener) addH2(c *h2Conn) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return len(l.h1)
+	if l.closing {
+		return false
+	}
+	l.h2[c] = struct{}{}
+	return true
+}
+
+func (l *listener) removeH2(c *h2Conn) {
+	l.mu.Lock()
+	delete(l.h2, c)
+	l.mu.Unlock()
+}
+
+// shutdownH2 starts the graceful close of every HTTP/2 connection (GOAWAY).
+func (l *listener) shutdownH2() {
+	l.mu.Lock()
+	conns := make([]*h2Conn, 0, len(l.h2))
+	for c := range l.h2 {
+		conns = append(conns, c)
+	}
+	l.mu.Unlock()
+	for _, c := range conns {
+		c.shutdown()
+	}
+}
+
+func (l *listener) connCount() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.h1) + len(l.h2) + len(l.sessions)
 }
 
 func (l *listener) handle(c net.Conn) {
@@ -282,7 +276,7 @@ func (l *listener) handle(c net.Conn) {
 		done()
 		l.release()
 	case kindHTTP2TLS:
-		l.httpLn.push(c)
+		l.serveHTTP2(c, peer.TLS)
 	default:
 		l.serveHTTP1(newGuardConn(c, l.limits, l.metrics.reject))
 	}
@@ -304,12 +298,6 @@ func (l *listener) track(c io.Closer) (done func(), ok bool) {
 	}, true
 }
 
-func (l *listener) sessionCount() int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return len(l.sessions)
-}
-
 // shutdown stops accepting, lets HTTP requests, TCP sessions and tunnels finish, and when
 // ctx ends closes whatever is left. It is idempotent.
 func (l *listener) shutdown(ctx context.Context) error {
@@ -326,14 +314,14 @@ func (l *listener) shutdown(ctx context.Context) error {
 		ln.Close()
 	}
 	// HTTP/1 connections close once idle: those idle now at once, busy ones after their
-	// response (which says "Connection: close"). net/http drains its HTTP/2 connections
-	// (GOAWAY); HTTP/1 connections and sessions are polled the way http.Server.Shutdown
-	// polls.
+	// response (which says "Connection: close"). HTTP/2 connections get a GOAWAY and close
+	// after their last stream. Everything is polled the way http.Server.Shutdown polls.
 	l.closeIdle(-1)
-	err := l.http.Shutdown(ctx)
+	l.shutdownH2()
+	var err error
 	tick := time.NewTicker(10 * time.Millisecond)
 	defer tick.Stop()
-	for err == nil && (l.sessionCount() > 0 || l.h1Count() > 0) {
+	for err == nil && l.connCount() > 0 {
 		select {
 		case <-ctx.Done():
 			err = ctx.Err()
@@ -344,8 +332,10 @@ func (l *listener) shutdown(ctx context.Context) error {
 	if err != nil {
 		// Past the deadline: cut what is left.
 		l.cancel()
-		_ = l.http.Close()
 		l.mu.Lock()
+		for c := range l.h2 {
+			c.conn.Close()
+		}
 		for c := range l.sessions {
 			c.Close()
 		}
@@ -357,48 +347,6 @@ func (l *listener) shutdown(ctx context.Context) error {
 	}
 	l.cancel()
 	return err
-}
-
-// chanListener is the net.Listener net/http serves: the accept loop pushes connections it
-// has classified as HTTP into it.
-type chanListener struct {
-	ch   chan net.Conn
-	done chan struct{}
-	once sync.Once
-	addr net.Addr
-}
-
-func newChanListener() *chanListener {
-	return &chanListener{ch: make(chan net.Conn), done: make(chan struct{})}
-}
-
-func (l *chanListener) push(c net.Conn) {
-	select {
-	case l.ch <- c:
-	case <-l.done:
-		c.Close()
-	}
-}
-
-func (l *chanListener) Accept() (net.Conn, error) {
-	select {
-	case c := <-l.ch:
-		return c, nil
-	case <-l.done:
-		return nil, net.ErrClosed
-	}
-}
-
-func (l *chanListener) Close() error {
-	l.once.Do(func() { close(l.done) })
-	return nil
-}
-
-func (l *chanListener) Addr() net.Addr {
-	if l.addr == nil {
-		return &net.TCPAddr{}
-	}
-	return l.addr
 }
 
 // discardLogger returns a logger that drops everything, for components given none.
