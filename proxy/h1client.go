@@ -389,6 +389,29 @@ func writeRequestBody(bw *bufio.Writer, req *http.Request, chunked bool) error {
 	return bw.Flush()
 }
 
+// settleSoon is how long the end of a response waits for its request body writer
+// before leaving the decision to settle, which waits up to settleWait in the background.
+const (
+	settleSoon = 10 * time.Millisecond
+	settleWait = time.Second
+)
+
+// settle keeps cc if its request body writer completes within settleWait, and closes it
+// otherwise (which also ends a writer stuck on an app that stopped reading).
+func (p *h1Client) settle(cc *h1ClientConn, done <-chan error) {
+	t := time.NewTimer(settleWait)
+	defer t.Stop()
+	select {
+	case err := <-done:
+		if err == nil {
+			p.put(cc)
+			return
+		}
+	case <-t.C:
+	}
+	cc.c.Close()
+}
+
 // h1ClientBody is a response body: at its end the connection goes back to the pool, if
 // the exchange allows; closed early, the connection is closed.
 type h1ClientBody struct {
@@ -424,12 +447,22 @@ func (b *h1ClientBody) Close() error {
 func (b *h1ClientBody) finish(eof bool) {
 	b.done = true
 	keep := eof && b.keep && b.stop()
-	if b.bodyDone != nil {
+	if keep && b.bodyDone != nil {
 		select {
 		case err := <-b.bodyDone:
-			keep = keep && err == nil
+			keep = err == nil
 		default:
-			keep = false // the app answered before reading the whole body
+			// The writer has not reported yet: it is about to (the app answered on the
+			// last byte), or the app answered early and may never read the rest.
+			t := time.NewTimer(settleSoon)
+			select {
+			case err := <-b.bodyDone:
+				t.Stop()
+				keep = err == nil
+			case <-t.C:
+				go b.p.settle(b.cc, b.bodyDone)
+				return
+			}
 		}
 	}
 	if keep {

@@ -108,6 +108,9 @@ func TestH1ClientRequests(t *testing.T) {
 		if got := readAll(t, res); got != tc.want || res.Header.Get("X-Seen") != tc.seen {
 			t.Errorf("%s %s: app saw %q, body %.20q", tc.method, tc.path, res.Header.Get("X-Seen"), got)
 		}
+		if n := a.conns.Load(); n != 1 {
+			t.Errorf("after %s %s: %d connections", tc.method, tc.path, n)
+		}
 	}
 	// Trailers travel chunked.
 	req := newReq(t, ctx, "POST", "http://"+a.addr+"/trailers", strings.NewReader("t"), -1)
