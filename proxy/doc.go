@@ -60,9 +60,10 @@
 // background read (a client that goes away is noticed for requests running longer than
 // 100ms). HTTP/2 (h2server.go; prior knowledge, or ALPN h2): the connection's goroutine
 // reads and handles frames, a goroutine per stream runs the handler, which writes its
-// frames into the connection's buffer itself (a short response is one write). The inbound
-// side reaches HTTP/1.1 apps with its own client (h1client.go), in the handler's
-// goroutine.
+// frames into the connection's buffer itself (a short response is one write). Between
+// sidecars, and to h2c apps, the proxy's own HTTP/2 client (h2client.go) writes a request
+// in the caller's goroutine. The inbound side reaches HTTP/1.1 apps with its own client
+// (h1client.go), in the handler's goroutine.
 //
 // # Headers
 //

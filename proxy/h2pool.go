@@ -12,13 +12,12 @@ import (
 // h2Pool keeps multiplexed HTTP/2 connections to peers (other sidecars' inbound listeners,
 // or an h2c app), a few per address. Requests are spread round robin over a peer's usable
 // connections, so that the peer's per-connection frame reader is not a single-core
-// bottleneck. Connections are made with net/http's Transport.NewClientConn, which gives
-// one connection per call and leaves pooling to us.
+// bottleneck. Connections are the proxy's own HTTP/2 client (h2client.go).
 type h2Pool struct {
-	ctx    context.Context // bounds background dials; the connect timeout bounds each
-	tr     *http.Transport
-	scheme string // "http" (h2c) or "https"
-	size   int    // connections kept per peer
+	ctx   context.Context // bounds background dials; the connect timeout bounds each
+	tlsOn bool
+	size  int // connections kept per peer
+	dialf func(ctx context.Context, addr string) (net.Conn, error)
 	// conns counts open connections for the max_connections breaker (nil: unlimited).
 	conns *gate
 
@@ -28,7 +27,7 @@ type h2Pool struct {
 
 type h2Peer struct {
 	addr  string
-	conns atomic.Pointer[[]*http.ClientConn] // immutable snapshot
+	conns atomic.Pointer[[]*h2ClientConn] // immutable snapshot
 	next  atomic.Uint32
 
 	mu      sync.Mutex // serializes changes to conns and dialing
@@ -37,36 +36,10 @@ type h2Peer struct {
 	closed  bool
 }
 
-// newH2Pool builds a pool; dial makes the TCP (and TLS) connection, whose error must
-// already be classified (DialError).
+// newH2Pool builds a pool; dial makes the TCP (and TLS, ALPN h2) connection, whose error
+// must already be classified (DialError).
 func newH2Pool(ctx context.Context, size int, tlsOn bool, dial func(ctx context.Context, addr string) (net.Conn, error), conns *gate) *h2Pool {
-	var protos http.Protocols
-	scheme := "http"
-	if tlsOn {
-		protos.SetHTTP2(true)
-		scheme = "https"
-	} else {
-		protos.SetUnencryptedHTTP2(true)
-	}
-	tr := &http.Transport{
-		DisableCompression: true, // a proxy passes bodies through as they are
-		Protocols:          &protos,
-		IdleConnTimeout:    5 * time.Minute,
-		HTTP2: &http.HTTP2Config{
-			SendPingTimeout: 30 * time.Second,
-			PingTimeout:     10 * time.Second,
-			// Moderate flow-control windows: memory only grows when a reader falls behind.
-			MaxReceiveBufferPerConnection: 4 << 20,
-			MaxReceiveBufferPerStream:     1 << 20,
-		},
-	}
-	d := func(ctx context.Context, _, addr string) (net.Conn, error) { return dial(ctx, addr) }
-	if tlsOn {
-		tr.DialTLSContext = d
-	} else {
-		tr.DialContext = d
-	}
-	return &h2Pool{ctx: ctx, tr: tr, scheme: scheme, size: max(size, 1), conns: conns, peers: map[string]*h2Peer{}}
+	return &h2Pool{ctx: ctx, tlsOn: tlsOn, size: max(size, 1), dialf: dial, conns: conns, peers: map[string]*h2Peer{}}
 }
 
 // roundTrip sends req to addr over a pooled connection.
@@ -88,7 +61,7 @@ func (p *h2Pool) peer(addr string) *h2Peer {
 	pr := p.peers[addr]
 	if pr == nil {
 		pr = &h2Peer{addr: addr}
-		empty := []*http.ClientConn{}
+		empty := []*h2ClientConn{}
 		pr.conns.Store(&empty)
 		p.peers[addr] = pr
 	}
@@ -96,7 +69,7 @@ func (p *h2Pool) peer(addr string) *h2Peer {
 }
 
 // get returns a connection to addr that can take a request now, dialling if none can.
-func (p *h2Pool) get(ctx context.Context, addr string) (*http.ClientConn, error) {
+func (p *h2Pool) get(ctx context.Context, addr string) (*h2ClientConn, error) {
 	pr := p.peer(addr)
 	for {
 		conns := *pr.conns.Load()
@@ -125,8 +98,8 @@ func (p *h2Pool) get(ctx context.Context, addr string) (*http.ClientConn, error)
 	}
 }
 
-func leastLoaded(conns []*http.ClientConn) *http.ClientConn {
-	var best *http.ClientConn
+func leastLoaded(conns []*h2ClientConn) *h2ClientConn {
+	var best *h2ClientConn
 	for _, cc := range conns {
 		if cc.Err() == nil && (best == nil || cc.InFlight() < best.InFlight()) {
 			best = cc
@@ -173,7 +146,7 @@ func (p *h2Pool) startDialLocked(pr *h2Peer) chan struct{} {
 		pr.dialing = nil
 		pr.dialErr = err
 		old := *pr.conns.Load()
-		next := make([]*http.ClientConn, 0, len(old)+1)
+		next := make([]*h2ClientConn, 0, len(old)+1)
 		for _, c := range old {
 			if c.Err() == nil {
 				next = append(next, c)
@@ -195,15 +168,20 @@ func (p *h2Pool) startDialLocked(pr *h2Peer) chan struct{} {
 	return ch
 }
 
-func (p *h2Pool) dial(pr *h2Peer) (*http.ClientConn, error) {
+func (p *h2Pool) dial(pr *h2Peer) (*h2ClientConn, error) {
 	if !p.conns.tryAcquire() {
 		return nil, OverloadedError{Breaker: BreakerConnections}
 	}
 	// The dial outlives the request that triggered it; the connect timeout bounds it.
-	cc, err := p.tr.NewClientConn(p.ctx, p.scheme, pr.addr)
+	c, err := p.dialf(p.ctx, pr.addr)
 	if err != nil {
 		p.conns.release()
 		return nil, err
+	}
+	cc, err := newH2ClientConn(c, p.tlsOn)
+	if err != nil {
+		p.conns.release()
+		return nil, DialError{Addr: pr.addr, Err: err}
 	}
 	return cc, nil
 }
@@ -229,12 +207,12 @@ func (p *h2Pool) closePeer(pr *h2Peer, grace time.Duration) {
 	pr.mu.Lock()
 	pr.closed = true
 	conns := *pr.conns.Load()
-	empty := []*http.ClientConn{}
+	empty := []*h2ClientConn{}
 	pr.conns.Store(&empty)
 	pr.mu.Unlock()
 	deadline := time.Now().Add(grace)
 	for _, cc := range conns {
-		for cc.Err() == nil && cc.InFlight() > 0 && time.Now().Before(deadline) {
+		for !cc.dead() && cc.InFlight() > 0 && time.Now().Before(deadline) {
 			time.Sleep(50 * time.Millisecond)
 		}
 		cc.Close()

@@ -52,6 +52,12 @@ const (
 	h2PingAfter       = 30 * time.Second // silence before a keep-alive PING
 	h2PingTimeout     = 10 * time.Second // wait for its answer
 	h2MaxControlQueue = 1000             // SETTINGS and PINGs answered per read burst
+	// h2GoAwayLinger is how long a connection stays open after the last GOAWAY and its
+	// last stream, unless the peer closes first: closing at once, with a request of the
+	// peer's unread, would send a TCP reset that can destroy the unread GOAWAY at the
+	// peer, which then cannot tell that the request was not processed (net/http's
+	// server waits likewise).
+	h2GoAwayLinger = time.Second
 )
 
 var (
@@ -92,6 +98,7 @@ type h2Conn struct {
 	goingAway bool   // GOAWAY sent: no new streams
 	peerGone  bool   // the peer sent GOAWAY
 	closed    bool
+	lingering bool
 	idleSince time.Time
 	noHandler chan struct{} // closed when handlers drop to zero after closed
 	recvWin   int64         // what the peer may still send on the connection
@@ -326,7 +333,18 @@ func (c *h2Conn) shutdown() {
 	c.mu.Unlock()
 	c.goAway(http2.ErrCodeNo)
 	if idle {
-		c.conn.Close()
+		c.closeSoon()
+	}
+}
+
+// closeSoon closes the connection after h2GoAwayLinger, or when the peer closes it.
+func (c *h2Conn) closeSoon() {
+	c.mu.Lock()
+	already := c.lingering
+	c.lingering = true
+	c.mu.Unlock()
+	if !already {
+		time.AfterFunc(h2GoAwayLinger, func() { c.conn.Close() })
 	}
 }
 
@@ -802,7 +820,7 @@ func (c *h2Conn) endStream(st *h2Stream) {
 		c.wmu.Lock()
 		c.flushLocked()
 		c.wmu.Unlock()
-		c.conn.Close()
+		c.closeSoon()
 	}
 }
 

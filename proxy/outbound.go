@@ -385,7 +385,7 @@ func (u *Upstream) try(ctx context.Context, out *http.Request, body *reqBody, ho
 		u.pending.release()
 		res, err = u.roundTrip(out)
 	} else {
-		var cc *http.ClientConn
+		var cc *h2ClientConn
 		cc, err = u.h2.get(actx, host.Address())
 		u.pending.release()
 		if err == nil {
