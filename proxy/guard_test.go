@@ -371,9 +371,9 @@ func TestSlowHeadAndIdleTimeouts(t *testing.T) {
 	}
 }
 
-// At the listener's connection limit an idle keep-alive connection is closed to make room;
-// when every connection is busy, a new one waits (it is neither closed nor served) until
-// one ends.
+// At the listener's connection limit the keep-alive connection idle longest is closed to
+// make room; when every connection is busy, a new one waits (it is neither closed nor
+// served) until one ends.
 func TestMaxConnectionsPerListener(t *testing.T) {
 	release := make(chan struct{})
 	a := startApp(t, "a", func(w http.ResponseWriter, r *http.Request) {
@@ -456,9 +456,47 @@ func TestMaxConnectionsPerListener(t *testing.T) {
 	if closed != 1 {
 		t.Errorf("%d idle connections closed to admit the third, want 1", closed)
 	}
+	// Eviction order: with two idle connections, the one idle longest is closed.
+	var idle [2]net.Conn
+	var idleR [2]*bufio.Reader
+	for i := range idle {
+		idle[i], idleR[i] = dial()
+		if err := get(idle[i], idleR[i], "/"); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	// c3 and one of the busy pair are open still; the new idle ones took the others'
+	// places. Fill the listener with busy connections but one.
+	testutil.Eventually(t, 3*time.Second, 10*time.Millisecond, func() error {
+		if n := upActive(m); n > 2 {
+			return fmt.Errorf("%v connections open", n)
+		}
+		return nil
+	})
+	c4, br4 := dial()
+	if err := get(c4, br4, "/"); err != nil {
+		t.Fatal(err)
+	}
+	idle[0].SetReadDeadline(time.Now().Add(2 * time.Second))
+	if _, err := idleR[0].ReadByte(); !errors.Is(err, io.EOF) && !isReset(err) {
+		t.Errorf("the longest idle connection was not the one closed: %v", err)
+	}
+	idle[1].SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+	if _, err := idleR[1].ReadByte(); !os.IsTimeout(err) {
+		t.Errorf("the most recently used idle connection was closed: %v", err)
+	}
+
 	var tripped dto.Metric
 	m.overloaded.WithLabelValues(DirOutbound, "a", BreakerConnections).Write(&tripped)
 	if got := tripped.GetCounter().GetValue(); got < 1 {
 		t.Errorf("overloaded{max_connections} = %v, want at least 1", got)
 	}
+}
+
+// upActive is the outbound listener's open connection count in m.
+func upActive(m *Metrics) float64 {
+	var g dto.Metric
+	m.active.WithLabelValues(DirOutbound, "a").Write(&g)
+	return g.GetGauge().GetValue()
 }

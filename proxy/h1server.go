@@ -76,6 +76,7 @@ type h1Conn struct {
 	cancel context.CancelFunc
 	tmpl   *http.Request // carries ctx: requests are copies of it
 	state  atomic.Int32
+	since  atomic.Int64  // when it last became idle (unix nanoseconds), for eviction order
 	bw     *bufio.Writer // nil between responses
 	res    h1Response
 
@@ -170,10 +171,12 @@ func (c *h1Conn) serve() bool {
 		if !c.state.CompareAndSwap(connActive, connIdle) || l.stopping.Load() {
 			return false
 		}
+		now := time.Now()
+		c.since.Store(now.UnixNano())
 		if l.active.Load() >= int64(l.limits.MaxConnections) {
 			l.wake() // the accept loop may be waiting for an idle connection to close
 		}
-		g.SetReadDeadline(time.Now().Add(l.limits.IdleTimeout))
+		g.SetReadDeadline(now.Add(l.limits.IdleTimeout))
 	}
 }
 

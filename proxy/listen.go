@@ -171,25 +171,35 @@ func (l *listener) removeH1(c *h1Conn) {
 	l.mu.Unlock()
 }
 
-// closeIdle closes up to n HTTP/1 connections waiting for their next request (n < 0: all
-// of them, and connections that have not sent a request yet). It reports how many it
-// closed.
+// closeIdle closes HTTP/1 connections waiting for their next request: with n >= 0 the
+// n that have been idle longest (clients reuse their most recent connection first, so
+// those are the ones they need least), with n < 0 all of them and the connections that
+// have not sent a request yet. It reports how many it closed.
 func (l *listener) closeIdle(n int) int {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if n < 0 {
+		closed := 0
+		for c := range l.h1 {
+			if c.state.CompareAndSwap(connIdle, connClosed) || c.state.CompareAndSwap(connNew, connClosed) {
+				c.g.Conn.Close()
+				closed++
+			}
+		}
+		return closed
+	}
 	closed := 0
-	for c := range l.h1 {
-		if n >= 0 && closed >= n {
+	for ; closed < n; closed++ {
+		var oldest *h1Conn
+		for c := range l.h1 {
+			if c.state.Load() == connIdle && (oldest == nil || c.since.Load() < oldest.since.Load()) {
+				oldest = c
+			}
+		}
+		if oldest == nil || !oldest.state.CompareAndSwap(connIdle, connEvicted) {
 			break
 		}
-		to := connEvicted
-		if n < 0 {
-			to = connClosed
-		}
-		if c.state.CompareAndSwap(connIdle, to) || n < 0 && c.state.CompareAndSwap(connNew, to) {
-			c.g.Conn.Close()
-			closed++
-		}
+		oldest.g.Conn.Close()
 	}
 	return closed
 }
