@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/textproto"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -63,6 +64,7 @@ type h2ClientConn struct {
 	lastRead   atomic.Int64
 	readerDone chan struct{}
 	timer      *time.Timer
+	flushCh    chan struct{}
 
 	canon map[string]string // reader goroutine only
 }
@@ -116,7 +118,7 @@ func newH2ClientConn(conn net.Conn, tlsOn bool) (*h2ClientConn, error) {
 	cc := &h2ClientConn{conn: conn, scheme: "http", nextID: 1, sendWin: 65535, peerInitWin: 65535,
 		peerMaxSize: 16384, streams: map[uint32]*h2ClientStream{}, maxStreams: 100,
 		recvWin: h2ClientConnWindow, lower: map[string]string{}, canon: map[string]string{},
-		readerDone: make(chan struct{}), idleSince: time.Now()}
+		readerDone: make(chan struct{}), idleSince: time.Now(), flushCh: make(chan struct{}, 1)}
 	cc.lastRead.Store(time.Now().UnixNano())
 	if tlsOn {
 		cc.scheme = "https"
@@ -145,6 +147,7 @@ func newH2ClientConn(conn net.Conn, tlsOn bool) (*h2ClientConn, error) {
 	}
 	cc.timer = time.AfterFunc(h2PingTimeout, cc.onTimer)
 	go cc.readLoop()
+	go cc.flusher()
 	return cc, nil
 }
 
@@ -271,7 +274,7 @@ func (cc *h2ClientConn) RoundTrip(req *http.Request) (*http.Response, error) {
 		cc.sendWin -= n
 		written = true
 	}
-	cc.flushLocked()
+	cc.kickLocked()
 	werr := cc.werr
 	cc.wmu.Unlock()
 	if werr != nil {
@@ -388,6 +391,29 @@ func (cc *h2ClientConn) writeHeaderBlockLocked(id uint32, endStream bool) {
 	}
 }
 
+// kickLocked asks the flusher to send what is buffered, so that requests written at the
+// same moment share one write (see h2Conn.kickLocked).
+func (cc *h2ClientConn) kickLocked() {
+	select {
+	case cc.flushCh <- struct{}{}:
+	default:
+	}
+}
+
+func (cc *h2ClientConn) flusher() {
+	for {
+		select {
+		case <-cc.flushCh:
+		case <-cc.readerDone:
+			return
+		}
+		runtime.Gosched()
+		cc.wmu.Lock()
+		cc.flushLocked()
+		cc.wmu.Unlock()
+	}
+}
+
 func (cc *h2ClientConn) flushLocked() {
 	if cc.werr != nil {
 		return
@@ -451,7 +477,7 @@ func (cs *h2ClientStream) writeBody() {
 		} else {
 			cc.fr.WriteData(cs.id, true, nil)
 		}
-		cc.flushLocked()
+		cc.kickLocked()
 	}
 	cc.wmu.Unlock()
 	cs.finishRequest()
@@ -481,7 +507,7 @@ func (cs *h2ClientStream) writeData(p []byte, end bool) error {
 		cc.sendWin -= n
 		p = p[n:]
 	}
-	cc.flushLocked()
+	cc.kickLocked()
 	return cc.werr
 }
 
@@ -503,7 +529,7 @@ func (cs *h2ClientStream) cancel(err error) {
 	if !cs.reset {
 		cs.reset = true
 		cc.fr.WriteRSTStream(cs.id, http2.ErrCodeCancel)
-		cc.flushLocked()
+		cc.kickLocked()
 	}
 	cc.wcond.Broadcast()
 	cc.wmu.Unlock()
@@ -575,7 +601,7 @@ func (cc *h2ClientConn) returnConnCredit(n int64) {
 	if incr > 0 {
 		cc.wmu.Lock()
 		cc.fr.WriteWindowUpdate(0, uint32(incr))
-		cc.flushLocked()
+		cc.kickLocked()
 		cc.wmu.Unlock()
 	}
 }
@@ -605,7 +631,7 @@ func (b h2ClientBody) Read(p []byte) (int, error) {
 				cc.wmu.Lock()
 				if !cs.reset {
 					cc.fr.WriteWindowUpdate(cs.id, uint32(incr))
-					cc.flushLocked()
+					cc.kickLocked()
 				}
 				cc.wmu.Unlock()
 			}
@@ -755,7 +781,7 @@ func (cc *h2ClientConn) readFrames() error {
 			} else {
 				cc.wmu.Lock()
 				cc.fr.WritePing(true, f.Data)
-				cc.flushLocked()
+				cc.kickLocked()
 				cc.wmu.Unlock()
 			}
 		case *http2.GoAwayFrame:
@@ -817,7 +843,7 @@ func (cc *h2ClientConn) processSettings(f *http2.SettingsFrame) error {
 		return err
 	}
 	cc.fr.WriteSettingsAck()
-	cc.flushLocked()
+	cc.kickLocked()
 	return nil
 }
 
@@ -1031,7 +1057,7 @@ func (cc *h2ClientConn) onTimer() {
 	case ping:
 		cc.wmu.Lock()
 		cc.fr.WritePing(false, [8]byte{'p', 'o', 'd', 'm', 'e', 's', 'h'})
-		cc.flushLocked()
+		cc.kickLocked()
 		cc.wmu.Unlock()
 	}
 	cc.timer.Reset(h2PingTimeout)

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/textproto"
 	"net/url"
+	"runtime"
 	"runtime/debug"
 	"strconv"
 	"strings"
@@ -105,8 +106,9 @@ type h2Conn struct {
 	connDebt  int64         // connection credit consumed, not yet returned
 	pingSent  time.Time
 
-	timer *time.Timer
-	canon map[string]string // lower-case name -> canonical, reader goroutine only
+	timer   *time.Timer
+	flushCh chan struct{}     // kicks the flusher (capacity 1)
+	canon   map[string]string // lower-case name -> canonical, reader goroutine only
 }
 
 // h2Stream is one request.
@@ -143,7 +145,8 @@ type h2Stream struct {
 func (l *listener) serveHTTP2(conn net.Conn, tlsState *tls.ConnectionState) {
 	c := &h2Conn{l: l, conn: conn, remote: conn.RemoteAddr().String(), tls: tlsState,
 		streams: map[uint32]*h2Stream{}, peerInitWin: 65535, sendWin: 65535, peerMaxSize: 16384,
-		recvWin: h2ConnWindow, lower: map[string]string{}, canon: map[string]string{}}
+		recvWin: h2ConnWindow, lower: map[string]string{}, canon: map[string]string{},
+		flushCh: make(chan struct{}, 1)}
 	c.ctx, c.cancel = context.WithCancel(l.ctx)
 	c.wcond = sync.NewCond(&c.wmu)
 	c.br = bufio.NewReaderSize(h2TimedReader{c}, h2ReadBuffer)
@@ -196,6 +199,7 @@ func (c *h2Conn) serve() {
 	c.flushLocked()
 	c.wmu.Unlock()
 	c.timer = time.AfterFunc(c.timerDelay(), c.onTimer)
+	go c.flusher()
 	controls := 0
 	for {
 		f, err := c.fr.ReadFrame()
@@ -230,7 +234,7 @@ func (c *h2Conn) serve() {
 				controls++
 				c.wmu.Lock()
 				c.fr.WritePing(true, f.Data)
-				c.flushLocked()
+				c.kickLocked()
 				c.wmu.Unlock()
 			} else {
 				c.mu.Lock()
@@ -294,6 +298,33 @@ func (c *h2Conn) teardown() {
 	c.mu.Unlock()
 	if wait != nil {
 		<-wait
+	}
+}
+
+// kickLocked asks the flusher to send what is buffered. Handlers do not flush themselves:
+// when several have frames ready at once (their upstream answers arrived together), one
+// write carries them all.
+func (c *h2Conn) kickLocked() {
+	select {
+	case c.flushCh <- struct{}{}:
+	default:
+	}
+}
+
+// flusher sends the buffered frames when kicked. It first yields once, so that other
+// goroutines ready to write add their frames to the same write (grpc-go's loopy writer
+// yields likewise).
+func (c *h2Conn) flusher() {
+	for {
+		select {
+		case <-c.flushCh:
+		case <-c.ctx.Done():
+			return
+		}
+		runtime.Gosched()
+		c.wmu.Lock()
+		c.flushLocked()
+		c.wmu.Unlock()
 	}
 }
 
@@ -366,7 +397,7 @@ func (c *h2Conn) streamReadError(se http2.StreamError) {
 func (c *h2Conn) writeReset(id uint32, code http2.ErrCode) {
 	c.wmu.Lock()
 	c.fr.WriteRSTStream(id, code)
-	c.flushLocked()
+	c.kickLocked()
 	c.wmu.Unlock()
 }
 
@@ -408,7 +439,7 @@ func (c *h2Conn) processSettings(f *http2.SettingsFrame) error {
 		return err
 	}
 	c.fr.WriteSettingsAck()
-	c.flushLocked()
+	c.kickLocked()
 	return nil
 }
 
@@ -434,7 +465,7 @@ func (c *h2Conn) processWindowUpdate(f *http2.WindowUpdateFrame) error {
 		overflow = true
 		st.reset = true
 		c.fr.WriteRSTStream(f.StreamID, http2.ErrCodeFlowControl)
-		c.flushLocked()
+		c.kickLocked()
 	}
 	c.wcond.Broadcast()
 	c.wmu.Unlock()
@@ -537,7 +568,7 @@ func (c *h2Conn) returnConnCredit(n int64) {
 	if incr > 0 {
 		c.wmu.Lock()
 		c.fr.WriteWindowUpdate(0, uint32(incr))
-		c.flushLocked()
+		c.kickLocked()
 		c.wmu.Unlock()
 	}
 }
@@ -590,7 +621,7 @@ func (c *h2Conn) writeStatusOnly(id uint32, _ http2.ErrCode, status int) {
 	c.hbuf.Reset()
 	c.enc.WriteField(hpack.HeaderField{Name: ":status", Value: strconv.Itoa(status)})
 	c.writeHeaderBlockLocked(id, true)
-	c.flushLocked()
+	c.kickLocked()
 	c.wmu.Unlock()
 }
 
@@ -757,7 +788,7 @@ func (c *h2Conn) runHandler(st *h2Stream) {
 		if !st.reset && !st.done {
 			st.reset = true
 			c.fr.WriteRSTStream(st.id, http2.ErrCodeInternal)
-			c.flushLocked()
+			c.kickLocked()
 		}
 		c.wmu.Unlock()
 	}
@@ -793,7 +824,7 @@ func (c *h2Conn) endStream(st *h2Stream) {
 		if !st.reset {
 			st.reset = true
 			c.fr.WriteRSTStream(st.id, http2.ErrCodeNo)
-			c.flushLocked()
+			c.kickLocked()
 		}
 		c.wmu.Unlock()
 	}
@@ -858,7 +889,7 @@ func (c *h2Conn) onTimer() {
 	case ping:
 		c.wmu.Lock()
 		c.fr.WritePing(false, [8]byte{'p', 'o', 'd', 'm', 'e', 's', 'h'})
-		c.flushLocked()
+		c.kickLocked()
 		c.wmu.Unlock()
 	}
 	c.timer.Reset(c.timerDelay())
@@ -925,7 +956,7 @@ func (b *h2Body) Read(p []byte) (int, error) {
 			c.wmu.Lock()
 			if !st.reset {
 				c.fr.WriteWindowUpdate(st.id, uint32(incr))
-				c.flushLocked()
+				c.kickLocked()
 			}
 			c.wmu.Unlock()
 		}
@@ -1032,7 +1063,7 @@ func (w *h2Response) writeInterim(code int) {
 		w.encodeFieldsLocked(false)
 	}
 	c.writeHeaderBlockLocked(w.st.id, false)
-	c.flushLocked()
+	c.kickLocked()
 }
 
 // writeContinue answers "Expect: 100-continue" on the first body read, unless the
@@ -1085,7 +1116,7 @@ func (w *h2Response) FlushError() error {
 	}
 	c := w.st.c
 	c.wmu.Lock()
-	c.flushLocked()
+	c.kickLocked()
 	err := c.werr
 	c.wmu.Unlock()
 	if err != nil && w.err == nil {
@@ -1128,7 +1159,7 @@ func (w *h2Response) sendHead(endStream, flush bool) {
 		st.done = true
 	}
 	if flush || endStream {
-		c.flushLocked()
+		c.kickLocked()
 	}
 }
 
@@ -1201,7 +1232,7 @@ func (w *h2Response) writeData(p []byte, endStream, flush bool) error {
 		}
 	}
 	if flush || endStream {
-		c.flushLocked()
+		c.kickLocked()
 	}
 	return nil
 }
@@ -1243,7 +1274,7 @@ func (w *h2Response) finish() {
 		if !w.st.reset {
 			w.st.reset = true
 			c.fr.WriteRSTStream(w.st.id, http2.ErrCodeInternal)
-			c.flushLocked()
+			c.kickLocked()
 		}
 		c.wmu.Unlock()
 		return
@@ -1267,7 +1298,7 @@ func (w *h2Response) finish() {
 	}
 	c.writeHeaderBlockLocked(st.id, true)
 	st.done = true
-	c.flushLocked()
+	c.kickLocked()
 }
 
 var (
