@@ -93,7 +93,7 @@ type h1Conn struct {
 }
 
 // serveHTTP1 serves the HTTP/1.x requests of one accepted connection until it ends. An
-// HTTP/2 preface hands the connection to net/http.
+// HTTP/2 preface hands the connection to the HTTP/2 server.
 func (l *listener) serveHTTP1(g *guardConn) {
 	c := &h1Conn{l: l, g: g, remote: g.RemoteAddr().String()}
 	c.ctx, c.cancel = context.WithCancel(l.ctx)
