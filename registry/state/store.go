@@ -172,7 +172,7 @@ type Store struct {
 	closeOnce sync.Once
 
 	outMu    sync.Mutex
-	lastOut  map[checkKey]time.Time   // last write of each check's status or output
+	lastOut  map[checkKey]time.Time    // last write of each check's status or output
 	deferred map[checkKey]*deferredOut // output-only changes waiting for CheckUpdateInterval
 
 	// commitHook, when set (tests), runs inside every bbolt write transaction; an error
@@ -260,6 +260,9 @@ func (s *Store) Close() error {
 	})
 	return err
 }
+
+// Now is the store's clock, which also stamps View.CriticalSince.
+func (s *Store) Now() time.Time { return s.opts.Clock.Now() }
 
 // LocalNode returns the name of the local node.
 func (s *Store) LocalNode() string { return s.opts.NodeName }

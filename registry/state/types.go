@@ -65,8 +65,8 @@ type Service struct {
 	Kind              string `json:",omitempty"`
 	ID                string
 	Service           string
-	Tags              []string `json:",omitempty"`
-	Address           string   `json:",omitempty"`
+	Tags              []string                  `json:",omitempty"`
+	Address           string                    `json:",omitempty"`
 	TaggedAddresses   map[string]ServiceAddress `json:",omitempty"`
 	Meta              map[string]string         `json:",omitempty"`
 	Port              int
@@ -132,10 +132,10 @@ type Check struct {
 	CheckID     string
 	Name        string
 	Status      string
-	Notes       string `json:",omitempty"`
-	Output      string `json:",omitempty"`
-	ServiceID   string `json:",omitempty"`
-	ServiceName string `json:",omitempty"`
+	Notes       string   `json:",omitempty"`
+	Output      string   `json:",omitempty"`
+	ServiceID   string   `json:",omitempty"`
+	ServiceName string   `json:",omitempty"`
 	ServiceTags []string `json:",omitempty"`
 	// Type is "ttl", "http", "tcp", "maintenance", or empty for catalog and node checks.
 	Type       string `json:",omitempty"`

@@ -164,7 +164,9 @@ func (v *View) AllChecks() []*Check {
 }
 
 // CriticalSince returns when the check last turned critical (zero if it is not critical).
-func (v *View) CriticalSince(node, id string) time.Time { return v.st.criticalSince[checkKey{node, id}] }
+func (v *View) CriticalSince(node, id string) time.Time {
+	return v.st.criticalSince[checkKey{node, id}]
+}
 
 // KV returns the pair stored under key, or nil.
 func (v *View) KV(key string) *KVPair { return v.st.kv[key] }
