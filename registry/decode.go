@@ -661,6 +661,7 @@ func decodeCatalogRegister(body []byte) (reg *state.CatalogRegistration, dc stri
 		def.TLSServerName, def.TLSSkipVerify, def.TCP = c.Definition.TLSServerName, c.Definition.TLSSkipVerify, c.Definition.TCP
 		reg.Checks = append(reg.Checks, &state.Check{Node: c.Node, CheckID: c.CheckID, Name: c.Name,
 			Status: c.Status, Notes: c.Notes, Output: c.Output, ServiceID: c.ServiceID, Definition: def})
+		reg.CheckFields = append(reg.CheckFields, ic.field)
 	}
 	return reg, r.Datacenter, nil
 }

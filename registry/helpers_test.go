@@ -2,6 +2,7 @@ package registry_test
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -25,6 +26,9 @@ type testRegistry struct {
 	Server *registry.Server
 	Checks *checks.Manager
 	Client *api.Client
+	// baseWatchers is the number of topics watched with no query waiting: the check
+	// runner's own watch.
+	baseWatchers int
 }
 
 type regOptions struct {
@@ -78,7 +82,14 @@ func startRegistry(t *testing.T, mods ...func(*regOptions)) *testRegistry {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &testRegistry{URL: hs.URL, Addr: hs.Listener.Addr().String(), Store: store, Server: srv, Checks: mgr, Client: client}
+	// The check runner watches state.TopicAgentChecks once it runs.
+	testutil.Eventually(t, 5*time.Second, time.Millisecond, func() error {
+		if store.Watchers() != 1 {
+			return fmt.Errorf("check runner not watching yet")
+		}
+		return nil
+	})
+	return &testRegistry{URL: hs.URL, Addr: hs.Listener.Addr().String(), Store: store, Server: srv, Checks: mgr, Client: client, baseWatchers: 1}
 }
 
 // do sends a raw request and returns the status, headers and body.

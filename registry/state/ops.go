@@ -303,6 +303,9 @@ type CatalogRegistration struct {
 	SkipNodeUpdate bool
 	Service        *Service // optional
 	Checks         []*Check
+	// CheckFields names each check as the request did ("Check", "Checks[0]"), for errors;
+	// without it checks are named Checks[i].
+	CheckFields []string
 }
 
 // CatalogRegister registers a node, optionally with a service and checks, as Consul's catalog
@@ -328,6 +331,9 @@ func (s *Store) CatalogRegister(ctx context.Context, r *CatalogRegistration) err
 		}
 		for i, c := range r.Checks {
 			field := fmt.Sprintf("Checks[%d]", i)
+			if i < len(r.CheckFields) {
+				field = r.CheckFields[i]
+			}
 			if c.Node != "" && c.Node != name {
 				return invalid(field+".Node", "check node %q differs from the registration's node %q", c.Node, name)
 			}
