@@ -56,8 +56,9 @@ type Config struct {
 	MinDeregisterAfter time.Duration
 	// OutputMaxSize caps check output in bytes; default 4096.
 	OutputMaxSize int
-	// OnRun, if set, is called after every probe or TTL update with the check type ("ttl",
-	// "http", "tcp") and the raw result ("passing", "warning", "critical"), for metrics.
+	// OnRun, if set, is called after every probe (once its result is recorded), TTL update
+	// or TTL expiry, with the check type ("ttl", "http", "tcp") and the raw result
+	// ("passing", "warning", "critical"), for metrics.
 	OnRun  func(kind, result string)
 	Logger *slog.Logger
 }
@@ -389,8 +390,8 @@ func (r *runner) loop(ctx context.Context) {
 		if ctx.Err() != nil {
 			return
 		}
-		r.m.cfg.OnRun(r.check.Type, status)
 		r.record(ctx, status, output)
+		r.m.cfg.OnRun(r.check.Type, status)
 		t.Reset(interval)
 	}
 }
