@@ -128,7 +128,7 @@ func fnv64(b []byte) uint64 {
 
 // agentServiceRegister is PUT /v1/agent/service/register[?replace-existing-checks].
 func (s *Server) agentServiceRegister(w http.ResponseWriter, r *http.Request) error {
-	replace, err := boolParam(r.URL.Query(), "replace-existing-checks")
+	replace, err := boolParam(queryOf(r), "replace-existing-checks")
 	if err != nil {
 		return err
 	}
@@ -168,7 +168,7 @@ func (s *Server) agentServiceDeregister(w http.ResponseWriter, r *http.Request) 
 
 // enableParam reads ?enable= of the maintenance endpoints, which Consul requires.
 func enableParam(r *http.Request) (bool, error) {
-	q := r.URL.Query()
+	q := queryOf(r)
 	if _, ok := q["enable"]; !ok {
 		return false, badRequest("enable", "missing value for enable")
 	}
@@ -182,7 +182,7 @@ func (s *Server) agentServiceMaintenance(w http.ResponseWriter, r *http.Request)
 		return err
 	}
 	id := r.PathValue("id")
-	if err := s.store.SetServiceMaintenance(r.Context(), id, enable, r.URL.Query().Get("reason")); err != nil {
+	if err := s.store.SetServiceMaintenance(r.Context(), id, enable, queryOf(r).Get("reason")); err != nil {
 		if errors.Is(err, state.ErrNotFound) {
 			return &RequestError{Status: http.StatusNotFound, Msg: fmt.Sprintf("Unknown service ID %q", id)}
 		}
@@ -197,7 +197,7 @@ func (s *Server) agentNodeMaintenance(w http.ResponseWriter, r *http.Request) er
 	if err != nil {
 		return err
 	}
-	if err := s.store.SetNodeMaintenance(r.Context(), enable, r.URL.Query().Get("reason")); err != nil {
+	if err := s.store.SetNodeMaintenance(r.Context(), enable, queryOf(r).Get("reason")); err != nil {
 		return err
 	}
 	return writeOK(w)
@@ -284,7 +284,7 @@ func (s *Server) setTTL(r *http.Request, id, status, output string) error {
 // agentCheckTTL is PUT /v1/agent/check/{pass,warn,fail}/ID?note=.
 func (s *Server) agentCheckTTL(status string) handlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) error {
-		if err := s.setTTL(r, r.PathValue("id"), status, r.URL.Query().Get("note")); err != nil {
+		if err := s.setTTL(r, r.PathValue("id"), status, queryOf(r).Get("note")); err != nil {
 			return err
 		}
 		return writeOK(w)

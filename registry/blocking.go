@@ -164,7 +164,7 @@ func (s *Server) run(q *query, withWatch bool) (res *rendered, index uint64, ch 
 // late re-runs the query against the latest state: intermediate states are coalesced away,
 // the policy Consul's blocking queries have.
 func (s *Server) serveQuery(w http.ResponseWriter, r *http.Request, q *query) error {
-	opts, err := parseBlocking(r.URL.Query())
+	opts, err := parseBlocking(queryOf(r))
 	if err != nil {
 		return err
 	}
@@ -219,7 +219,7 @@ func (s *Server) writeRendered(w http.ResponseWriter, r *http.Request, res *rend
 func cacheKey(r *http.Request, params ...string) string {
 	var b strings.Builder
 	b.WriteString(r.URL.Path)
-	q := r.URL.Query()
+	q := queryOf(r)
 	for _, p := range params {
 		vals, ok := q[p]
 		if !ok {

@@ -164,7 +164,7 @@ func (s *Server) catalogServices(w http.ResponseWriter, r *http.Request) error {
 // catalogService is GET /v1/catalog/service/NAME.
 func (s *Server) catalogService(w http.ResponseWriter, r *http.Request) error {
 	name := r.PathValue("name")
-	tags := r.URL.Query()["tag"]
+	tags := queryOf(r)["tag"]
 	nm := parseNodeMeta(r)
 	f, err := parseFilter(r, typeOf[*CatalogService]())
 	if err != nil {

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os/exec"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -18,7 +19,22 @@ import (
 
 // startConsul runs a real Consul v1.14.0 dev agent on free loopback ports and returns a
 // client for it once it has elected itself and registered its node. It takes a few seconds.
+// A port taken between choosing it and Consul binding it (other tests run in parallel) makes
+// Consul exit; then it is retried on new ports.
 func startConsul(t *testing.T) *api.Client {
+	t.Helper()
+	for attempt := 1; ; attempt++ {
+		client, retry := tryStartConsul(t)
+		if client != nil {
+			return client
+		}
+		if !retry || attempt == 3 {
+			t.Fatal("consul did not start")
+		}
+	}
+}
+
+func tryStartConsul(t *testing.T) (client *api.Client, retry bool) {
 	t.Helper()
 	bin := testutil.Tool(t, "consul")
 	port := func() string {
@@ -26,37 +42,74 @@ func startConsul(t *testing.T) *api.Client {
 		return p
 	}
 	httpPort := port()
-	var out bytes.Buffer
+	out := &syncBuffer{}
 	cmd := exec.Command(bin, "agent", "-dev", "-node", "consul-test", "-bind", "127.0.0.1", "-client", "127.0.0.1",
 		"-http-port", httpPort, "-dns-port", "-1", "-grpc-port", "-1", "-grpc-tls-port", "-1",
 		"-serf-lan-port", port(), "-serf-wan-port", port(), "-server-port", port(), "-data-dir", t.TempDir())
-	cmd.Stdout, cmd.Stderr = &out, &out
+	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start consul: %v", err)
 	}
-	t.Cleanup(func() {
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
+	stop := func() {
 		cmd.Process.Kill()
-		cmd.Wait()
-		if t.Failed() {
-			t.Logf("consul output:\n%s", out.String())
-		}
-	})
+		<-exited
+	}
 	cfg := api.DefaultConfig()
 	cfg.Address = "127.0.0.1:" + httpPort
 	client, err := api.NewClient(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	testutil.Eventually(t, 30*time.Second, 50*time.Millisecond, func() error {
-		if leader, err := client.Status().Leader(); err != nil || leader == "" {
-			return fmt.Errorf("no leader yet (%v)", err)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		select {
+		case <-exited:
+			if strings.Contains(out.String(), "address already in use") {
+				t.Logf("consul lost a port race; retrying")
+				return nil, true
+			}
+			t.Fatalf("consul exited:\n%s", out.String())
+		default:
 		}
-		if n, _, err := client.Catalog().Node("consul-test", nil); err != nil || n == nil {
-			return fmt.Errorf("node not in the catalog yet (%v)", err)
+		leader, err := client.Status().Leader()
+		if err == nil && leader != "" {
+			if n, _, err := client.Catalog().Node("consul-test", nil); err == nil && n != nil {
+				break
+			}
 		}
-		return nil
+		if time.Now().After(deadline) {
+			stop()
+			t.Fatalf("consul not ready within 30s:\n%s", out.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Cleanup(func() {
+		stop()
+		if t.Failed() {
+			t.Logf("consul output:\n%s", out.String())
+		}
 	})
-	return client
+	return client, false
+}
+
+// syncBuffer is a bytes.Buffer safe for a process's output and the test reading it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
 
 // TestConsulAPICompat is acceptance 1: the same client-only test passes against the registry

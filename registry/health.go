@@ -28,7 +28,7 @@ func toHealthChecks(cs []*state.Check) []*HealthCheck {
 // of those checks is not passing (warning too), as Consul does.
 func (s *Server) healthService(w http.ResponseWriter, r *http.Request) error {
 	name := r.PathValue("name")
-	q := r.URL.Query()
+	q := queryOf(r)
 	passing, err := boolParam(q, "passing")
 	if err != nil {
 		return err

@@ -41,6 +41,11 @@ type regOptions struct {
 
 func startRegistry(t *testing.T, mods ...func(*regOptions)) *testRegistry {
 	t.Helper()
+	return startRegistryB(t, mods...)
+}
+
+func startRegistryB(t testing.TB, mods ...func(*regOptions)) *testRegistry {
+	t.Helper()
 	o := regOptions{dir: t.TempDir(), checkUpdateInterval: -1}
 	for _, m := range mods {
 		m(&o)

@@ -11,7 +11,7 @@ import (
 // list) is a 404 that still carries X-Consul-Index, so clients can block until it appears.
 func (s *Server) kvGet(w http.ResponseWriter, r *http.Request) error {
 	key := r.PathValue("key")
-	p, err := parseKVGetParams(r.URL.Query())
+	p, err := parseKVGetParams(queryOf(r))
 	if err != nil {
 		return err
 	}
@@ -88,7 +88,7 @@ func (s *Server) kvPut(w http.ResponseWriter, r *http.Request) error {
 	if key == "" {
 		return badRequest("key", "missing key name")
 	}
-	p, err := parseKVPutParams(r.URL.Query())
+	p, err := parseKVPutParams(queryOf(r))
 	if err != nil {
 		return err
 	}
@@ -106,7 +106,7 @@ func (s *Server) kvPut(w http.ResponseWriter, r *http.Request) error {
 // kvDelete is DELETE /v1/kv/KEY[?recurse][&cas=]; it answers true or false (a failed CAS).
 func (s *Server) kvDelete(w http.ResponseWriter, r *http.Request) error {
 	key := r.PathValue("key")
-	q := r.URL.Query()
+	q := queryOf(r)
 	recurse, err := boolParam(q, "recurse")
 	if err != nil {
 		return err

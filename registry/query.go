@@ -13,7 +13,7 @@ import (
 // naming the bad token or selector otherwise). No filter gives a nil *Filter, which matches
 // everything.
 func parseFilter(r *http.Request, t reflect.Type) (*filter.Filter, error) {
-	expr := r.URL.Query().Get("filter")
+	expr := queryOf(r).Get("filter")
 	if strings.TrimSpace(expr) == "" {
 		return nil, nil
 	}
@@ -31,7 +31,7 @@ func parseFilter(r *http.Request, t reflect.Type) (*filter.Filter, error) {
 type metaFilter map[string]string
 
 func parseNodeMeta(r *http.Request) metaFilter {
-	vals := r.URL.Query()["node-meta"]
+	vals := queryOf(r)["node-meta"]
 	if len(vals) == 0 {
 		return nil
 	}

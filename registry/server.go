@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"strings"
 	"sync"
 	"time"
@@ -234,6 +235,7 @@ func (r *statusRecorder) Write(b []byte) (int, error) {
 func (s *Server) wrap(route string, acc access, h handlerFunc) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
+		r = r.WithContext(context.WithValue(r.Context(), queryKey{}, r.URL.Query()))
 		rec := &statusRecorder{ResponseWriter: w}
 		err := s.precheck(r, acc)
 		if err == nil && (r.Method == http.MethodGet || r.Method == http.MethodHead) {
@@ -264,7 +266,7 @@ func (s *Server) precheck(r *http.Request, acc access) error {
 			return &RequestError{Status: http.StatusForbidden, Msg: "Permission denied: a valid token is required (X-Consul-Token, Authorization: Bearer, or ?token=)"}
 		}
 	}
-	q := r.URL.Query()
+	q := queryOf(r)
 	if dc := q.Get("dc"); dc != "" && dc != s.store.Datacenter() {
 		// Consul answers a datacenter it cannot reach with a 500 and this text.
 		return &RequestError{Status: http.StatusInternalServerError, Field: "dc", Msg: fmt.Sprintf("No path to datacenter %q", dc)}
@@ -282,6 +284,16 @@ func (s *Server) precheck(r *http.Request, acc access) error {
 	return nil
 }
 
+type queryKey struct{}
+
+// queryOf returns the request's parsed query parameters, parsed once per request by wrap.
+func queryOf(r *http.Request) url.Values {
+	if q, ok := r.Context().Value(queryKey{}).(url.Values); ok {
+		return q
+	}
+	return r.URL.Query()
+}
+
 // requestToken returns the token from X-Consul-Token, Authorization: Bearer, or ?token=.
 func requestToken(r *http.Request) string {
 	if t := r.Header.Get("X-Consul-Token"); t != "" {
@@ -292,7 +304,7 @@ func requestToken(r *http.Request) string {
 			return strings.TrimSpace(tok)
 		}
 	}
-	return r.URL.Query().Get("token")
+	return queryOf(r).Get("token")
 }
 
 func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
@@ -351,7 +363,7 @@ func (s *Server) setQueryHeaders(w http.ResponseWriter, r *http.Request, index u
 	h.Set("X-Consul-Index", fmt.Sprint(index))
 	h.Set("X-Consul-LastContact", "0")
 	h.Set("X-Consul-KnownLeader", "true")
-	q := r.URL.Query()
+	q := queryOf(r)
 	consistency := "leader"
 	if _, ok := q["stale"]; ok {
 		consistency = "stale"
@@ -380,7 +392,7 @@ func encodeJSON(v any, pretty bool) ([]byte, error) {
 }
 
 func wantPretty(r *http.Request) bool {
-	v, ok := r.URL.Query()["pretty"]
+	v, ok := queryOf(r)["pretty"]
 	return ok && (len(v) == 0 || v[0] != "0" && v[0] != "false")
 }
 
