@@ -17,6 +17,7 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+	bolterrors "go.etcd.io/bbolt/errors"
 )
 
 // Bucket names in the bbolt file. "ca" and "intentions" are reserved for issue 4.
@@ -200,7 +201,7 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 	path := filepath.Join(opts.Dir, DBFile)
 	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 2 * time.Second})
 	if err != nil {
-		if errors.Is(err, bolt.ErrTimeout) {
+		if errors.Is(err, bolterrors.ErrTimeout) {
 			return nil, fmt.Errorf("state: open %q: locked by another process: %w", path, err)
 		}
 		return nil, fmt.Errorf("state: open %q: %w", path, err)
