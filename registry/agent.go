@@ -143,14 +143,7 @@ func (s *Server) agentServiceRegister(w http.ResponseWriter, r *http.Request) er
 	if err := s.store.RegisterAgentService(r.Context(), svc, checks, replace); err != nil {
 		return err
 	}
-	s.syncChecks()
 	return writeOK(w)
-}
-
-func (s *Server) syncChecks() {
-	if s.cfg.Checks != nil {
-		s.cfg.Checks.Sync()
-	}
 }
 
 // agentServiceDeregister is PUT /v1/agent/service/deregister/ID.
@@ -162,7 +155,6 @@ func (s *Server) agentServiceDeregister(w http.ResponseWriter, r *http.Request) 
 		}
 		return err
 	}
-	s.syncChecks()
 	return writeOK(w)
 }
 
@@ -247,7 +239,6 @@ func (s *Server) agentCheckRegister(w http.ResponseWriter, r *http.Request) erro
 	if err := s.store.RegisterAgentCheck(r.Context(), c); err != nil {
 		return err
 	}
-	s.syncChecks()
 	return writeOK(w)
 }
 
@@ -260,7 +251,6 @@ func (s *Server) agentCheckDeregister(w http.ResponseWriter, r *http.Request) er
 		}
 		return err
 	}
-	s.syncChecks()
 	return writeOK(w)
 }
 

@@ -32,9 +32,6 @@ func (s *Server) catalogRegister(w http.ResponseWriter, r *http.Request) error {
 	if err := s.store.CatalogRegister(r.Context(), reg); err != nil {
 		return err
 	}
-	if s.cfg.Checks != nil && reg.Node.Node == s.store.LocalNode() {
-		s.cfg.Checks.Sync()
-	}
 	return s.writeJSON(w, r, true)
 }
 
@@ -53,9 +50,6 @@ func (s *Server) catalogDeregister(w http.ResponseWriter, r *http.Request) error
 	}
 	if err := s.store.CatalogDeregister(r.Context(), d.Node, d.ServiceID, d.CheckID); err != nil {
 		return err
-	}
-	if s.cfg.Checks != nil && d.Node == s.store.LocalNode() {
-		s.cfg.Checks.Sync()
 	}
 	return s.writeJSON(w, r, true)
 }

@@ -116,11 +116,7 @@ func (s *Server) healthChecks(w http.ResponseWriter, r *http.Request) error {
 	return s.checksQuery(w, r, state.TopicHealthService(name), func(v *state.View) []*state.Check {
 		var out []*state.Check
 		for _, sv := range v.ServiceInstances(name) {
-			for _, c := range v.NodeChecks(sv.Node) {
-				if c.ServiceID == sv.ID {
-					out = append(out, c)
-				}
-			}
+			out = append(out, v.ServiceChecks(sv.Node, sv.ID)...)
 		}
 		return out
 	})

@@ -34,11 +34,10 @@ const (
 	Version = "1.14.0"
 )
 
-// CheckRunner is what the API needs from the check runner (package registry/checks).
+// CheckRunner is what the API needs from the check runner (package registry/checks). The
+// runner learns about added, changed and removed checks from the store itself; the API only
+// hands it TTL updates, which must restart the check's timer.
 type CheckRunner interface {
-	// Sync makes the running checks match the store, after a write that added, removed or
-	// changed agent checks, so a check runs (and its TTL timer starts) before the write's 200.
-	Sync()
 	// SetTTL sets a TTL check's status and output and restarts its timer.
 	SetTTL(ctx context.Context, checkID, status, output string) error
 }

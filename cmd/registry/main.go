@@ -183,7 +183,7 @@ func run(ctx context.Context, cfg config) error {
 	if err != nil {
 		return fmt.Errorf("listen on -http %s: %w", cfg.httpAddr, err)
 	}
-	srv := &http.Server{Handler: api, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+	srv := &http.Server{Handler: api, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 10 * time.Minute, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
 	log.Info("registry listening", "http", ln.Addr().String(), "data", cfg.dataDir, "node", cfg.node, "dc", cfg.dc, "acl", cfg.aclToken != "")
 
 	checksCtx, stopChecks := context.WithCancel(context.WithoutCancel(ctx))

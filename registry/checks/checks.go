@@ -3,10 +3,10 @@
 // FailuresBeforeWarning, FailuresBeforeCritical) and DeregisterCriticalServiceAfter reaping.
 //
 // The Manager keeps one runner per managed check of the local node. It learns what to run
-// from the store (state.TopicAgentChecks wakes it when checks are added, removed or changed)
-// and from Sync, which the HTTP API calls after each agent write so a check runs before the
-// write's 200. Results go back through state.Store.UpdateCheck, which writes status changes at
-// once and rate-limits output-only changes.
+// from the store: state.TopicAgentChecks wakes it whenever checks are added, removed or their
+// definitions change, however that happened (agent or catalog endpoints, reaping, a restart).
+// Results go back through state.Store.UpdateCheck, which writes status changes at once and
+// rate-limits output-only changes.
 //
 // Defaults follow Consul: intervals below 1s run every 1s, probes time out after 10s, output is
 // cut at 4 KiB, the reaper looks every 30s and never reaps before a check has been critical
@@ -155,43 +155,44 @@ func sameCheck(a, b *state.Check) bool {
 	return a.Type == b.Type && a.ServiceID == b.ServiceID && a.Definition.Equal(&b.Definition)
 }
 
-// Sync starts, restarts and stops runners so they match the managed checks in the store. It
-// does nothing before Run starts (Run syncs first thing).
+// Sync starts, restarts and stops runners so they match the managed checks in the store. Run
+// calls it whenever the store reports a change to the managed checks (state.TopicAgentChecks);
+// call it directly only to not wait for that. It does nothing before Run starts. Its cost is
+// one pass over the local node's checks, with work only for those that changed.
 func (m *Manager) Sync() {
-	var want []*state.Check
-	m.store.View(func(v *state.View) {
-		for _, c := range v.NodeChecks(v.LocalNode()) {
-			if c.Managed {
-				want = append(want, c)
-			}
-		}
-	})
-	var stop []*runner
 	m.mu.Lock()
+	defer m.mu.Unlock()
 	if m.ctx == nil || m.stopped {
-		m.mu.Unlock()
 		return
 	}
-	seen := map[string]bool{}
-	for _, c := range want {
-		seen[c.CheckID] = true
-		if r := m.running[c.CheckID]; r != nil {
-			if sameCheck(r.check, c) {
-				continue
+	var stop []*runner
+	seen := make(map[string]bool, len(m.running))
+	m.store.View(func(v *state.View) {
+		v.ManagedChecks(v.LocalNode(), func(c *state.Check) {
+			seen[c.CheckID] = true
+			r := m.running[c.CheckID]
+			if r != nil && (r.check == c || sameCheck(r.check, c)) {
+				return
 			}
-			stop = append(stop, r)
-		}
-		m.running[c.CheckID] = m.start(c)
-	}
+			if r != nil {
+				stop = append(stop, r)
+			}
+			m.running[c.CheckID] = m.start(c)
+		})
+	})
 	for id, r := range m.running {
 		if !seen[id] {
 			stop = append(stop, r)
 			delete(m.running, id)
 		}
 	}
-	m.mu.Unlock()
-	for _, r := range stop {
-		r.stop()
+	if len(stop) > 0 {
+		// Stopping waits for in-flight probes to notice; do not hold the lock meanwhile.
+		m.mu.Unlock()
+		for _, r := range stop {
+			r.stop()
+		}
+		m.mu.Lock()
 	}
 }
 
@@ -236,10 +237,10 @@ func (m *Manager) reap() {
 	seen := map[string]bool{}
 	m.store.View(func(v *state.View) {
 		node := v.LocalNode()
-		for _, c := range v.NodeChecks(node) {
+		v.ManagedChecks(node, func(c *state.Check) {
 			after := c.Definition.DeregisterCriticalServiceAfter
-			if !c.Managed || after <= 0 || c.ServiceID == "" || seen[c.ServiceID] {
-				continue
+			if after <= 0 || c.ServiceID == "" || c.Status != state.HealthCritical || seen[c.ServiceID] {
+				return
 			}
 			after = max(after, m.cfg.MinDeregisterAfter)
 			since := v.CriticalSince(node, c.CheckID)
@@ -247,7 +248,7 @@ func (m *Manager) reap() {
 				seen[c.ServiceID] = true
 				victims = append(victims, c.ServiceID)
 			}
-		}
+		})
 	})
 	for _, id := range victims {
 		err := m.store.DeregisterAgentService(m.ctx, id)

@@ -126,6 +126,8 @@ type memState struct {
 	byName        map[string]map[serviceKey]*Service
 	byNode        map[string]map[string]*Service
 	checksByNode  map[string]map[string]*Check
+	// checksBySvc holds each service's checks; node-level checks are under the service ID "".
+	checksBySvc   map[serviceKey]map[string]*Check
 	criticalSince map[checkKey]time.Time
 }
 
@@ -139,6 +141,7 @@ func newMemState() *memState {
 		byName:        map[string]map[serviceKey]*Service{},
 		byNode:        map[string]map[string]*Service{},
 		checksByNode:  map[string]map[string]*Check{},
+		checksBySvc:   map[serviceKey]map[string]*Check{},
 		criticalSince: map[checkKey]time.Time{},
 	}
 }
@@ -584,6 +587,13 @@ func (st *memState) indexCheck(c *Check) {
 		st.checksByNode[c.Node] = m
 	}
 	m[c.CheckID] = c
+	sk := serviceKey{c.Node, c.ServiceID}
+	b := st.checksBySvc[sk]
+	if b == nil {
+		b = map[string]*Check{}
+		st.checksBySvc[sk] = b
+	}
+	b[c.CheckID] = c
 }
 
 func (st *memState) unindexCheck(c *Check) {
@@ -591,6 +601,13 @@ func (st *memState) unindexCheck(c *Check) {
 		delete(m, c.CheckID)
 		if len(m) == 0 {
 			delete(st.checksByNode, c.Node)
+		}
+	}
+	sk := serviceKey{c.Node, c.ServiceID}
+	if b := st.checksBySvc[sk]; b != nil {
+		delete(b, c.CheckID)
+		if len(b) == 0 {
+			delete(st.checksBySvc, sk)
 		}
 	}
 }

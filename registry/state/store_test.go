@@ -528,3 +528,49 @@ func BenchmarkKVPutParallel(b *testing.B) {
 		}
 	})
 }
+
+func TestInstanceChecksIndex(t *testing.T) {
+	dir := t.TempDir()
+	s := openStore(t, dir)
+	c := ctx(t)
+	ttl := func(id string) *Check {
+		return &Check{CheckID: id, Name: id, Type: CheckTypeTTL, Managed: true, Definition: CheckDefinition{TTL: time.Minute}}
+	}
+	regWeb(t, s, "a", "web", ttl("c1"), ttl("c2"))
+	regWeb(t, s, "b", "web")
+	if err := s.RegisterAgentCheck(c, ttl("n1")); err != nil { // node-level
+		t.Fatal(err)
+	}
+	moved := ttl("c1")
+	moved.ServiceID = "b"
+	if err := s.RegisterAgentCheck(c, moved); err != nil { // c1 moves from a to b
+		t.Fatal(err)
+	}
+	ids := func(s *Store, svc string) (out string) {
+		s.View(func(v *View) {
+			for _, c := range v.InstanceChecks(v.Service("node1", svc)) {
+				out += c.CheckID + " "
+			}
+		})
+		return out
+	}
+	want := map[string]string{"a": "n1 serfHealth c2 ", "b": "n1 serfHealth c1 "}
+	for svc, w := range want {
+		if got := ids(s, svc); got != w {
+			t.Fatalf("InstanceChecks(%s) = %q, want %q", svc, got, w)
+		}
+	}
+	if err := s.DeregisterAgentService(c, "b"); err != nil {
+		t.Fatal(err)
+	}
+	s.View(func(v *View) {
+		if v.Check("node1", "c1") != nil {
+			t.Fatal("deregistering b kept its moved check c1")
+		}
+	})
+	s.Close()
+	s2 := openStore(t, dir)
+	if got := ids(s2, "a"); got != want["a"] {
+		t.Fatalf("after reopen InstanceChecks(a) = %q", got)
+	}
+}

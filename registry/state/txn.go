@@ -161,14 +161,29 @@ func (tx *Txn) checksOfNode(node string) []*Check {
 	return out
 }
 
-// checksOfService returns the checks bound to service id on node.
+// checksOfService returns the checks bound to service id on node ("" for node-level checks),
+// sorted by ID.
 func (tx *Txn) checksOfService(node, id string) []*Check {
-	var out []*Check
-	for _, c := range tx.checksOfNode(node) {
-		if c.ServiceID == id {
-			out = append(out, c)
+	m := map[string]*Check{}
+	for cid, v := range tx.base.checksBySvc[serviceKey{node, id}] {
+		m[cid] = v
+	}
+	for k, v := range tx.checks {
+		if k.Node != node {
+			continue
+		}
+		switch {
+		case v != nil && v.ServiceID == id:
+			m[k.ID] = v
+		case m[k.ID] != nil:
+			delete(m, k.ID) // deleted, or moved to another service
 		}
 	}
+	out := make([]*Check, 0, len(m))
+	for _, v := range m {
+		out = append(out, v)
+	}
+	slices.SortFunc(out, func(a, b *Check) int { return strings.Compare(a.CheckID, b.CheckID) })
 	return out
 }
 

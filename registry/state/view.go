@@ -139,18 +139,39 @@ func (v *View) NodeChecks(node string) []*Check {
 // InstanceChecks returns the checks that decide an instance's health: the node-level checks
 // of its node followed by the service's own checks, each group sorted by ID.
 func (v *View) InstanceChecks(s *Service) []*Check {
-	var nodeLevel, own []*Check
-	for _, c := range v.st.checksByNode[s.Node] {
-		switch c.ServiceID {
-		case "":
-			nodeLevel = append(nodeLevel, c)
-		case s.ID:
-			own = append(own, c)
+	nodeLevel := v.st.checksBySvc[serviceKey{s.Node, ""}]
+	own := v.st.checksBySvc[serviceKey{s.Node, s.ID}]
+	out := make([]*Check, 0, len(nodeLevel)+len(own))
+	for _, c := range nodeLevel {
+		out = append(out, c)
+	}
+	sortChecks(out)
+	n := len(out)
+	for _, c := range own {
+		out = append(out, c)
+	}
+	sortChecks(out[n:])
+	return out
+}
+
+// ServiceChecks returns the checks bound to service id on node, sorted by ID.
+func (v *View) ServiceChecks(node, id string) []*Check {
+	m := v.st.checksBySvc[serviceKey{node, id}]
+	out := make([]*Check, 0, len(m))
+	for _, c := range m {
+		out = append(out, c)
+	}
+	sortChecks(out)
+	return out
+}
+
+// ManagedChecks calls fn for every check of node the registry runs, in no particular order.
+func (v *View) ManagedChecks(node string, fn func(c *Check)) {
+	for _, c := range v.st.checksByNode[node] {
+		if c.Managed {
+			fn(c)
 		}
 	}
-	sortChecks(nodeLevel)
-	sortChecks(own)
-	return append(nodeLevel, own...)
 }
 
 // AllChecks returns every check, sorted by node then ID.
