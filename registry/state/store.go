@@ -123,9 +123,9 @@ type memState struct {
 	kvKeys      []string // live keys, sorted
 	kvTopicKeys []string // keys with a topic index (live or deleted), sorted
 
-	byName        map[string]map[serviceKey]*Service
-	byNode        map[string]map[string]*Service
-	checksByNode  map[string]map[string]*Check
+	byName       map[string]map[serviceKey]*Service
+	byNode       map[string]map[string]*Service
+	checksByNode map[string]map[string]*Check
 	// checksBySvc holds each service's checks; node-level checks are under the service ID "".
 	checksBySvc   map[serviceKey]map[string]*Check
 	criticalSince map[checkKey]time.Time
