@@ -66,7 +66,6 @@ type result struct {
 	medianP50            time.Duration // time to the median watcher, p50 over rounds
 	writeP50             time.Duration // the write's own latency
 	serialRate, concRate float64
-	note                 string
 }
 
 func run(c config) error {
