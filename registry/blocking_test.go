@@ -233,7 +233,7 @@ func TestManyWatchersOneService(t *testing.T) {
 	r := startRegistry(t)
 	must(t, r.Client.Agent().ServiceRegister(&api.AgentServiceRegistration{ID: "web1", Name: "web"}))
 	idx := r.index(t, "/v1/health/service/web")
-	const n = 200
+	const n = 100
 	var wg sync.WaitGroup
 	results := make(chan blockResult, n)
 	for range n {

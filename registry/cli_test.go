@@ -22,10 +22,10 @@ func TestConsulCLI(t *testing.T) {
 		_, err := r.Client.KV().Put(&api.KVPair{Key: k, Value: []byte(v)}, nil)
 		must(t, err)
 	}
+	home := t.TempDir()
 	consul := func(args ...string) (string, error) {
-		t.Helper()
 		cmd := exec.Command(bin, args...)
-		cmd.Env = []string{"HOME=" + t.TempDir()} // no CONSUL_* from the environment
+		cmd.Env = []string{"HOME=" + home} // no CONSUL_* from the environment
 		out, err := cmd.CombinedOutput()
 		return string(out), err
 	}
@@ -43,17 +43,20 @@ func TestConsulCLI(t *testing.T) {
 		{"kv get key", []string{"kv", "get", tok, addr, "app/config"}, "hello\n"},
 		{"kv get -keys", []string{"kv", "get", "-keys", tok, addr, "app/"}, "app/config\napp/db/\n"},
 	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			out, err := consul(tc.args...)
-			if err != nil {
-				t.Fatalf("consul %s: %v\n%s", strings.Join(tc.args, " "), err, out)
-			}
-			if out != tc.want {
-				t.Fatalf("consul %s printed\n%q\nwant\n%q", strings.Join(tc.args, " "), out, tc.want)
-			}
-		})
-	}
+	t.Run("commands", func(t *testing.T) {
+		for _, tc := range tests {
+			t.Run(tc.name, func(t *testing.T) {
+				t.Parallel() // each consul invocation takes a moment to start
+				out, err := consul(tc.args...)
+				if err != nil {
+					t.Fatalf("consul %s: %v\n%s", strings.Join(tc.args, " "), err, out)
+				}
+				if out != tc.want {
+					t.Fatalf("consul %s printed\n%q\nwant\n%q", strings.Join(tc.args, " "), out, tc.want)
+				}
+			})
+		}
+	})
 	// Without the token, KV reads are refused.
 	if out, err := consul("kv", "get", "-recurse", addr); err == nil || !strings.Contains(out, "403") {
 		t.Fatalf("kv get without token: err %v, output %q", err, out)
