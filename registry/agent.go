@@ -7,6 +7,7 @@ import (
 	"maps"
 	"net/http"
 	"strings"
+	"time"
 
 	"github.com/podmesh/podmesh/registry/state"
 )
@@ -94,27 +95,63 @@ func (s *Server) agentServices(w http.ResponseWriter, r *http.Request) error {
 	return s.writeJSON(w, r, out)
 }
 
-// agentService is GET /v1/agent/service/ID (not blocking here; ?hash is ignored).
+// agentService is GET /v1/agent/service/ID, with Consul's hash-based blocking: given
+// ?hash= equal to the service's current ContentHash, it waits (up to ?wait) for the service to
+// change.
 func (s *Server) agentService(w http.ResponseWriter, r *http.Request) error {
 	id := r.PathValue("id")
-	var sv *state.Service
-	var idx uint64
-	s.store.View(func(v *state.View) { sv, idx = v.Service(v.LocalNode(), id), v.Index() })
-	if sv == nil {
-		return &RequestError{Status: http.StatusNotFound, Msg: fmt.Sprintf("unknown service ID: %s", id)}
-	}
-	as := s.localAgentService(sv)
-	b, err := json.Marshal(as)
+	q := queryOf(r)
+	wantHash := q.Get("hash")
+	opts, err := parseBlocking(q)
 	if err != nil {
 		return err
 	}
-	out := struct {
-		*AgentService
-		ContentHash string
-	}{as, fmt.Sprintf("%016x", fnv64(b))}
-	w.Header().Set("X-Consul-ContentHash", out.ContentHash)
-	s.setQueryHeaders(w, r, idx)
-	return s.writeJSON(w, r, out)
+	timer := time.NewTimer(opts.wait)
+	defer timer.Stop()
+	last := wantHash == ""
+	for {
+		var sv *state.Service
+		var idx uint64
+		ch, release := (<-chan struct{})(nil), func() {}
+		s.store.View(func(v *state.View) {
+			sv, idx = v.Service(v.LocalNode(), id), v.Index()
+			if !last {
+				ch, release = v.Watch(state.TopicNode(v.LocalNode()))
+			}
+		})
+		if sv == nil {
+			release()
+			return &RequestError{Status: http.StatusNotFound, Msg: fmt.Sprintf("unknown service ID: %s", id)}
+		}
+		as := s.localAgentService(sv)
+		b, err := json.Marshal(as)
+		if err != nil {
+			release()
+			return err
+		}
+		hash := fmt.Sprintf("%016x", fnv64(b))
+		if last || hash != wantHash {
+			release()
+			out := struct {
+				*AgentService
+				ContentHash string
+			}{as, hash}
+			w.Header().Set("X-Consul-ContentHash", hash)
+			s.setQueryHeaders(w, r, idx)
+			return s.writeJSON(w, r, out)
+		}
+		select {
+		case <-ch:
+		case <-timer.C:
+			last = true
+		case <-s.closing:
+			last = true
+		case <-r.Context().Done():
+			release()
+			return nil
+		}
+		release()
+	}
 }
 
 func fnv64(b []byte) uint64 {

@@ -279,3 +279,47 @@ func TestCloseReleasesBlockedQueries(t *testing.T) {
 		t.Fatalf("after Close: %+v", res)
 	}
 }
+
+func TestAgentServiceHashBlocking(t *testing.T) {
+	r := startRegistry(t)
+	a := r.Client.Agent()
+	must(t, a.ServiceRegister(&api.AgentServiceRegistration{ID: "web1", Name: "web", Port: 80}))
+	svc, _, err := a.Service("web1", nil)
+	must(t, err)
+	hash := svc.ContentHash
+	// The same hash blocks until the wait ends, then answers the same hash.
+	start := time.Now()
+	svc, _, err = a.Service("web1", &api.QueryOptions{WaitHash: hash, WaitTime: 150 * time.Millisecond})
+	must(t, err)
+	if svc.ContentHash != hash || time.Since(start) < 150*time.Millisecond {
+		t.Fatalf("unchanged service: hash %s after %v", svc.ContentHash, time.Since(start))
+	}
+	// A change to another service does not wake it; a change to it does.
+	type res struct {
+		svc *api.AgentService
+		err error
+		at  time.Time
+	}
+	ch := make(chan res, 1)
+	go func() {
+		s, _, err := a.Service("web1", &api.QueryOptions{WaitHash: hash, WaitTime: 10 * time.Second})
+		ch <- res{s, err, time.Now()}
+	}()
+	r.waitBlocked(t, 1)
+	must(t, a.ServiceRegister(&api.AgentServiceRegistration{ID: "db1", Name: "db"}))
+	// The other registration touches the node's topic, so the query re-checks its hash and
+	// blocks again: it must not answer.
+	timer := time.NewTimer(200 * time.Millisecond)
+	select {
+	case got := <-ch:
+		t.Fatalf("hash query answered on another service's change: %+v", got)
+	case <-timer.C:
+	}
+	must(t, a.ServiceRegister(&api.AgentServiceRegistration{ID: "web1", Name: "web", Port: 81}))
+	ack := time.Now()
+	got := <-ch
+	must(t, got.err)
+	if got.svc.Port != 81 || got.svc.ContentHash == hash || got.at.Sub(ack) > 100*time.Millisecond {
+		t.Fatalf("after the change: port %d hash %s (was %s) after %v", got.svc.Port, got.svc.ContentHash, hash, got.at.Sub(ack))
+	}
+}

@@ -5,7 +5,7 @@
 # v1.14.0 dev agent in the same run. The Go program beside this script does the work.
 #
 # Environment: BIN (dir with the built registry, default ./bin), PODMESH_CONSUL_BIN (set by
-# make bench), and optional WATCHERS (1000), ROUNDS (20), SERIAL (300), CONCURRENT (2000),
+# make bench), and optional WATCHERS (1000), ROUNDS (20), SERIAL (300), CONCURRENT (1000),
 # CONCURRENCY (32).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -21,4 +21,4 @@ trap 'rm -rf "$tmp"' EXIT
 "$GO" build -o "$tmp/registry-bench" ./bench/registry
 "$tmp/registry-bench" -registry "$BIN/registry" -consul "$consul" \
   -watchers "${WATCHERS:-1000}" -rounds "${ROUNDS:-20}" -serial "${SERIAL:-300}" \
-  -concurrent "${CONCURRENT:-2000}" -concurrency "${CONCURRENCY:-32}"
+  -concurrent "${CONCURRENT:-1000}" -concurrency "${CONCURRENCY:-32}"
