@@ -128,16 +128,17 @@ func parseBlocking(q url.Values) (blockingOpts, error) {
 	return o, nil
 }
 
-// run runs q once: inside one view it reads the index, optionally registers a watch, and
-// either finds the rendering in the cache or gathers the rows to render.
-func (s *Server) run(q *query, withWatch bool) (res *rendered, index uint64, ch <-chan struct{}, release func(), err error) {
+// run runs q once: inside one view it reads the index, registers a watch when the caller
+// will have to wait (watch set and the index not above minIndex), and either finds the
+// rendering in the cache or gathers the rows to render.
+func (s *Server) run(q *query, watch bool, minIndex uint64) (res *rendered, index uint64, ch <-chan struct{}, release func(), err error) {
 	var entry *cacheEntry
 	var owner bool
 	var build func() (*rendered, error)
 	release = func() {}
 	s.store.View(func(v *state.View) {
 		index = q.index(v)
-		if withWatch {
+		if watch && index <= minIndex {
 			ch, release = q.watch(v)
 		}
 		entry, owner = s.cache.lookup(q.key, index)
@@ -169,7 +170,7 @@ func (s *Server) serveQuery(w http.ResponseWriter, r *http.Request, q *query) er
 		return err
 	}
 	if opts.minIndex == 0 {
-		res, index, _, _, err := s.run(q, false)
+		res, index, _, _, err := s.run(q, false, 0)
 		if err != nil {
 			return err
 		}
@@ -181,7 +182,7 @@ func (s *Server) serveQuery(w http.ResponseWriter, r *http.Request, q *query) er
 	defer s.metrics.blocking.Dec()
 	last := false
 	for {
-		res, index, ch, release, err := s.run(q, !last)
+		res, index, ch, release, err := s.run(q, !last, opts.minIndex)
 		if err != nil {
 			release()
 			return err
@@ -206,7 +207,11 @@ func (s *Server) serveQuery(w http.ResponseWriter, r *http.Request, q *query) er
 
 func (s *Server) writeRendered(w http.ResponseWriter, r *http.Request, res *rendered, index uint64) error {
 	s.setQueryHeaders(w, r, index)
-	if res.contentType != "" {
+	switch res.contentType {
+	case "":
+	case "application/json":
+		w.Header()["Content-Type"] = hdrJSON
+	default:
 		w.Header().Set("Content-Type", res.contentType)
 	}
 	w.WriteHeader(res.status)
