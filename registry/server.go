@@ -123,9 +123,10 @@ func (s *Server) CountCheckRun(kind, result string) {
 }
 
 // Close makes every blocked query return its current result now, so an http.Server's
-// Shutdown does not wait minutes for long polls. Later blocking queries return at once.
+// Shutdown does not wait minutes for long polls. Later blocking queries return at once. A
+// second Close returns net.ErrClosed.
 func (s *Server) Close() error {
-	err := errors.New("registry: server already closed")
+	err := net.ErrClosed
 	s.closeOnce.Do(func() {
 		close(s.closing)
 		err = nil
