@@ -1,7 +1,9 @@
 package registry_test
 
 import (
+	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -273,10 +275,15 @@ func TestCloseReleasesBlockedQueries(t *testing.T) {
 	idx := r.index(t, "/v1/health/service/web")
 	ch := r.block(t, "/v1/health/service/web", idx, "10m")
 	r.waitBlocked(t, 1)
-	r.Server.Close()
+	if err := r.Server.Close(); err != nil {
+		t.Fatal(err)
+	}
 	res := expectReturn(t, ch, time.Now(), time.Second)
 	if res.code != 200 || res.index != idx {
 		t.Fatalf("after Close: %+v", res)
+	}
+	if err := r.Server.Close(); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("second Close = %v, want net.ErrClosed", err)
 	}
 }
 
