@@ -1,0 +1,346 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/podmesh/podmesh/internal/testutil"
+)
+
+var (
+	buildOnce sync.Once
+	binPath   string
+	buildErr  error
+)
+
+// registryBinary builds cmd/registry once per test run.
+func registryBinary(t *testing.T) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "registry-bin-")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		binPath = filepath.Join(dir, "registry")
+		gobin, err := exec.LookPath("go")
+		if err != nil {
+			buildErr = fmt.Errorf("go toolchain not on PATH: %w", err)
+			return
+		}
+		out, err := exec.Command(gobin, "build", "-o", binPath, ".").CombinedOutput()
+		if err != nil {
+			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return binPath
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if binPath != "" {
+		os.RemoveAll(filepath.Dir(binPath))
+	}
+	os.Exit(code)
+}
+
+type proc struct {
+	cmd     *exec.Cmd
+	addr    string
+	out     *bytes.Buffer
+	done    chan struct{} // closed when the process has exited
+	waitErr error
+}
+
+func startProc(t *testing.T, dataDir string, extra ...string) *proc {
+	t.Helper()
+	addr := testutil.FreePort(t)
+	args := append([]string{"-http", addr, "-data", dataDir, "-node", "crash-test", "-log-level", "warn"}, extra...)
+	cmd := exec.Command(registryBinary(t), args...)
+	out := &bytes.Buffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p := &proc{cmd: cmd, addr: addr, out: out, done: make(chan struct{})}
+	go func() {
+		p.waitErr = cmd.Wait()
+		close(p.done)
+	}()
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		<-p.done
+		if t.Failed() {
+			t.Logf("registry output:\n%s", out.String())
+		}
+	})
+	testutil.Eventually(t, 10*time.Second, 10*time.Millisecond, func() error {
+		resp, err := http.Get("http://" + addr + "/v1/agent/self")
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		return nil
+	})
+	return p
+}
+
+var client = &http.Client{Timeout: 10 * time.Second}
+
+func put(url, body string) (int, string, error) {
+	req, err := http.NewRequest(http.MethodPut, url, strings.NewReader(body))
+	if err != nil {
+		return 0, "", err
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return 0, "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b), err
+}
+
+// TestKill9KeepsAcknowledgedWrites is acceptance 4: writers stream agent registrations and KV
+// puts while the registry is killed with SIGKILL; after a restart on the same data directory
+// every write that was acknowledged with a 200 is there, and indexes keep rising.
+func TestKill9KeepsAcknowledgedWrites(t *testing.T) {
+	dir := t.TempDir()
+	p := startProc(t, dir)
+	base := "http://" + p.addr
+
+	type ack struct {
+		kind, id, value string
+	}
+	var mu sync.Mutex
+	var acked []ack
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	const writers = 8
+	for w := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 5000; i++ { // bounded; the kill ends it long before
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				var a ack
+				var code int
+				var body string
+				var err error
+				if i%2 == 0 {
+					a = ack{"kv", fmt.Sprintf("crash/%d/%d", w, i), fmt.Sprintf("value-%d-%d", w, i)}
+					code, body, err = put(base+"/v1/kv/"+a.id, a.value)
+					if err == nil && body != "true\n" {
+						err = fmt.Errorf("kv put answered %q", body)
+					}
+				} else {
+					a = ack{"svc", fmt.Sprintf("svc-%d-%d", w, i), ""}
+					reg := fmt.Sprintf(`{"ID":%q,"Name":"crash-%d","Port":%d,"Check":{"TTL":"10m"}}`, a.id, w, 1000+i)
+					code, _, err = put(base+"/v1/agent/service/register", reg)
+				}
+				if err != nil || code != 200 {
+					return // the registry is gone
+				}
+				mu.Lock()
+				acked = append(acked, a)
+				mu.Unlock()
+			}
+		}()
+	}
+	// Kill it mid-stream, once a good number of writes are through.
+	testutil.Eventually(t, 20*time.Second, 5*time.Millisecond, func() error {
+		mu.Lock()
+		defer mu.Unlock()
+		if len(acked) < 400 {
+			return fmt.Errorf("%d writes acknowledged", len(acked))
+		}
+		return nil
+	})
+	if err := p.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	<-p.done
+	close(stop)
+	wg.Wait()
+	mu.Lock()
+	final := append([]ack(nil), acked...)
+	mu.Unlock()
+	t.Logf("%d writes acknowledged before SIGKILL", len(final))
+
+	p2 := startProc(t, dir)
+	base = "http://" + p2.addr
+	resp, err := client.Get(base + "/v1/agent/services")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var svcs map[string]json.RawMessage
+	if err := json.NewDecoder(resp.Body).Decode(&svcs); err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	resp, err = client.Get(base + "/v1/kv/crash/?recurse")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pairs []struct {
+		Key         string
+		Value       []byte
+		ModifyIndex uint64
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&pairs); err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	kv := map[string]string{}
+	var maxIndex uint64
+	for _, p := range pairs {
+		kv[p.Key] = string(p.Value)
+		maxIndex = max(maxIndex, p.ModifyIndex)
+	}
+	missing := 0
+	for _, a := range final {
+		switch a.kind {
+		case "kv":
+			if kv[a.id] != a.value {
+				missing++
+				t.Errorf("acknowledged KV %s = %q lost (have %q)", a.id, a.value, kv[a.id])
+			}
+		case "svc":
+			if _, ok := svcs[a.id]; !ok {
+				missing++
+				t.Errorf("acknowledged service %s lost", a.id)
+			}
+		}
+		if missing > 10 {
+			t.Fatal("too many lost writes")
+		}
+	}
+	// Indexes keep rising from where they were.
+	code, body, err := put(base+"/v1/kv/after-restart", "x")
+	if err != nil || code != 200 || body != "true\n" {
+		t.Fatalf("write after restart: %d %q %v", code, body, err)
+	}
+	resp, err = client.Get(base + "/v1/kv/after-restart")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	idx, _ := strconv.ParseUint(resp.Header.Get("X-Consul-Index"), 10, 64)
+	if idx <= maxIndex {
+		t.Fatalf("index after restart %d, not above the acknowledged %d", idx, maxIndex)
+	}
+}
+
+// TestGracefulShutdown: SIGTERM answers blocked queries at once and exits 0.
+func TestGracefulShutdown(t *testing.T) {
+	p := startProc(t, t.TempDir())
+	res := make(chan int, 1)
+	go func() {
+		resp, err := client.Get("http://" + p.addr + "/v1/health/service/web?index=1&wait=5m")
+		if err != nil {
+			res <- 0
+			return
+		}
+		resp.Body.Close()
+		res <- resp.StatusCode
+	}()
+	time.Sleep(100 * time.Millisecond) // let the query block
+	start := time.Now()
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	timer := time.NewTimer(10 * time.Second)
+	defer timer.Stop()
+	select {
+	case <-p.done:
+		if p.waitErr != nil {
+			t.Fatalf("exit: %v", p.waitErr)
+		}
+	case <-timer.C:
+		t.Fatal("registry did not exit within 10s of SIGTERM")
+	}
+	if code := <-res; code != 200 {
+		t.Fatalf("blocked query got %d on shutdown, want 200", code)
+	}
+	t.Logf("exited %v after SIGTERM", time.Since(start).Round(time.Millisecond))
+}
+
+func TestFlags(t *testing.T) {
+	tokenFile := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(tokenFile, []byte("from-file\nignored\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name    string
+		args    []string
+		wantErr string
+		check   func(c config) error
+	}{
+		{"defaults", nil, "", func(c config) error {
+			if c.httpAddr != "127.0.0.1:8500" || c.dc != "dc1" || c.advertise != "127.0.0.1" || c.node == "" || c.dataDir == "" {
+				return fmt.Errorf("%+v", c)
+			}
+			return nil
+		}},
+		{"advertise from -http", []string{"-http", "10.1.2.3:8500"}, "", func(c config) error {
+			if c.advertise != "10.1.2.3" {
+				return fmt.Errorf("advertise %q", c.advertise)
+			}
+			return nil
+		}},
+		{"wildcard -http", []string{"-http", "0.0.0.0:8500"}, "", func(c config) error {
+			if c.advertise != "127.0.0.1" {
+				return fmt.Errorf("advertise %q", c.advertise)
+			}
+			return nil
+		}},
+		{"token file", []string{"-acl-token-file", tokenFile}, "", func(c config) error {
+			if c.aclToken != "from-file" {
+				return fmt.Errorf("token %q", c.aclToken)
+			}
+			return nil
+		}},
+		{"both tokens", []string{"-acl-token", "a", "-acl-token-file", tokenFile}, "exclusive", nil},
+		{"missing token file", []string{"-acl-token-file", "/nonexistent/token"}, "-acl-token-file", nil},
+		{"bad http", []string{"-http", "nonsense"}, "-http", nil},
+		{"empty node", []string{"-node", ""}, "-node", nil},
+		{"bad max body", []string{"-max-body", "0"}, "-max-body", nil},
+		{"extra args", []string{"extra"}, "unexpected arguments", nil},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := parseFlags(tc.args)
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("err = %v, want one mentioning %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := tc.check(c); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}

@@ -1,0 +1,246 @@
+package registry
+
+import (
+	"math/rand/v2"
+	"net/http"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/podmesh/podmesh/registry/state"
+)
+
+// query is one read endpoint's logic for the blocking loop.
+type query struct {
+	// key identifies the response for the render cache: everything that changes the rendered
+	// bytes besides the state (path, output-affecting parameters).
+	key string
+	// index returns the query's X-Consul-Index: the modify index of what it reads.
+	index func(v *state.View) uint64
+	// watch registers a wake-up for the next change to what it reads.
+	watch func(v *state.View) (<-chan struct{}, func())
+	// read gathers what the response needs (immutable rows) inside the view and returns the
+	// function that renders it outside the lock.
+	read func(v *state.View) func() (*rendered, error)
+}
+
+// rendered is a response ready to write: status, content type and body.
+type rendered struct {
+	status      int
+	contentType string
+	body        []byte
+}
+
+func jsonResponse(v any, pretty bool) (*rendered, error) {
+	b, err := encodeJSON(v, pretty)
+	if err != nil {
+		return nil, err
+	}
+	return &rendered{status: http.StatusOK, contentType: "application/json", body: b}, nil
+}
+
+// renderCache keeps the last rendering of each query key with the index it was rendered at.
+// When a change wakes a thousand watchers of one service, the first to re-run the query
+// renders it and the others wait for and reuse its bytes instead of each re-encoding. The same
+// index means the same body, because the index covers everything the query reads.
+type renderCache struct {
+	mu  sync.Mutex
+	m   map[string]*cacheEntry
+	max int
+}
+
+type cacheEntry struct {
+	index uint64
+	done  chan struct{} // closed when res/err are set
+	res   *rendered
+	err   error
+}
+
+func newRenderCache(max int) *renderCache {
+	return &renderCache{m: map[string]*cacheEntry{}, max: max}
+}
+
+// lookup returns the entry for (key, index); owner is true if the caller created it and must
+// fill it with finish.
+func (c *renderCache) lookup(key string, index uint64) (e *cacheEntry, owner bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if e := c.m[key]; e != nil && e.index == index {
+		return e, false
+	}
+	if len(c.m) >= c.max {
+		for k := range c.m { // evict an arbitrary entry; map iteration order is random
+			delete(c.m, k)
+			break
+		}
+	}
+	e = &cacheEntry{index: index, done: make(chan struct{})}
+	c.m[key] = e
+	return e, true
+}
+
+func (c *renderCache) finish(key string, e *cacheEntry, res *rendered, err error) {
+	e.res, e.err = res, err
+	close(e.done)
+	if err != nil {
+		c.mu.Lock()
+		if c.m[key] == e {
+			delete(c.m, key)
+		}
+		c.mu.Unlock()
+	}
+}
+
+// blockingOpts are a read's ?index and ?wait.
+type blockingOpts struct {
+	minIndex uint64
+	wait     time.Duration
+}
+
+// parseBlocking reads ?index and ?wait as Consul does: wait is a Go duration (the Go client
+// sends "120000ms"), defaulting to 5 minutes and capped at 10, plus a random jitter of up to
+// wait/16 so that watchers started together do not all return together.
+func parseBlocking(q url.Values) (blockingOpts, error) {
+	var o blockingOpts
+	if v := q.Get("index"); v != "" {
+		idx, err := strconv.ParseUint(v, 10, 64)
+		if err != nil {
+			return o, badRequest("index", "invalid index %q: want an unsigned integer", v)
+		}
+		o.minIndex = idx
+	}
+	o.wait = DefaultQueryWait
+	if v := q.Get("wait"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			return o, badRequest("wait", "invalid wait time %q: want a duration such as 120000ms or 5m", v)
+		}
+		if d > 0 {
+			o.wait = min(d, MaxQueryWait)
+		}
+	}
+	if o.minIndex > 0 {
+		o.wait += rand.N(o.wait/16 + 1)
+	}
+	return o, nil
+}
+
+// run runs q once: inside one view it reads the index, registers a watch when the caller
+// will have to wait (watch set and the index not above minIndex), and either finds the
+// rendering in the cache or gathers the rows to render.
+func (s *Server) run(q *query, watch bool, minIndex uint64) (res *rendered, index uint64, ch <-chan struct{}, release func(), err error) {
+	var entry *cacheEntry
+	var owner bool
+	var build func() (*rendered, error)
+	release = func() {}
+	s.store.View(func(v *state.View) {
+		index = q.index(v)
+		if watch && index <= minIndex {
+			ch, release = q.watch(v)
+		}
+		entry, owner = s.cache.lookup(q.key, index)
+		if owner {
+			build = q.read(v)
+		}
+	})
+	if owner {
+		res, err = build()
+		s.cache.finish(q.key, entry, res, err)
+		return res, index, ch, release, err
+	}
+	<-entry.done
+	return entry.res, index, ch, release, entry.err
+}
+
+// serveQuery answers a read, blocking as Consul does when ?index is set: it runs the query,
+// returns at once if its index is above ?index (or ?index is 0 or absent), and otherwise
+// waits until what the query reads changes or the wait ends, then runs it again. A timeout
+// answers 200 with the current (unchanged) result and index.
+//
+// Slow consumers: a waiting query holds only a channel of its topic, which the store closes on
+// change and never writes to, so a publisher never blocks on a watcher. A watcher that wakes
+// late re-runs the query against the latest state: intermediate states are coalesced away,
+// the policy Consul's blocking queries have.
+func (s *Server) serveQuery(w http.ResponseWriter, r *http.Request, q *query) error {
+	opts, err := parseBlocking(queryOf(r))
+	if err != nil {
+		return err
+	}
+	if opts.minIndex == 0 {
+		res, index, _, _, err := s.run(q, false, 0)
+		if err != nil {
+			return err
+		}
+		return s.writeRendered(w, r, res, index)
+	}
+	timer := time.NewTimer(opts.wait)
+	defer timer.Stop()
+	s.metrics.blocking.Inc()
+	defer s.metrics.blocking.Dec()
+	last := false
+	for {
+		res, index, ch, release, err := s.run(q, !last, opts.minIndex)
+		if err != nil {
+			release()
+			return err
+		}
+		if last || index > opts.minIndex {
+			release()
+			return s.writeRendered(w, r, res, index)
+		}
+		select {
+		case <-ch:
+		case <-timer.C:
+			last = true
+		case <-s.closing:
+			last = true
+		case <-r.Context().Done():
+			release()
+			return nil
+		}
+		release()
+	}
+}
+
+func (s *Server) writeRendered(w http.ResponseWriter, r *http.Request, res *rendered, index uint64) error {
+	s.setQueryHeaders(w, r, index)
+	switch res.contentType {
+	case "":
+	case "application/json":
+		w.Header()["Content-Type"] = hdrJSON
+	default:
+		w.Header().Set("Content-Type", res.contentType)
+	}
+	w.WriteHeader(res.status)
+	_, _ = w.Write(res.body)
+	return nil
+}
+
+// cacheKey builds a query's render-cache key from its path and the parameters that change
+// its output, in a fixed order.
+func cacheKey(r *http.Request, params ...string) string {
+	var b strings.Builder
+	b.WriteString(r.URL.Path)
+	q := queryOf(r)
+	for _, p := range params {
+		vals, ok := q[p]
+		if !ok {
+			continue
+		}
+		vals = slices.Clone(vals)
+		slices.Sort(vals)
+		for _, v := range vals {
+			b.WriteString("\x00")
+			b.WriteString(p)
+			b.WriteString("=")
+			b.WriteString(v)
+		}
+	}
+	if wantPretty(r) {
+		b.WriteString("\x00pretty")
+	}
+	return b.String()
+}

@@ -1,0 +1,458 @@
+package state
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+)
+
+// InvalidError is a write rejected because of its content; Field names the offending field.
+type InvalidError struct {
+	Field string
+	Msg   string
+}
+
+func (e *InvalidError) Error() string { return e.Field + ": " + e.Msg }
+
+// NotFoundError is a write naming a service, check or node that does not exist.
+type NotFoundError struct {
+	Kind string // "service", "check", "node"
+	ID   string
+}
+
+func (e *NotFoundError) Error() string { return fmt.Sprintf("%s %q not found", e.Kind, e.ID) }
+
+// Is makes errors.Is(err, ErrNotFound) true.
+func (e *NotFoundError) Is(target error) bool { return target == ErrNotFound }
+
+func invalid(field, format string, args ...any) error {
+	return &InvalidError{Field: field, Msg: fmt.Sprintf(format, args...)}
+}
+
+func reservedCheckID(id string) bool {
+	return id == SerfCheckID || id == NodeMaintCheckID || strings.HasPrefix(id, ServiceMaintPrefix)
+}
+
+// RegisterAgentService registers (or replaces) a service on the local node with its checks,
+// as PUT /v1/agent/service/register. A check whose ID already exists keeps its status and
+// output, as Consul does, so re-registering does not flap. Without replaceExistingChecks the
+// service's other checks stay; with it they are removed (maintenance checks stay either way).
+// svc and checks are copied.
+func (s *Store) RegisterAgentService(ctx context.Context, svc *Service, checks []*Check, replaceExistingChecks bool) error {
+	if svc.ID == "" || svc.Service == "" {
+		return invalid("Name", "service name and ID must not be empty")
+	}
+	seen := map[string]bool{}
+	for i, c := range checks {
+		if c.CheckID == "" {
+			return invalid(fmt.Sprintf("Checks[%d].CheckID", i), "must not be empty")
+		}
+		if reservedCheckID(c.CheckID) {
+			return invalid(fmt.Sprintf("Checks[%d].CheckID", i), "%q is reserved", c.CheckID)
+		}
+		if seen[c.CheckID] {
+			return invalid(fmt.Sprintf("Checks[%d].CheckID", i), "duplicate check ID %q", c.CheckID)
+		}
+		seen[c.CheckID] = true
+	}
+	return s.write(ctx, func(tx *Txn) error {
+		node := tx.local
+		ns := *svc
+		ns.Node = node
+		ns.Agent = true
+		prev := tx.checksOfService(node, ns.ID)
+		tx.putService(&ns)
+		for _, c := range checks {
+			nc := *c
+			nc.Node = node
+			nc.ServiceID = ns.ID
+			nc.ServiceName = ns.Service
+			nc.ServiceTags = ns.Tags
+			if old := tx.getCheck(node, nc.CheckID); old != nil {
+				nc.Status, nc.Output = old.Status, old.Output
+			} else if nc.Status == "" {
+				nc.Status = HealthCritical
+			}
+			tx.putCheck(&nc)
+		}
+		for _, c := range prev {
+			if seen[c.CheckID] {
+				continue
+			}
+			if replaceExistingChecks && !strings.HasPrefix(c.CheckID, ServiceMaintPrefix) {
+				tx.deleteCheck(node, c.CheckID)
+				continue
+			}
+			if c.ServiceName != ns.Service || !slices.Equal(c.ServiceTags, ns.Tags) {
+				nc := *c
+				nc.ServiceName, nc.ServiceTags = ns.Service, ns.Tags
+				tx.putCheck(&nc)
+			}
+		}
+		return nil
+	})
+}
+
+// DeregisterAgentService removes a service of the local node and all its checks.
+func (s *Store) DeregisterAgentService(ctx context.Context, id string) error {
+	return s.write(ctx, func(tx *Txn) error {
+		if tx.getService(tx.local, id) == nil {
+			return &NotFoundError{Kind: "service", ID: id}
+		}
+		for _, c := range tx.checksOfService(tx.local, id) {
+			tx.deleteCheck(tx.local, c.CheckID)
+		}
+		tx.deleteService(tx.local, id)
+		return nil
+	})
+}
+
+// RegisterAgentCheck registers (or replaces) a check on the local node, bound to the service
+// c.ServiceID when it is set. An existing check with the same ID keeps its status and output.
+func (s *Store) RegisterAgentCheck(ctx context.Context, c *Check) error {
+	if c.CheckID == "" {
+		return invalid("CheckID", "must not be empty")
+	}
+	if reservedCheckID(c.CheckID) {
+		return invalid("CheckID", "%q is reserved", c.CheckID)
+	}
+	return s.write(ctx, func(tx *Txn) error {
+		nc := *c
+		nc.Node = tx.local
+		if nc.ServiceID != "" {
+			sv := tx.getService(tx.local, nc.ServiceID)
+			if sv == nil {
+				return invalid("ServiceID", "service %q is not registered on this agent", nc.ServiceID)
+			}
+			nc.ServiceName, nc.ServiceTags = sv.Service, sv.Tags
+		}
+		if old := tx.getCheck(tx.local, nc.CheckID); old != nil {
+			nc.Status, nc.Output = old.Status, old.Output
+		} else if nc.Status == "" {
+			nc.Status = HealthCritical
+		}
+		tx.putCheck(&nc)
+		return nil
+	})
+}
+
+// DeregisterAgentCheck removes a check of the local node.
+func (s *Store) DeregisterAgentCheck(ctx context.Context, id string) error {
+	if id == SerfCheckID {
+		return invalid("CheckID", "%q is the registry's own node check", id)
+	}
+	return s.write(ctx, func(tx *Txn) error {
+		if !tx.deleteCheck(tx.local, id) {
+			return &NotFoundError{Kind: "check", ID: id}
+		}
+		return nil
+	})
+}
+
+// UpdateCheck sets a check's status and output. A change of status is written and published
+// at once. A change of output alone is written at most once per CheckUpdateInterval per check
+// (as Consul's check_update_interval): until then it is held in memory and only the latest one
+// is written, so a check whose output carries a timestamp does not raise indexes and wake
+// watchers at every run.
+func (s *Store) UpdateCheck(ctx context.Context, node, id, status, output string) error {
+	if !ValidStatus(status) {
+		return invalid("Status", "%q is not one of passing, warning, critical", status)
+	}
+	k := checkKey{node, id}
+	var cur *Check
+	s.View(func(v *View) { cur = v.Check(node, id) })
+	if cur == nil {
+		return &NotFoundError{Kind: "check", ID: id}
+	}
+	if cur.Status == status {
+		s.outMu.Lock()
+		if cur.Output == output {
+			s.dropDeferredLocked(k)
+			s.outMu.Unlock()
+			return nil
+		}
+		interval := s.opts.CheckUpdateInterval
+		last, now := s.lastOut[k], s.opts.Clock.Now()
+		if interval > 0 && !last.IsZero() && now.Sub(last) < interval {
+			d := s.deferred[k]
+			if d == nil {
+				d = &deferredOut{}
+				s.deferred[k] = d
+				d.stop = s.opts.Clock.AfterFunc(last.Add(interval).Sub(now), func() { s.flushDeferred(k) })
+			}
+			d.status, d.output = status, output
+			s.outMu.Unlock()
+			return nil
+		}
+		s.outMu.Unlock()
+	}
+	return s.writeCheck(ctx, k, status, output, false)
+}
+
+type deferredOut struct {
+	status, output string
+	stop           func() bool
+}
+
+func (s *Store) dropDeferredLocked(k checkKey) {
+	if d := s.deferred[k]; d != nil {
+		d.stop()
+		delete(s.deferred, k)
+	}
+}
+
+// writeCheck writes status and output. With onlySameStatus (a deferred output flush) it
+// writes only if the stored status is still status.
+func (s *Store) writeCheck(ctx context.Context, k checkKey, status, output string, onlySameStatus bool) error {
+	if !onlySameStatus {
+		s.outMu.Lock()
+		s.dropDeferredLocked(k)
+		s.outMu.Unlock()
+	}
+	err := s.write(ctx, func(tx *Txn) error {
+		c := tx.getCheck(k.Node, k.ID)
+		if c == nil {
+			return &NotFoundError{Kind: "check", ID: k.ID}
+		}
+		if onlySameStatus && c.Status != status {
+			return nil
+		}
+		nc := *c
+		nc.Status, nc.Output = status, output
+		tx.putCheck(&nc)
+		return nil
+	})
+	s.outMu.Lock()
+	if err == nil {
+		s.lastOut[k] = s.opts.Clock.Now()
+	} else if errors.Is(err, ErrNotFound) {
+		delete(s.lastOut, k)
+	}
+	s.outMu.Unlock()
+	return err
+}
+
+func (s *Store) flushDeferred(k checkKey) {
+	s.outMu.Lock()
+	d := s.deferred[k]
+	delete(s.deferred, k)
+	s.outMu.Unlock()
+	if d == nil {
+		return
+	}
+	if err := s.writeCheck(s.ctx, k, d.status, d.output, true); err != nil && !errors.Is(err, ErrNotFound) && !errors.Is(err, ErrClosed) {
+		s.log.Warn("writing deferred check output failed", "node", k.Node, "check", k.ID, "err", err)
+	}
+}
+
+const (
+	defaultServiceMaintReason = "Maintenance mode is enabled for this service, but no reason was provided. This is a default message."
+	defaultNodeMaintReason    = "Maintenance mode is enabled for this node, but no reason was provided. This is a default message."
+)
+
+// SetServiceMaintenance puts a local service into maintenance (a critical check
+// "_service_maintenance:<id>") or takes it out.
+func (s *Store) SetServiceMaintenance(ctx context.Context, id string, enable bool, reason string) error {
+	return s.write(ctx, func(tx *Txn) error {
+		sv := tx.getService(tx.local, id)
+		if sv == nil {
+			return &NotFoundError{Kind: "service", ID: id}
+		}
+		cid := ServiceMaintPrefix + id
+		if !enable {
+			tx.deleteCheck(tx.local, cid)
+			return nil
+		}
+		if reason == "" {
+			reason = defaultServiceMaintReason
+		}
+		tx.putCheck(&Check{
+			Node: tx.local, CheckID: cid, Name: "Service Maintenance Mode", Status: HealthCritical,
+			Notes: reason, ServiceID: sv.ID, ServiceName: sv.Service, ServiceTags: sv.Tags,
+			Type: CheckTypeMaintenance,
+		})
+		return nil
+	})
+}
+
+// SetNodeMaintenance puts the local node into maintenance (a critical check
+// "_node_maintenance") or takes it out.
+func (s *Store) SetNodeMaintenance(ctx context.Context, enable bool, reason string) error {
+	return s.write(ctx, func(tx *Txn) error {
+		if !enable {
+			tx.deleteCheck(tx.local, NodeMaintCheckID)
+			return nil
+		}
+		if reason == "" {
+			reason = defaultNodeMaintReason
+		}
+		tx.putCheck(&Check{
+			Node: tx.local, CheckID: NodeMaintCheckID, Name: "Node Maintenance Mode",
+			Status: HealthCritical, Notes: reason, Type: CheckTypeMaintenance,
+		})
+		return nil
+	})
+}
+
+// CatalogRegistration is a validated PUT /v1/catalog/register.
+type CatalogRegistration struct {
+	Node           Node
+	SkipNodeUpdate bool
+	Service        *Service // optional
+	Checks         []*Check
+	// CheckFields names each check as the request did ("Check", "Checks[0]"), for errors;
+	// without it checks are named Checks[i].
+	CheckFields []string
+}
+
+// CatalogRegister registers a node, optionally with a service and checks, as Consul's catalog
+// endpoint does. Checks registered this way are stored, not run.
+func (s *Store) CatalogRegister(ctx context.Context, r *CatalogRegistration) error {
+	if r.Node.Node == "" {
+		return invalid("Node", "must not be empty")
+	}
+	if r.Node.Address == "" {
+		return invalid("Address", "must not be empty")
+	}
+	return s.write(ctx, func(tx *Txn) error {
+		name := r.Node.Node
+		// Validate everything against the state before changing anything.
+		var svc *Service
+		if r.Service != nil {
+			cp := *r.Service
+			svc = &cp
+			svc.Node = name
+			if old := tx.getService(name, svc.ID); old != nil {
+				svc.Agent = old.Agent
+			}
+		}
+		for i, c := range r.Checks {
+			field := fmt.Sprintf("Checks[%d]", i)
+			if i < len(r.CheckFields) {
+				field = r.CheckFields[i]
+			}
+			if c.Node != "" && c.Node != name {
+				return invalid(field+".Node", "check node %q differs from the registration's node %q", c.Node, name)
+			}
+			if name == tx.local && c.CheckID == SerfCheckID {
+				return invalid(field+".CheckID", "%q is the registry's own node check", c.CheckID)
+			}
+			if c.ServiceID != "" && (svc == nil || svc.ID != c.ServiceID) && tx.getService(name, c.ServiceID) == nil {
+				return invalid(field+".ServiceID", "service %q is not registered on node %q", c.ServiceID, name)
+			}
+		}
+		old := tx.getNode(name)
+		if old == nil || !r.SkipNodeUpdate {
+			n := r.Node
+			n.TaggedAddresses = maps.Clone(n.TaggedAddresses)
+			n.Meta = maps.Clone(n.Meta)
+			if n.ID == "" && old != nil {
+				n.ID = old.ID
+			}
+			if n.Datacenter == "" {
+				n.Datacenter = s.opts.Datacenter
+			}
+			tx.putNode(&n)
+		}
+		if svc != nil {
+			tx.putService(svc)
+		}
+		for _, c := range r.Checks {
+			nc := *c
+			nc.Node = name
+			nc.Managed = false
+			if nc.Status == "" {
+				nc.Status = HealthCritical
+			}
+			nc.ServiceName, nc.ServiceTags = "", nil
+			if nc.ServiceID != "" {
+				sv := tx.getService(name, nc.ServiceID)
+				nc.ServiceName, nc.ServiceTags = sv.Service, sv.Tags
+			}
+			tx.putCheck(&nc)
+		}
+		return nil
+	})
+}
+
+// CatalogDeregister removes a check (checkID set), a service and its checks (serviceID set),
+// or a whole node with its services and checks. Removing something absent is not an error,
+// as in Consul. The registry's own node and its serfHealth check cannot be removed.
+func (s *Store) CatalogDeregister(ctx context.Context, node, serviceID, checkID string) error {
+	if node == "" {
+		return invalid("Node", "must not be empty")
+	}
+	return s.write(ctx, func(tx *Txn) error {
+		switch {
+		case checkID != "":
+			if node == tx.local && checkID == SerfCheckID {
+				return invalid("CheckID", "%q is the registry's own node check", checkID)
+			}
+			tx.deleteCheck(node, checkID)
+		case serviceID != "":
+			for _, c := range tx.checksOfService(node, serviceID) {
+				tx.deleteCheck(node, c.CheckID)
+			}
+			tx.deleteService(node, serviceID)
+		default:
+			if node == tx.local {
+				return invalid("Node", "%q is the registry's own node; deregister its services instead", node)
+			}
+			tx.deleteNode(node)
+		}
+		return nil
+	})
+}
+
+// KVPut stores value under key. With cas set, the write happens only if the key's
+// ModifyIndex equals *cas (0: only if the key does not exist); ok reports whether it happened.
+func (s *Store) KVPut(ctx context.Context, key string, value []byte, flags uint64, cas *uint64) (ok bool, err error) {
+	if key == "" {
+		return false, invalid("key", "must not be empty")
+	}
+	value = slices.Clone(value)
+	err = s.write(ctx, func(tx *Txn) error {
+		old := tx.getKV(key)
+		if cas != nil {
+			switch {
+			case *cas == 0 && old != nil, *cas != 0 && (old == nil || old.ModifyIndex != *cas):
+				ok = false
+				return nil
+			}
+		}
+		tx.putKV(&KVPair{Key: key, Flags: flags, Value: value})
+		ok = true
+		return nil
+	})
+	return ok, err
+}
+
+// KVDelete deletes key, or with recurse every key under the prefix key. With cas set (not
+// with recurse) it deletes only if the key's ModifyIndex equals *cas. Deleting a missing key
+// succeeds.
+func (s *Store) KVDelete(ctx context.Context, key string, recurse bool, cas *uint64) (ok bool, err error) {
+	if recurse && cas != nil {
+		return false, invalid("cas", "cannot be combined with recurse")
+	}
+	err = s.write(ctx, func(tx *Txn) error {
+		if recurse {
+			for _, k := range tx.kvKeysWithPrefix(key) {
+				tx.deleteKV(k)
+			}
+			ok = true
+			return nil
+		}
+		// As Consul: a CAS delete of a missing key succeeds.
+		if old := tx.getKV(key); cas != nil && old != nil && old.ModifyIndex != *cas {
+			ok = false
+			return nil
+		}
+		tx.deleteKV(key)
+		ok = true
+		return nil
+	})
+	return ok, err
+}
