@@ -19,12 +19,8 @@ import (
 )
 
 // Main runs the init or exec-shim side when os.Args[0] says so, and reports whether it did
-// and the exit code the process must end with. Call it first thing in main (and in TestMain of
-// tests that start pods):
-//
-//	if ok, code := initproc.Main(); ok {
-//		os.Exit(code)
-//	}
+// and the exit code the process must end with. Call it first thing in main, and in TestMain
+// of tests that start pods, and end the process with the code when it handled the call.
 func Main() (handled bool, code int) {
 	switch filepath.Base(os.Args[0]) {
 	case InitName:
