@@ -13,6 +13,9 @@ type Project struct {
 	File     string      // absolute path of the compose file
 	Services []Service   // dependency order: a service comes after everything it depends_on
 	Mesh     ProjectMesh // top-level x-podmesh block
+	// Warnings are problems that do not stop the project (warn-only checks), each naming the
+	// file, line and field like an error.
+	Warnings []string
 }
 
 // Service returns the named service, or false.
@@ -49,6 +52,10 @@ type Service struct {
 	StopGracePeriod time.Duration
 	Mesh            Mesh // x-podmesh block
 }
+
+// Meshed reports whether the service serves through the mesh (x-podmesh.port is set). A
+// service without a port may still call upstreams.
+func (s *Service) Meshed() bool { return s.Mesh.Port != 0 }
 
 // Dependency is one depends_on entry.
 type Dependency struct {
@@ -127,9 +134,6 @@ const (
 	DefaultHealthInterval  = 30 * time.Second
 	DefaultHealthTimeout   = 30 * time.Second
 	DefaultHealthRetries   = 3
-	// MinMemoryBytes is the smallest memory limit accepted: below it a Go binary plus its
-	// sidecar cannot start, and the limit is almost certainly a unit mistake ("64" for "64m").
-	MinMemoryBytes = 4 << 20
 )
 
 // DefaultSubnet is the pod subnet when x-podmesh.subnet is not set.
