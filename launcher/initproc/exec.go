@@ -64,6 +64,8 @@ func execSpec(spec Spec) error {
 	if err != nil {
 		return err
 	}
+	// Undo init's protection from the OOM killer. Best effort, like init's.
+	_ = os.WriteFile("/proc/self/oom_score_adj", []byte("0"), 0)
 	if err := dropPrivileges(spec.User); err != nil {
 		return fmt.Errorf("exec %s: %w", spec.Argv[0], err)
 	}

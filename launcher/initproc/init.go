@@ -340,6 +340,10 @@ func (s *initState) shutdown() {
 
 // setup prepares the pod's mount, uts and network view. It runs before any child exists.
 func setup(st Setup) error {
+	// The OOM killer should pick the pod's programs, never its init: when init dies, the
+	// whole pod dies. The shim resets its children to 0 before exec. Best effort: lowering
+	// needs CAP_SYS_RESOURCE, which some sandboxes withhold even from root.
+	_ = os.WriteFile("/proc/self/oom_score_adj", []byte("-998"), 0)
 	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
 		return fmt.Errorf("setup: make mounts private: %w", err)
 	}
@@ -371,15 +375,48 @@ func setup(st Setup) error {
 		}
 		sources[i] = os.NewFile(uintptr(fd), m.Source)
 	}
+	tmpfses := []string{"/tmp", "/dev/shm"}
+	var keep []Mount
+	for _, k := range st.Keep {
+		k = filepath.Clean(k)
+		for _, t := range tmpfses {
+			if strings.HasPrefix(k, t+"/") {
+				keep = append(keep, Mount{Source: k, Target: k})
+			}
+		}
+	}
+	keepSrc := make([]*os.File, len(keep))
+	defer func() {
+		for _, f := range keepSrc {
+			if f != nil {
+				f.Close()
+			}
+		}
+	}()
+	for i, k := range keep {
+		fd, err := unix.Open(k.Source, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return fmt.Errorf("setup: keep %s visible: %w", k.Source, err)
+		}
+		keepSrc[i] = os.NewFile(uintptr(fd), k.Source)
+	}
 	if err := unix.Mount("proc", "/proc", "proc", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
 		return fmt.Errorf("setup: mount /proc: %w", err)
 	}
-	for _, dir := range []string{"/tmp", "/dev/shm"} {
+	for _, dir := range tmpfses {
 		if _, err := os.Stat(dir); err != nil {
 			continue
 		}
 		if err := unix.Mount("tmpfs", dir, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=1777"); err != nil {
 			return fmt.Errorf("setup: mount tmpfs on %s: %w", dir, err)
+		}
+	}
+	for i, k := range keep {
+		if err := os.MkdirAll(k.Target, 0o755); err != nil {
+			return fmt.Errorf("setup: keep %s visible: %w", k.Target, err)
+		}
+		if err := bind(k, keepSrc[i]); err != nil {
+			return err
 		}
 	}
 	for i, m := range mounts {

@@ -400,6 +400,7 @@ func (p *Pod) start(ctx context.Context) (_ *run, err error) {
 			Hostname: p.name,
 			Hosts:    p.hostsPath(),
 			Mounts:   mounts,
+			Keep:     p.keep(),
 			Detach:   []string{netns.PinDir},
 		},
 		Place: func(pid int) error { return p.cg.Add("init", pid) },
@@ -435,6 +436,45 @@ func (p *Pod) start(ctx context.Context) (_ *run, err error) {
 	p.update(func() { p.pid = r.app.Pid })
 	p.logApp.Notef("started pid %d in pod %s (%s)", r.app.Pid, p.name, p.cfg.Net.Addr.Addr())
 	return r, nil
+}
+
+// keep lists the host directories the pod must see even if they live under /tmp.
+func (p *Pod) keep() []string {
+	dirs := []string{p.cfg.Dir, p.cfg.StateDir}
+	if p.cfg.SidecarBin != "" {
+		dirs = append(dirs, filepath.Dir(p.cfg.SidecarBin))
+	}
+	if w := p.cfg.Service.WorkingDir; w != "" {
+		dirs = append(dirs, w)
+	}
+	if c := firstAbs(p.cfg.Service.Command); c != "" {
+		dirs = append(dirs, filepath.Dir(c))
+	}
+	// A program reached through a symlink needs its target's directory too.
+	for _, bin := range []string{p.cfg.SidecarBin, firstAbs(p.cfg.Service.Command)} {
+		if bin == "" {
+			continue
+		}
+		if real, err := filepath.EvalSymlinks(bin); err == nil {
+			dirs = append(dirs, filepath.Dir(real))
+		}
+	}
+	var out []string
+	seen := map[string]bool{}
+	for _, d := range dirs {
+		if d != "" && filepath.IsAbs(d) && !seen[d] {
+			seen[d] = true
+			out = append(out, d)
+		}
+	}
+	return out
+}
+
+func firstAbs(argv []string) string {
+	if len(argv) > 0 && filepath.IsAbs(argv[0]) {
+		return argv[0]
+	}
+	return ""
 }
 
 // appSpec is a program of the app's: the app itself or its healthcheck.

@@ -247,4 +247,3 @@ func (r *relay) Close() error {
 	}
 	return err
 }
-

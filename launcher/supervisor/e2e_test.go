@@ -1,0 +1,496 @@
+package supervisor_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/podmesh/podmesh/internal/testutil"
+	"github.com/podmesh/podmesh/launcher/cgroups"
+	"github.com/podmesh/podmesh/launcher/initproc"
+	"github.com/podmesh/podmesh/launcher/internal/podtest"
+	"github.com/podmesh/podmesh/launcher/internal/standin"
+	"github.com/podmesh/podmesh/launcher/pod"
+	"github.com/podmesh/podmesh/launcher/supervisor"
+)
+
+// TestMain lets this test binary be, depending on argv[0], the launcher itself (so tests can
+// run it as a separate process and SIGKILL it), a pod's init and exec shim, the stand-in
+// sidecar, or the stand-in app.
+func TestMain(m *testing.M) {
+	if ok, code := initproc.Main(); ok {
+		os.Exit(code)
+	}
+	if ok, code := standin.Main(context.Background()); ok {
+		os.Exit(code)
+	}
+	if filepath.Base(os.Args[0]) == "launcher" {
+		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+		err := supervisor.CLI(ctx, os.Args[1:], os.Stdout)
+		stop()
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "launcher:", err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	os.Setenv("GORACE", "atexit_sleep_ms=0")
+	os.Exit(m.Run())
+}
+
+// fakeRegistry is the agent API a launcher registers pods with, recording what it is told.
+type fakeRegistry struct {
+	srv *httptest.Server
+	mu  sync.Mutex
+	reg map[string]map[string]any // live registrations by ID
+	ttl map[string]string         // check ID → last status
+	log []string
+}
+
+func newFakeRegistry(t *testing.T) *fakeRegistry {
+	f := &fakeRegistry{reg: map[string]map[string]any{}, ttl: map[string]string{}}
+	mux := http.NewServeMux()
+	mux.HandleFunc("PUT /v1/agent/service/register", func(w http.ResponseWriter, r *http.Request) {
+		var body map[string]any
+		if err := json.NewDecoder(r.Body).Decode(&body); err != nil {
+			http.Error(w, err.Error(), 400)
+			return
+		}
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		id, _ := body["ID"].(string)
+		f.reg[id] = body
+		f.log = append(f.log, "register "+id)
+	})
+	mux.HandleFunc("PUT /v1/agent/service/deregister/{id}", func(w http.ResponseWriter, r *http.Request) {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		delete(f.reg, r.PathValue("id"))
+		f.log = append(f.log, "deregister "+r.PathValue("id"))
+	})
+	mux.HandleFunc("PUT /v1/agent/check/update/{id}", func(w http.ResponseWriter, r *http.Request) {
+		var body struct{ Status string }
+		_ = json.NewDecoder(r.Body).Decode(&body)
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		f.ttl[r.PathValue("id")] = body.Status
+	})
+	mux.HandleFunc("GET /v1/status/leader", func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, `"127.0.0.1:8300"`) })
+	f.srv = httptest.NewServer(mux)
+	t.Cleanup(f.srv.Close)
+	return f
+}
+
+func (f *fakeRegistry) registered(id string) map[string]any {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.reg[id]
+}
+
+type env struct {
+	t        *testing.T
+	dir      string
+	bin      string // this test binary as "launcher"
+	sidecar  string
+	app      string
+	stateDir string
+	logDir   string
+	reg      *fakeRegistry
+	project  string
+	bridge   string
+	subnet   netip.Prefix
+}
+
+var projectSeq int
+
+func newEnv(t *testing.T) *env {
+	testutil.RequirePrivileged(t)
+	dir := t.TempDir()
+	e := &env{t: t, dir: dir, stateDir: filepath.Join(dir, "state"), logDir: filepath.Join(dir, "logs"), reg: newFakeRegistry(t)}
+	var err error
+	if e.bin, err = standin.Link(dir, "launcher"); err != nil {
+		t.Fatal(err)
+	}
+	if e.sidecar, err = standin.Link(dir, standin.SidecarName); err != nil {
+		t.Fatal(err)
+	}
+	if e.app, err = standin.Link(dir, standin.AppName); err != nil {
+		t.Fatal(err)
+	}
+	projectSeq++
+	e.project = fmt.Sprintf("t%d%c", os.Getpid()%100000, 'a'+rune(projectSeq))
+	e.bridge, e.subnet = podtest.Network(t)
+	return e
+}
+
+func (e *env) args(args ...string) []string {
+	return append([]string{"-state-dir", e.stateDir, "-log-dir", e.logDir, "-sidecar-bin", e.sidecar, "-registry", e.reg.srv.URL}, args...)
+}
+
+func (e *env) cfg() supervisor.Config {
+	return supervisor.Config{StateDir: e.stateDir, LogDir: e.logDir}
+}
+
+// compose writes a compose file for the test's project with the test's own bridge and subnet.
+func (e *env) compose(services string) string {
+	e.t.Helper()
+	body := fmt.Sprintf("name: %s\nx-podmesh:\n  subnet: %s\n  bridge: %s\nservices:\n%s", e.project, e.subnet, e.bridge, services)
+	body = strings.ReplaceAll(body, "APP", e.app)
+	p := filepath.Join(e.dir, "compose.yaml")
+	if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
+		e.t.Fatal(err)
+	}
+	return p
+}
+
+// start runs `launcher up -f file` as a separate process and returns it.
+func (e *env) start(file string) *exec.Cmd {
+	e.t.Helper()
+	cmd := exec.Command(e.bin, e.args("up", "-f", file)...)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			_ = cmd.Process.Signal(syscall.SIGTERM)
+			_ = cmd.Wait()
+		}
+		_ = exec.Command(e.bin, e.args("down", "-p", e.project)...).Run()
+		if e.t.Failed() {
+			e.t.Logf("launcher output:\n%s", out.String())
+		}
+	})
+	return cmd
+}
+
+// run runs a launcher command to completion.
+func (e *env) run(args ...string) (string, error) {
+	cmd := exec.Command(e.bin, e.args(args...)...)
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+func (e *env) ps() []supervisor.Row {
+	ctx := testutil.Context(e.t, 10*time.Second)
+	rows, err := supervisor.PS(ctx, e.cfg(), e.project)
+	if err != nil {
+		return nil
+	}
+	return rows
+}
+
+// waitFor polls ps until cond holds for the named pod.
+func (e *env) waitFor(name string, timeout time.Duration, cond func(supervisor.Row) bool) supervisor.Row {
+	e.t.Helper()
+	var last supervisor.Row
+	testutil.Eventually(e.t, timeout, 20*time.Millisecond, func() error {
+		for _, r := range e.ps() {
+			if r.Name == name {
+				last = r
+				if cond(r) {
+					return nil
+				}
+				return fmt.Errorf("pod %s: %+v", name, r)
+			}
+		}
+		return fmt.Errorf("pod %s not listed", name)
+	})
+	return last
+}
+
+func healthy(r supervisor.Row) bool { return r.State == "running" && r.Health == pod.HealthHealthy }
+
+func nsOf(t *testing.T, pid int, kind string) string {
+	t.Helper()
+	s, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/%s", pid, kind))
+	if err != nil {
+		t.Fatalf("namespace %s of %d: %v", kind, pid, err)
+	}
+	return s
+}
+
+func readFile(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(string(b))
+}
+
+// TestUpIsolationLimitsDown covers acceptance 1 and the first half of 3: a running
+// replica's namespaces, the sidecar sharing the app's network, the cgroup limits from the
+// file, traffic through the sidecar, registration, and `launcher down` leaving nothing.
+func TestUpIsolationLimitsDown(t *testing.T) {
+	e := newEnv(t)
+	before := podtest.Leftovers(t, e.project, e.bridge)
+	file := e.compose(`  web:
+    command: [APP, -listen, "127.0.0.1:8080"]
+    deploy:
+      replicas: 2
+      resources:
+        limits: {cpus: '0.5', memory: 512M, pids: 100}
+    x-podmesh: {port: 8080, tags: [v1], meta: {team: shop}}
+`)
+	launcher := e.start(file)
+	var rows [2]supervisor.Row
+	for i := range rows {
+		rows[i] = e.waitFor(fmt.Sprintf("web-%d", i+1), 60*time.Second, healthy)
+	}
+	r := rows[0]
+
+	// 1. Namespaces of the app differ from the test's (and the launcher's, which shares them).
+	for _, kind := range []string{"pid", "mnt", "uts", "ipc", "net"} {
+		if a, b := nsOf(t, r.Pid, kind), nsOf(t, os.Getpid(), kind); a == b {
+			t.Errorf("app shares the %s namespace %s with the launcher's side", kind, a)
+		}
+		if a, b := nsOf(t, r.Pid, kind), nsOf(t, launcher.Process.Pid, kind); a == b {
+			t.Errorf("app shares the %s namespace %s with the launcher", kind, a)
+		}
+	}
+	if nsOf(t, rows[0].Pid, "net") == nsOf(t, rows[1].Pid, "net") {
+		t.Error("two replicas share a network namespace")
+	}
+	// The sidecar, found through its cgroup, shares the app's network namespace.
+	m, err := cgroups.New(cgroups.Config{Name: supervisor.CgroupName(e.project)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	cg, err := m.Open("podmesh-" + e.project + "-web-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sidecars, err := cg.MemberPids(cgroups.Sidecar)
+	if err != nil || len(sidecars) != 1 {
+		t.Fatalf("sidecar cgroup holds %v, %v; want one process", sidecars, err)
+	}
+	if a, s := nsOf(t, r.Pid, "net"), nsOf(t, sidecars[0], "net"); a != s {
+		t.Errorf("sidecar network namespace %s differs from the app's %s", s, a)
+	}
+	apps, _ := cg.MemberPids(cgroups.App)
+	if len(apps) != 1 || apps[0] != r.Pid {
+		t.Errorf("app cgroup holds %v; want the app %d", apps, r.Pid)
+	}
+	// The cgroup files hold the file's limits (v1 paths on this host; v2 names otherwise).
+	if m.Mode() == cgroups.Unified {
+		dir := cg.Path("memory")
+		if got := readFile(t, filepath.Join(dir, "memory.max")); got != "536870912" {
+			t.Errorf("memory.max = %s", got)
+		}
+		if got := readFile(t, filepath.Join(dir, "cpu.max")); got != "50000 100000" {
+			t.Errorf("cpu.max = %s", got)
+		}
+		if got := readFile(t, filepath.Join(dir, "pids.max")); got != "100" {
+			t.Errorf("pids.max = %s", got)
+		}
+	} else {
+		if got := readFile(t, filepath.Join(cg.Path("memory"), "memory.limit_in_bytes")); got != "536870912" {
+			t.Errorf("memory.limit_in_bytes = %s; want 512M", got)
+		}
+		if got := readFile(t, filepath.Join(cg.Path("cpu"), "cpu.cfs_quota_us")); got != "50000" {
+			t.Errorf("cpu.cfs_quota_us = %s; want 50000 (0.5 CPU)", got)
+		}
+		if got := readFile(t, filepath.Join(cg.Path("cpu"), "cpu.cfs_period_us")); got != "100000" {
+			t.Errorf("cpu.cfs_period_us = %s", got)
+		}
+		if got := readFile(t, filepath.Join(cg.Path("pids"), "pids.max")); got != "100" {
+			t.Errorf("pids.max = %s; want 100", got)
+		}
+	}
+
+	// Traffic from the host to the registered address reaches the app through the sidecar.
+	for i, row := range rows {
+		url := fmt.Sprintf("http://%s:%d/", row.Addr, pod.InboundPort)
+		resp, err := http.Get(url)
+		if err != nil {
+			t.Fatalf("GET %s: %v", url, err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if want := fmt.Sprintf("hello from web-%d\n", i+1); string(b) != want {
+			t.Errorf("GET %s = %q; want %q", url, b, want)
+		}
+	}
+	// The app's own port is not on the pod's address: only the sidecar is.
+	if resp, err := http.Get(fmt.Sprintf("http://%s:8080/", r.Addr)); err == nil {
+		resp.Body.Close()
+		t.Errorf("the app's port answered on the pod address")
+	}
+	// Registration: pod address, sidecar inbound port, compose tags and meta plus ours.
+	reg := e.reg.registered("web-1")
+	if reg == nil {
+		t.Fatalf("web-1 not registered; registry log %v", e.reg.log)
+	}
+	meta, _ := reg["Meta"].(map[string]any)
+	if reg["Name"] != "web" || reg["Address"] != r.Addr.String() || reg["Port"] != float64(pod.InboundPort) ||
+		meta["team"] != "shop" || meta["protocol"] != "http" || meta["pod"] != "web-1" || meta["metrics_port"] != "15090" {
+		t.Errorf("registration %v", reg)
+	}
+
+	// ps as a user sees it.
+	out, err := e.run("ps", "-p", e.project)
+	if err != nil || !strings.Contains(out, "SERVICE") || !strings.Contains(out, r.Addr.String()) || !strings.Contains(out, "healthy") {
+		t.Errorf("launcher ps: %v\n%s", err, out)
+	}
+	if out, err := e.run("logs", "-p", e.project, "web/1"); err != nil || !strings.Contains(out, "web-1 | ") || !strings.Contains(out, "registered web-1") {
+		t.Errorf("launcher logs web/1: %v\n%s", err, out)
+	}
+
+	// 3. down stops the running launcher in order and leaves nothing behind.
+	if out, err := e.run("down", "-p", e.project); err != nil {
+		t.Fatalf("down: %v\n%s", err, out)
+	}
+	waitExit(t, launcher)
+	if e.reg.registered("web-1") != nil || e.reg.registered("web-2") != nil {
+		t.Errorf("still registered after down: %v", e.reg.log)
+	}
+	after := podtest.Leftovers(t, e.project, e.bridge)
+	if strings.Join(before, "\n") != strings.Join(after, "\n") {
+		t.Errorf("left behind after down:\n%s", strings.Join(after, "\n"))
+	}
+}
+
+func waitExit(t *testing.T, cmd *exec.Cmd) {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	timer := time.NewTimer(60 * time.Second)
+	defer timer.Stop()
+	select {
+	case <-done:
+	case <-timer.C:
+		t.Fatal("launcher did not exit")
+	}
+}
+
+// TestKilledLauncherThenDown: a SIGKILLed launcher leaves pods, pins and veths behind;
+// `launcher down` removes all of it.
+func TestKilledLauncherThenDown(t *testing.T) {
+	e := newEnv(t)
+	before := podtest.Leftovers(t, e.project, e.bridge)
+	file := e.compose(`  web:
+    command: [APP, -listen, "127.0.0.1:8080"]
+    deploy: {replicas: 2}
+    x-podmesh: {port: 8080}
+  worker:
+    command: [sleep, "600"]
+`)
+	launcher := e.start(file)
+	e.waitFor("web-2", 60*time.Second, healthy)
+	e.waitFor("worker-1", 60*time.Second, healthy)
+	if err := launcher.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	waitExit(t, launcher)
+	left := podtest.Leftovers(t, e.project, e.bridge)
+	if len(left) <= len(before) {
+		t.Fatalf("a killed launcher left nothing to clean up; the test proves nothing: %v", left)
+	}
+	if out, err := e.run("down", "-p", e.project); err != nil {
+		t.Fatalf("down after kill: %v\n%s", err, out)
+	}
+	after := podtest.Leftovers(t, e.project, e.bridge)
+	if strings.Join(before, "\n") != strings.Join(after, "\n") {
+		t.Errorf("left behind after kill and down:\nbefore %v\nafter:\n%s", before, strings.Join(after, "\n"))
+	}
+}
+
+// TestRestarts covers acceptance 2: a killed app and an exiting app are restarted with
+// backoff at the same address, and an app over its memory limit is OOM-killed, reported as
+// such, and restarted.
+func TestRestarts(t *testing.T) {
+	e := newEnv(t)
+	file := e.compose(`  web:
+    command: [APP, -listen, "127.0.0.1:8080"]
+    deploy: {restart_policy: {condition: any, delay: 50ms}}
+    x-podmesh: {port: 8080}
+  flaky:
+    command: [APP, -listen, "127.0.0.1:8080", -exit-after, 300ms]
+    deploy: {restart_policy: {condition: on-failure, delay: 50ms, window: 1m}}
+  hog:
+    command: [APP, -alloc-mib, "256"]
+    deploy:
+      resources: {limits: {memory: 48M}}
+      restart_policy: {condition: any, delay: 50ms}
+`)
+	e.start(file)
+	first := e.waitFor("web-1", 60*time.Second, healthy)
+	if err := syscall.Kill(first.Pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	again := e.waitFor("web-1", 60*time.Second, func(r supervisor.Row) bool { return healthy(r) && r.Restarts >= 1 && r.Pid != first.Pid })
+	if again.Addr != first.Addr {
+		t.Errorf("restarted web-1 moved from %v to %v", first.Addr, again.Addr)
+	}
+	if !strings.Contains(again.LastExit, "killed by killed") {
+		t.Errorf("web-1 last exit %q; want the SIGKILL", again.LastExit)
+	}
+
+	// flaky exits with status 3 every 300ms: restarted again and again, with growing waits.
+	e.waitFor("flaky-1", 60*time.Second, func(r supervisor.Row) bool { return r.Restarts >= 3 })
+	out, _ := e.run("logs", "-p", e.project, "flaky")
+	var waits []time.Duration
+	for _, line := range strings.Split(out, "\n") {
+		if _, after, ok := strings.Cut(line, "restarting in "); ok {
+			d, err := time.ParseDuration(strings.TrimSpace(after))
+			if err == nil {
+				waits = append(waits, d)
+			}
+		}
+	}
+	if len(waits) < 3 || waits[0] != 50*time.Millisecond || waits[1] != 100*time.Millisecond || waits[2] != 200*time.Millisecond {
+		t.Errorf("restart waits %v; want 50ms, 100ms, 200ms, …\n%s", waits, out)
+	}
+
+	// hog allocates 256 MiB under a 48 MiB limit.
+	hog := e.waitFor("hog-1", 60*time.Second, func(r supervisor.Row) bool { return r.OOMKills >= 1 && r.Restarts >= 1 })
+	if hog.LastExit != "OOMKilled" && !strings.Contains(hog.LastExit, "OOM") {
+		t.Errorf("hog last exit %q; want OOMKilled", hog.LastExit)
+	}
+	out, _ = e.run("logs", "-p", e.project, "hog")
+	if !strings.Contains(out, "OOM-killed") {
+		t.Errorf("hog logs do not mention the OOM kill:\n%s", out)
+	}
+	ps, _ := e.run("ps", "-p", e.project)
+	if !strings.Contains(ps, "OOMKilled") {
+		t.Errorf("ps does not show the OOM kill:\n%s", ps)
+	}
+}
+
+// TestInvalidFileStartsNothing: acceptance 4's end-to-end case.
+func TestInvalidFileStartsNothing(t *testing.T) {
+	e := newEnv(t)
+	before := podtest.Leftovers(t, e.project, e.bridge)
+	file := e.compose(`  web:
+    image: nginx
+    command: [APP]
+`)
+	out, err := e.run("up", "-f", file)
+	if err == nil || !strings.Contains(out, "image") || !strings.Contains(out, "not supported") {
+		t.Fatalf("up with an image key: %v\n%s", err, out)
+	}
+	if _, err := os.Stat(filepath.Join(e.stateDir, e.project)); err == nil {
+		t.Error("state directory created for an invalid file")
+	}
+	after := podtest.Leftovers(t, e.project, e.bridge)
+	if strings.Join(before, "\n") != strings.Join(after, "\n") {
+		t.Errorf("an invalid file left %v", after)
+	}
+}
