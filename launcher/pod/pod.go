@@ -249,6 +249,10 @@ func (p *Pod) Run(ctx context.Context) error {
 				break
 			}
 			failed, why = true, err.Error()
+			// The OOM killer may have ended init or the sidecar before the app ran.
+			if p.oomKilled(run, initproc.Exit{Signal: syscall.SIGKILL}) {
+				why = "OOMKilled while starting: " + why
+			}
 			p.cfg.Logf("pod %s: start: %v", p.name, err)
 			p.logApp.Notef("start failed: %v", err)
 		} else {
@@ -598,11 +602,13 @@ func (p *Pod) supervise(ctx context.Context, r *run) (failed bool, why string) {
 		case <-r.app.Done():
 			e := r.app.Exit()
 			if p.oomKilled(r, e) {
-				return true, "app OOM-killed"
+				return true, "app OOMKilled"
 			}
 			return !e.OK(), "app " + e.String()
 		case <-sidecarDone:
-			p.oomKilled(r, r.sidecar.Exit())
+			if p.oomKilled(r, r.sidecar.Exit()) {
+				return true, "sidecar OOMKilled"
+			}
 			return true, "sidecar " + r.sidecar.Exit().String()
 		case <-r.init.Done():
 			return true, "init exited"
@@ -646,10 +652,7 @@ func (p *Pod) oomKilled(r *run, e initproc.Exit) bool {
 		return false
 	}
 	r.ooms = st.OOMKills
-	p.update(func() {
-		p.ooms++
-		p.lastExit = "OOMKilled"
-	})
+	p.update(func() { p.ooms++ })
 	p.logApp.Notef("OOM-killed: the pod exceeded its memory limit of %d bytes", p.cfg.Service.Limits.MemoryBytes)
 	return true
 }
