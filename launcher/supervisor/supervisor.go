@@ -155,6 +155,13 @@ func Up(ctx context.Context, cfg Config, project *compose.Project, ready func(er
 	s := &Supervisor{cfg: cfg, project: project, dir: dir, samples: map[string]cpuSample{}}
 	ctx, s.stop = context.WithCancel(ctx)
 	defer s.stop()
+	// The control socket outlives the teardown, so `ps` shows pods stopping.
+	srv, err := s.serveControl()
+	if err != nil {
+		ready(err)
+		return err
+	}
+	defer srv.Close()
 	defer func() {
 		if terr := s.teardown(); terr != nil {
 			err = errors.Join(err, terr)
@@ -164,12 +171,6 @@ func Up(ctx context.Context, cfg Config, project *compose.Project, ready func(er
 		ready(err)
 		return err
 	}
-	srv, err := s.serveControl()
-	if err != nil {
-		ready(err)
-		return err
-	}
-	defer srv.Close()
 	go s.sample(ctx)
 	if err := s.startServices(ctx); err != nil {
 		ready(err)
