@@ -394,7 +394,7 @@ func setup(st Setup) error {
 		}
 	}()
 	for i, k := range keep {
-		fd, err := unix.Open(k.Source, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		fd, err := unix.Open(k.Source, unix.O_PATH|unix.O_CLOEXEC, 0)
 		if err != nil {
 			return fmt.Errorf("setup: keep %s visible: %w", k.Source, err)
 		}
@@ -412,7 +412,20 @@ func setup(st Setup) error {
 		}
 	}
 	for i, k := range keep {
-		if err := os.MkdirAll(k.Target, 0o755); err != nil {
+		fi, err := keepSrc[i].Stat()
+		if err != nil {
+			return fmt.Errorf("setup: keep %s visible: %w", k.Source, err)
+		}
+		// Recreate the mount point in the new tmpfs: a directory, or an empty file.
+		if fi.IsDir() {
+			err = os.MkdirAll(k.Target, 0o755)
+		} else if err = os.MkdirAll(filepath.Dir(k.Target), 0o755); err == nil {
+			var f *os.File
+			if f, err = os.OpenFile(k.Target, os.O_CREATE|os.O_WRONLY, 0o600); err == nil {
+				f.Close()
+			}
+		}
+		if err != nil {
 			return fmt.Errorf("setup: keep %s visible: %w", k.Target, err)
 		}
 		if err := bind(k, keepSrc[i]); err != nil {

@@ -42,9 +42,9 @@ type Setup struct {
 	Hostname string  `json:"hostname"`
 	Hosts    string  `json:"hosts,omitempty"` // host path of the file bind-mounted read-only on /etc/hosts
 	Mounts   []Mount `json:"mounts,omitempty"`
-	// Keep lists host directories that stay visible in the pod although they live under
-	// /tmp or /dev/shm, which the pod replaces with its own tmpfs: the project directory,
-	// the pod's own files, the sidecar's directory.
+	// Keep lists host directories and files that stay visible in the pod although they live
+	// under /tmp or /dev/shm, which the pod replaces with its own tmpfs: the project
+	// directory, the pod's own files, the programs it runs.
 	Keep []string `json:"keep,omitempty"`
 	// Detach lists host directories whose mounts (other pods' netns pins) are detached in the
 	// pod's mount namespace, so a pod does not keep another pod's namespace alive.

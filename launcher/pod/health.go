@@ -11,12 +11,14 @@ import (
 	"github.com/podmesh/podmesh/launcher/netns"
 )
 
-// Cadence of checks before the first success: starting at firstCheck and doubling up to
-// the healthcheck's interval (at most maxStartupInterval), so a pod becomes healthy a few
-// milliseconds after its app listens rather than one full interval later. Failures in this
-// phase do not count; it lasts until the first success or max(start_period, interval).
+// Cadence of checks before the first success, so a pod becomes healthy a few milliseconds
+// after its app listens rather than one full interval later: the TCP check every tcpPoll,
+// a compose healthcheck (a process in the pod) from firstCheck doubling up to the
+// healthcheck's interval, at most maxStartupInterval. Failures in this phase do not count;
+// it lasts until the first success or max(start_period, interval).
 const (
-	firstCheck         = 2 * time.Millisecond
+	tcpPoll            = 5 * time.Millisecond
+	firstCheck         = 10 * time.Millisecond
 	maxStartupInterval = 250 * time.Millisecond
 	// The check used when a meshed service has no healthcheck: a TCP connect to the app.
 	defaultTCPInterval = time.Second
@@ -98,7 +100,10 @@ func (c *checker) loop(ctx context.Context, p *Pod, r *run) {
 	startup := max(startPeriod, interval)
 	succeeded := false
 	fails := 0
-	wait := firstCheck
+	wait, growth := firstCheck, 2
+	if hc == nil {
+		wait, growth = tcpPoll, 1
+	}
 	for {
 		ok, out := check(ctx)
 		if ctx.Err() != nil {
@@ -121,7 +126,7 @@ func (c *checker) loop(ctx context.Context, p *Pod, r *run) {
 		next := interval
 		if !succeeded && time.Since(began) < startup {
 			next = min(wait, interval, maxStartupInterval)
-			wait *= 2
+			wait *= time.Duration(growth)
 		}
 		t := time.NewTimer(next)
 		select {

@@ -388,6 +388,8 @@ func (p *Pod) start(ctx context.Context) (_ *run, err error) {
 	if st, err := p.cg.Stats(); err == nil {
 		r.ooms = st.OOMKills
 	}
+	t0 := time.Now()
+	var tInit, tSidecar, tReady time.Duration
 	initW, initDone, err := p.logInit.Capture("stderr")
 	if err != nil {
 		return r, err
@@ -415,6 +417,7 @@ func (p *Pod) start(ctx context.Context) (_ *run, err error) {
 		return r, err
 	}
 	p.update(func() { p.initPid = r.init.Pid() })
+	tInit = time.Since(t0)
 
 	if p.Meshed() {
 		spec := initproc.Spec{
@@ -426,9 +429,11 @@ func (p *Pod) start(ctx context.Context) (_ *run, err error) {
 		if r.sidecar, err = p.spawn(ctx, r.init, spec, p.logSidecar, "sidecar"); err != nil {
 			return r, err
 		}
+		tSidecar = time.Since(t0)
 		if err := p.waitReady(ctx, r); err != nil {
 			return r, err
 		}
+		tReady = time.Since(t0)
 	}
 	spec, err := p.appSpec("app", p.cfg.Service.Command)
 	if err != nil {
@@ -438,11 +443,13 @@ func (p *Pod) start(ctx context.Context) (_ *run, err error) {
 		return r, err
 	}
 	p.update(func() { p.pid = r.app.Pid })
-	p.logApp.Notef("started pid %d in pod %s (%s)", r.app.Pid, p.name, p.cfg.Net.Addr.Addr())
+	p.logApp.Notef("started pid %d in pod %s (%s) in %v: init %v, sidecar exec %v, sidecar ready %v, app exec %v",
+		r.app.Pid, p.name, p.cfg.Net.Addr.Addr(), time.Since(t0).Round(time.Microsecond), tInit.Round(time.Microsecond),
+		tSidecar.Round(time.Microsecond), tReady.Round(time.Microsecond), time.Since(t0).Round(time.Microsecond))
 	return r, nil
 }
 
-// keep lists the host directories the pod must see even if they live under /tmp.
+// keep lists the host directories and files the pod must see even if they live under /tmp.
 func (p *Pod) keep() []string {
 	dirs := []string{p.cfg.Dir, p.cfg.StateDir}
 	if p.cfg.SidecarBin != "" {
@@ -454,13 +461,13 @@ func (p *Pod) keep() []string {
 	if c := firstAbs(p.cfg.Service.Command); c != "" {
 		dirs = append(dirs, filepath.Dir(c))
 	}
-	// A program reached through a symlink needs its target's directory too.
+	// A program reached through a symlink needs its target too.
 	for _, bin := range []string{p.cfg.SidecarBin, firstAbs(p.cfg.Service.Command)} {
 		if bin == "" {
 			continue
 		}
-		if real, err := filepath.EvalSymlinks(bin); err == nil {
-			dirs = append(dirs, filepath.Dir(real))
+		if real, err := filepath.EvalSymlinks(bin); err == nil && real != bin {
+			dirs = append(dirs, real)
 		}
 	}
 	var out []string
@@ -540,13 +547,16 @@ func (p *Pod) podClient(timeout time.Duration) *http.Client {
 	}
 }
 
+// readyPoll is how often the sidecar's /ready is asked while it starts. One probe costs a
+// short-lived thread in the pod's namespace and a loopback HTTP request.
+const readyPoll = 5 * time.Millisecond
+
 // waitReady polls the sidecar's /ready from inside the pod until it answers 200.
 func (p *Pod) waitReady(ctx context.Context, r *run) error {
 	ctx, cancel := context.WithTimeout(ctx, p.cfg.ReadyTimeout)
 	defer cancel()
 	c := p.podClient(time.Second)
 	url := fmt.Sprintf("http://127.0.0.1:%d/ready", AdminPort)
-	wait := 2 * time.Millisecond
 	var last string
 	for {
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
@@ -560,7 +570,7 @@ func (p *Pod) waitReady(ctx context.Context, r *run) error {
 		} else {
 			last = err.Error()
 		}
-		t := time.NewTimer(wait)
+		t := time.NewTimer(readyPoll)
 		select {
 		case <-ctx.Done():
 			t.Stop()
@@ -570,7 +580,6 @@ func (p *Pod) waitReady(ctx context.Context, r *run) error {
 			return fmt.Errorf("pod %s: sidecar %s before it was ready", p.name, r.sidecar.Exit())
 		case <-t.C:
 		}
-		wait = min(wait*2, 100*time.Millisecond)
 	}
 }
 

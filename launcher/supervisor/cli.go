@@ -37,6 +37,11 @@ func CLI(ctx context.Context, args []string, stdout io.Writer) error {
 	fs.StringVar(&cfg.LogDir, "log-dir", DefaultLogDir, "process logs, one directory per project and pod")
 	fs.StringVar(&cfg.SidecarBin, "sidecar-bin", filepath.Join(dir, "sidecar"), "the sidecar program")
 	fs.StringVar(&cfg.RegistryBin, "registry-bin", filepath.Join(dir, "registry"), "the registry program, started unless -registry is given")
+	initBin := filepath.Join(dir, "podmesh-init")
+	if _, err := os.Stat(initBin); err != nil {
+		initBin = "" // the launcher binary itself plays init
+	}
+	fs.StringVar(&cfg.Exe, "init-bin", initBin, "binary run as each pod's init and exec shim (podmesh-init, which starts much faster than the launcher; empty: the launcher itself)")
 	fs.StringVar(&cfg.RegistryURL, "registry", "", "use the registry (or Consul agent) at this URL instead of starting one")
 	fs.IntVar(&cfg.RelayPort, "relay-port", DefaultRelayPort, "port on the bridge's gateway address where pods reach the registry")
 	fs.Int64Var(&cfg.LogPolicy.MaxSize, "log-max-size", 0, "bytes per log file before rotation (default 10 MiB)")

@@ -61,7 +61,7 @@ type fakeRegistry struct {
 	log []string
 }
 
-func newFakeRegistry(t *testing.T) *fakeRegistry {
+func newFakeRegistry(t testing.TB) *fakeRegistry {
 	f := &fakeRegistry{reg: map[string]map[string]any{}, ttl: map[string]string{}}
 	mux := http.NewServeMux()
 	mux.HandleFunc("PUT /v1/agent/service/register", func(w http.ResponseWriter, r *http.Request) {
@@ -102,7 +102,7 @@ func (f *fakeRegistry) registered(id string) map[string]any {
 }
 
 type env struct {
-	t        *testing.T
+	t        testing.TB
 	dir      string
 	bin      string // this test binary as "launcher"
 	sidecar  string
@@ -117,7 +117,7 @@ type env struct {
 
 var projectSeq int
 
-func newEnv(t *testing.T) *env {
+func newEnv(t testing.TB) *env {
 	testutil.RequirePrivileged(t)
 	dir := t.TempDir()
 	e := &env{t: t, dir: dir, stateDir: filepath.Join(dir, "state"), logDir: filepath.Join(dir, "logs"), reg: newFakeRegistry(t)}
@@ -367,7 +367,7 @@ func TestUpIsolationLimitsDown(t *testing.T) {
 	}
 }
 
-func waitExit(t *testing.T, cmd *exec.Cmd) {
+func waitExit(t testing.TB, cmd *exec.Cmd) {
 	t.Helper()
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
@@ -493,5 +493,84 @@ func TestInvalidFileStartsNothing(t *testing.T) {
 	after := podtest.Leftovers(t, e.project, e.bridge)
 	if strings.Join(before, "\n") != strings.Join(after, "\n") {
 		t.Errorf("an invalid file left %v", after)
+	}
+}
+
+// BenchmarkUp times `launcher up` to the first request served through every pod's sidecar
+// (from the host to POD_IP:15001, the sidecar, the app), for 1 and 20 replicas of a trivial
+// app. Run without -race for numbers that mean anything:
+//
+//	go test -run '^$' -bench BenchmarkUp -benchtime 3x ./launcher/supervisor
+func BenchmarkUp(b *testing.B) {
+	for _, n := range []int{1, 20} {
+		b.Run(fmt.Sprintf("replicas=%d", n), func(b *testing.B) {
+			e := newEnv(b)
+			// Real binaries, not this test binary (whose start-up, with every package of the
+			// test linked in, would dominate): the launcher, podmesh-init beside it, and the
+			// stand-ins as a small program of their own.
+			bin := filepath.Join(e.dir, "bin")
+			for pkg, name := range map[string]string{
+				"github.com/podmesh/podmesh/cmd/launcher":                      "launcher",
+				"github.com/podmesh/podmesh/launcher/initproc/podmesh-init":    "podmesh-init",
+				"github.com/podmesh/podmesh/launcher/internal/standin/standin": "standin",
+			} {
+				if out, err := exec.Command("go", "build", "-o", filepath.Join(bin, name), pkg).CombinedOutput(); err != nil {
+					b.Fatalf("build %s: %v\n%s", pkg, err, out)
+				}
+			}
+			e.bin = filepath.Join(bin, "launcher")
+			for _, l := range []*string{&e.sidecar, &e.app} {
+				if err := os.Remove(*l); err != nil {
+					b.Fatal(err)
+				}
+				if err := os.Symlink(filepath.Join(bin, "standin"), *l); err != nil {
+					b.Fatal(err)
+				}
+			}
+			file := e.compose(fmt.Sprintf(`  web:
+    command: [APP, -listen, "127.0.0.1:8080"]
+    deploy: {replicas: %d}
+    x-podmesh: {port: 8080}
+`, n))
+			var addrs []string
+			a := e.subnet.Addr().Next().Next()
+			for i := 0; i < n; i++ {
+				addrs = append(addrs, fmt.Sprintf("http://%s:%d/", a, pod.InboundPort))
+				a = a.Next()
+			}
+			client := &http.Client{Timeout: time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+			var total time.Duration
+			for b.Loop() {
+				t0 := time.Now()
+				cmd := exec.Command(e.bin, e.args("up", "-f", file)...)
+				if err := cmd.Start(); err != nil {
+					b.Fatal(err)
+				}
+				var wg sync.WaitGroup
+				for _, u := range addrs {
+					wg.Add(1)
+					go func() {
+						defer wg.Done()
+						deadline := time.Now().Add(3 * time.Minute)
+						for time.Now().Before(deadline) {
+							if resp, err := client.Get(u); err == nil {
+								resp.Body.Close()
+								if resp.StatusCode == 200 {
+									return
+								}
+							}
+							time.Sleep(5 * time.Millisecond)
+						}
+						b.Errorf("%s never answered", u)
+					}()
+				}
+				wg.Wait()
+				total += time.Since(t0)
+				_ = cmd.Process.Signal(syscall.SIGTERM)
+				_ = cmd.Wait()
+			}
+			b.ReportMetric(float64(total.Milliseconds())/float64(b.N), "ms/up")
+			b.ReportMetric(float64(total.Milliseconds())/float64(b.N)/float64(n), "ms/pod")
+		})
 	}
 }
