@@ -89,6 +89,21 @@ func newFakeRegistry(t testing.TB) *fakeRegistry {
 		defer f.mu.Unlock()
 		f.ttl[r.PathValue("id")] = body.Status
 	})
+	mux.HandleFunc("GET /v1/health/service/{name}", func(w http.ResponseWriter, r *http.Request) {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		out := []map[string]any{}
+		for id, reg := range f.reg {
+			if reg["Name"] != r.PathValue("name") {
+				continue
+			}
+			if st, ok := f.ttl["podmesh:"+id]; ok && st != "passing" {
+				continue
+			}
+			out = append(out, map[string]any{"Service": map[string]any{"ID": id, "Address": reg["Address"], "Port": reg["Port"]}})
+		}
+		_ = json.NewEncoder(w).Encode(out)
+	})
 	mux.HandleFunc("GET /v1/status/leader", func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, `"127.0.0.1:8300"`) })
 	f.srv = httptest.NewServer(mux)
 	t.Cleanup(f.srv.Close)
@@ -127,6 +142,10 @@ func newEnv(t testing.TB) *env {
 	}
 	if e.sidecar, err = standin.Link(dir, standin.SidecarName); err != nil {
 		t.Fatal(err)
+	}
+	// The real sidecar replaces the stand-in when given.
+	if real := os.Getenv("PODMESH_SIDECAR_BIN"); real != "" {
+		e.sidecar = real
 	}
 	if e.app, err = standin.Link(dir, standin.AppName); err != nil {
 		t.Fatal(err)
@@ -572,5 +591,91 @@ func BenchmarkUp(b *testing.B) {
 			b.ReportMetric(float64(total.Milliseconds())/float64(b.N), "ms/up")
 			b.ReportMetric(float64(total.Milliseconds())/float64(b.N)/float64(n), "ms/pod")
 		})
+	}
+}
+
+// TestTrafficDuringRestart sends requests from the host to frontend (through its sidecar),
+// which calls http://catalog/ (its /etc/hosts entry, the sidecar's outbound listener, a
+// passing catalog instance from the registry reached through the launcher's relay), while a
+// catalog replica is SIGKILLed and restarted.
+//
+// With the real sidecar (PODMESH_SIDECAR_BIN) no request may fail: it retries elsewhere. The
+// stand-in does not retry a request whose instance died under it, so then the test only
+// reports failures and checks that traffic recovers and reaches both replicas again.
+func TestTrafficDuringRestart(t *testing.T) {
+	e := newEnv(t)
+	file := e.compose(`  catalog:
+    command: [APP, -listen, "127.0.0.1:8080"]
+    deploy: {replicas: 2, restart_policy: {condition: any, delay: 50ms}}
+    healthcheck: {test: [CMD, curl, -sf, -o, /dev/null, "http://127.0.0.1:8080/"], interval: 1s, timeout: 2s, retries: 3}
+    x-podmesh: {port: 8080}
+  frontend:
+    command: [APP, -listen, "127.0.0.1:8080", -upstream, "http://catalog/"]
+    depends_on: {catalog: {condition: service_healthy}}
+    x-podmesh: {port: 8080, upstreams: [catalog]}
+`)
+	testutil.Tool(t, "curl") // the catalog's healthcheck
+	e.start(file)
+	front := e.waitFor("frontend-1", 60*time.Second, healthy)
+	victim := e.waitFor("catalog-1", 60*time.Second, healthy)
+	url := fmt.Sprintf("http://%s:%d/", front.Addr, pod.InboundPort)
+	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	get := func() (string, error) {
+		resp, err := client.Get(url)
+		if err != nil {
+			return "", err
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		if resp.StatusCode != http.StatusOK {
+			return "", fmt.Errorf("%s: %s", resp.Status, b)
+		}
+		return string(b), err
+	}
+	if body, err := get(); err != nil || !strings.Contains(body, "via frontend-1") {
+		t.Fatalf("first request: %q, %v", body, err)
+	}
+	// Bounded load: at most 2000 requests or 60 s, one at a time.
+	var failures []string
+	seen := map[string]int{}
+	killed, restarted := false, false
+	deadline := time.Now().Add(60 * time.Second)
+	for n := 0; n < 2000 && time.Now().Before(deadline); n++ {
+		body, err := get()
+		if err != nil {
+			failures = append(failures, err.Error())
+		} else if restarted {
+			for _, c := range []string{"catalog-1", "catalog-2"} {
+				if strings.Contains(body, c) {
+					seen[c]++
+				}
+			}
+		}
+		if n == 50 {
+			if err := syscall.Kill(victim.Pid, syscall.SIGKILL); err != nil {
+				t.Fatal(err)
+			}
+			killed = true
+		}
+		if killed && !restarted && n%10 == 0 {
+			for _, r := range e.ps() {
+				if r.Name == "catalog-1" && healthy(r) && r.Restarts >= 1 {
+					restarted = true
+				}
+			}
+		}
+		if restarted && seen["catalog-1"] >= 5 && seen["catalog-2"] >= 5 {
+			break
+		}
+	}
+	t.Logf("%d failed requests around the restart", len(failures))
+	if !restarted || seen["catalog-1"] < 5 || seen["catalog-2"] < 5 {
+		t.Fatalf("after the restart: restarted %v, served by %v; failures %v", restarted, seen, failures)
+	}
+	if after := e.waitFor("catalog-1", time.Second, healthy); after.Addr != victim.Addr {
+		t.Errorf("catalog-1 moved from %v to %v", victim.Addr, after.Addr)
+	}
+	if os.Getenv("PODMESH_SIDECAR_BIN") != "" && len(failures) > 0 {
+		t.Errorf("%d requests failed through the real sidecar: %v", len(failures), failures)
 	}
 }

@@ -10,11 +10,14 @@
 //     connections in flight have finished; outbound keeps working.
 //   - SIGTERM: exit (after draining inbound if /drain was not called).
 //
-// It does not do outbound (upstream) forwarding, mTLS or discovery.
+// Outbound, it listens on each upstream's local address and forwards each connection to a
+// passing instance from the registry (round robin, trying the next instance when a dial
+// fails). No mTLS, no HTTP awareness, no retries after a connection is established.
 package standin
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -24,6 +27,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -64,10 +68,15 @@ func Link(dir, name string) (string, error) {
 }
 
 type config struct {
-	ID      string `yaml:"id"`
-	Inbound string `yaml:"inbound"`
-	App     string `yaml:"app"`
-	Admin   string `yaml:"admin"`
+	ID        string `yaml:"id"`
+	Inbound   string `yaml:"inbound"`
+	App       string `yaml:"app"`
+	Admin     string `yaml:"admin"`
+	Registry  string `yaml:"registry"`
+	Upstreams []struct {
+		Name   string `yaml:"name"`
+		Listen string `yaml:"listen"`
+	} `yaml:"upstreams"`
 }
 
 func sidecar(args []string) int {
@@ -139,6 +148,23 @@ func sidecar(args []string) int {
 		fmt.Fprintln(w, "drained")
 	})
 	go func() { _ = http.Serve(adm, mux) }()
+	for _, u := range c.Upstreams {
+		l, err := net.Listen("tcp", u.Listen)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		ob := &outbound{name: u.Name, registry: c.Registry}
+		go func() {
+			for {
+				conn, err := l.Accept()
+				if err != nil {
+					return
+				}
+				go ob.forward(conn)
+			}
+		}()
+	}
 	fmt.Printf("stand-in sidecar %s: inbound %s -> %s, admin %s\n", c.ID, c.Inbound, c.App, c.Admin)
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
@@ -154,10 +180,65 @@ func forward(conn net.Conn, to string) {
 	if err != nil {
 		return
 	}
-	defer up.Close()
+	splice(conn, up)
+}
+
+// outbound picks passing instances of one upstream from the registry's health API.
+type outbound struct {
+	name, registry string
+	mu             sync.Mutex
+	next           int
+}
+
+func (o *outbound) instances() ([]string, error) {
+	resp, err := http.Get(o.registry + "/v1/health/service/" + o.name + "?passing=1")
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	var entries []struct {
+		Service struct {
+			Address string
+			Port    int
+		}
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&entries); err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, e := range entries {
+		out = append(out, net.JoinHostPort(e.Service.Address, strconv.Itoa(e.Service.Port)))
+	}
+	return out, nil
+}
+
+func (o *outbound) forward(conn net.Conn) {
+	defer conn.Close()
+	addrs, err := o.instances()
+	if err != nil || len(addrs) == 0 {
+		fmt.Fprintf(os.Stderr, "outbound %s: no instance (%v)\n", o.name, err)
+		return
+	}
+	o.mu.Lock()
+	start := o.next
+	o.next++
+	o.mu.Unlock()
+	for i := range addrs {
+		addr := addrs[(start+i)%len(addrs)]
+		up, err := net.DialTimeout("tcp", addr, time.Second)
+		if err != nil {
+			continue
+		}
+		splice(conn, up)
+		return
+	}
+}
+
+func splice(a, b net.Conn) {
+	defer b.Close()
 	done := make(chan struct{}, 2)
-	go func() { _, _ = io.Copy(up, conn); closeWrite(up); done <- struct{}{} }()
-	go func() { _, _ = io.Copy(conn, up); closeWrite(conn); done <- struct{}{} }()
+	go func() { _, _ = io.Copy(b, a); closeWrite(b); done <- struct{}{} }()
+	go func() { _, _ = io.Copy(a, b); closeWrite(a); done <- struct{}{} }()
 	<-done
 	<-done
 }
@@ -176,6 +257,7 @@ func app(ctx context.Context, args []string) int {
 	allocMiB := fs.Int("alloc-mib", 0, "MiB to allocate and touch, 8 MiB at a time")
 	exitAfter := fs.Duration("exit-after", 0, "exit with status 3 after this long")
 	ignoreTerm := fs.Bool("ignore-term", false, "ignore SIGTERM")
+	upstream := fs.String("upstream", "", "URL whose answer GET / passes on (through the sidecar)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -197,8 +279,24 @@ func app(ctx context.Context, args []string) int {
 		return 1
 	}
 	host, _ := os.Hostname()
+	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		fmt.Fprintf(w, "hello from %s\n", host)
+		if *upstream == "" {
+			fmt.Fprintf(w, "hello from %s\n", host)
+			return
+		}
+		resp, err := client.Get(*upstream)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadGateway)
+			return
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		if err != nil || resp.StatusCode != http.StatusOK {
+			http.Error(w, fmt.Sprintf("upstream %s: %v", resp.Status, err), http.StatusBadGateway)
+			return
+		}
+		fmt.Fprintf(w, "%s via %s", b, host)
 	})}
 	go func() { _ = srv.Serve(l) }()
 	fmt.Printf("stand-in app on %s (%s), holding %d MiB, env %s\n", l.Addr(), host, len(hold)*8, strings.Join(os.Environ(), " "))
