@@ -10,7 +10,8 @@
 // created in, so the connection or netlink handle it returns is usable from any goroutine.
 //
 // Nothing else on the host changes: no sysctl (ip_forward stays as it is), no firewall
-// rule in the host namespace. Pods reach each other over the bridge (one L2 segment) and the
+// rule in the host namespace (each pod gets an nftables table of its own, inside its
+// namespace, that admits inbound traffic only on its open ports). Pods reach each other over the bridge (one L2 segment) and the
 // host through the bridge's gateway address, which is all the mesh needs.
 package netns
 
@@ -202,6 +203,9 @@ type Pod struct {
 	Pin    string       `json:"pin"`     // PinDir/Name
 	HostIf string       `json:"host_if"` // host end of the veth
 	Addr   netip.Prefix `json:"addr"`    // the pod's address with the subnet's length
+	// Open lists the TCP ports reachable on the pod's address from outside the pod; every
+	// other inbound packet on eth0 is dropped (connections the pod opened excepted).
+	Open []uint16 `json:"open,omitempty"`
 }
 
 // PinName is the namespace pin name for a replica.
@@ -234,8 +238,9 @@ func Plan(name string, addr netip.Addr, n Network) Pod {
 // Create builds the pod network p (from Plan): a new network namespace pinned at p.Pin with
 // loopback up and unprivileged ports from 0 (so the app and the sidecar bind :80 without
 // capabilities; the sysctl is per namespace), a veth pair whose pod end (eth0) is created
-// inside the namespace and whose host end joins the bridge, the pod's address, and a default
-// route through the gateway. On error, whatever was created is removed.
+// inside the namespace and whose host end joins the bridge, the pod's address, a default
+// route through the gateway, and the isolation rules (only p.Open reachable from outside).
+// On error, whatever was created is removed.
 func Create(n Network, p Pod) (err error) {
 	bridge, err := netlink.LinkByName(n.Bridge)
 	if err != nil {
@@ -288,7 +293,7 @@ func Create(n Network, p Pod) (err error) {
 	if err := h.RouteAdd(route); err != nil {
 		return fmt.Errorf("netns: default route via %v in %s: %w", n.Gateway(), p.Name, err)
 	}
-	return nil
+	return isolate(p.Pin, p.Open)
 }
 
 // newPinnedNS creates a network namespace on a throw-away thread, pins it at pin, brings

@@ -2,6 +2,7 @@ package netns_test
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"io"
 	"net"
@@ -158,6 +159,7 @@ func TestPodNetwork(t *testing.T) {
 		}
 		used[addr] = true
 		p := netns.Plan(netns.PinName(marker, "svc", i), addr, n)
+		p.Open = []uint16{8080}
 		t.Cleanup(func() { _ = netns.Remove(p) })
 		if err := netns.Create(n, p); err != nil {
 			t.Fatal(err)
@@ -236,6 +238,39 @@ func TestPodNetwork(t *testing.T) {
 			t.Fatalf("read from %s: %q, %v", l.Addr(), line, err)
 		}
 	}
+	// Any port not in Open is unreachable from outside the pod, even on 0.0.0.0; inside the
+	// pod it answers.
+	closed, err := netns.Listen(pods[1].Pin, "tcp", "0.0.0.0:9090")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		for {
+			c, err := closed.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	target := netip.AddrPortFrom(pods[1].Addr.Addr(), 9090).String()
+	if c, err := (&net.Dialer{Timeout: 300 * time.Millisecond}).DialContext(ctx, "tcp", target); err == nil {
+		c.Close()
+		t.Errorf("host reached %s, a port the pod did not open", target)
+	}
+	short, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	if c, err := netns.Dial(short, pods[0].Pin, "tcp", target); err == nil {
+		c.Close()
+		t.Errorf("pod 1 reached %s, a port pod 2 did not open", target)
+	}
+	cancel()
+	if c, err := netns.Dial(ctx, pods[1].Pin, "tcp", "127.0.0.1:9090"); err != nil {
+		t.Errorf("inside pod 2, its own port 9090: %v", err)
+	} else {
+		c.Close()
+	}
+	closed.Close()
+
 	// A pod's loopback is its own: a listener on 127.0.0.1 in pod 1 is not the host's.
 	lo, err := netns.Listen(pods[0].Pin, "tcp", "127.0.0.1:0")
 	if err != nil {

@@ -274,6 +274,9 @@ func (s *Supervisor) startServices(ctx context.Context) error {
 			}
 			used[addr] = true
 			np := netns.Plan(netns.PinName(s.project.Name, svc.Name, r), addr, st.Network)
+			if svc.Mesh.Port > 0 {
+				np.Open = []uint16{pod.InboundPort, pod.MetricsPort}
+			}
 			planned = append(planned, np)
 			name := fmt.Sprintf("%s-%d", svc.Name, r)
 			sv.pods = append(sv.pods, pod.New(pod.Config{
