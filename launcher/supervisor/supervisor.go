@@ -106,6 +106,7 @@ type Supervisor struct {
 	registryURL string // as pods see it
 
 	mu       sync.Mutex
+	stopping bool // set by teardown: no pod is launched after it
 	services []*service
 	samples  map[string]cpuSample
 
@@ -330,11 +331,11 @@ func (s *Supervisor) runService(sv *service) {
 			}
 		}
 	}
-	// Launch under s.mu after checking the context, so teardown (which cancels, then takes
-	// s.mu) knows every pod it must wait for.
+	// Launch under s.mu unless teardown has begun, so teardown knows every pod it must
+	// wait for.
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if sv.ctx.Err() != nil {
+	if s.stopping || sv.ctx.Err() != nil {
 		return
 	}
 	for _, p := range sv.pods {
@@ -376,13 +377,12 @@ func (s *Supervisor) teardown() error {
 	defer cancel()
 	var errs []error
 	s.mu.Lock()
+	s.stopping = true
 	services := s.services
 	s.mu.Unlock()
 	for i := len(services) - 1; i >= 0; i-- {
 		sv := services[i]
 		sv.cancel()
-		s.mu.Lock() // no pod of sv is launched after this
-		s.mu.Unlock()
 		sv.wg.Wait()
 		var wg sync.WaitGroup
 		var emu sync.Mutex
