@@ -144,6 +144,8 @@ func reorder(args []string) []string {
 func upCmd(ctx context.Context, cfg Config, project *compose.Project, stdout io.Writer) error {
 	var ready func(error)
 	if fd := os.Getenv(daemonEnv); fd != "" {
+		// Children (the registry) must not inherit the pipe, or `up -d` waits for them.
+		syscall.CloseOnExec(3)
 		pipe := os.NewFile(3, "ready")
 		ready = func(err error) {
 			if err != nil {
@@ -197,7 +199,8 @@ func detachUp(ctx context.Context, cfg Config, project *compose.Project, args []
 		return fmt.Errorf("start background launcher: %w", err)
 	}
 	w.Close()
-	if err := os.WriteFile(filepath.Join(dir, "launcher.pid"), fmt.Appendf(nil, "%d\n", cmd.Process.Pid), 0o644); err != nil {
+	pid := cmd.Process.Pid
+	if err := os.WriteFile(filepath.Join(dir, "launcher.pid"), fmt.Appendf(nil, "%d\n", pid), 0o644); err != nil {
 		return err
 	}
 	_ = cmd.Process.Release()
@@ -205,7 +208,7 @@ func detachUp(ctx context.Context, cfg Config, project *compose.Project, args []
 	msg := strings.TrimSpace(string(b))
 	switch {
 	case msg == "ok":
-		fmt.Fprintf(stdout, "project %s started in the background (pid %d, log %s)\n", project.Name, cmd.Process.Pid, logPath)
+		fmt.Fprintf(stdout, "project %s started in the background (pid %d, log %s)\n", project.Name, pid, logPath)
 		return nil
 	case msg == "":
 		return fmt.Errorf("background launcher exited before starting; see %s", logPath)
