@@ -680,3 +680,109 @@ func TestTrafficDuringRestart(t *testing.T) {
 		t.Errorf("%d requests failed through the real sidecar: %v", len(failures), failures)
 	}
 }
+
+// TestOwnRegistry: without -registry the launcher starts the registry program itself (here a
+// Consul agent in dev mode, the stand-in for cmd/registry until it exists), pods reach it
+// through the relay on the bridge's gateway, instances show up passing with their meta, a
+// request crosses two sidecars, and after a SIGKILLed launcher `down` also ends the
+// registry it had started.
+func TestOwnRegistry(t *testing.T) {
+	e := newEnv(t)
+	consul := testutil.Tool(t, "consul")
+	before := podtest.Leftovers(t, e.project, e.bridge)
+	file := e.compose(`  catalog:
+    command: [APP, -listen, "127.0.0.1:8080"]
+    x-podmesh: {port: 8080, meta: {version: "2"}}
+  frontend:
+    command: [APP, -listen, "127.0.0.1:8080", -upstream, "http://catalog/"]
+    x-podmesh: {port: 8080, upstreams: [catalog]}
+`)
+	ports := make([]string, 3)
+	for i := range ports {
+		_, ports[i], _ = strings.Cut(testutil.FreePort(t), ":")
+	}
+	// The node name carries the project, so the leftover listing sees the agent process.
+	args := fmt.Sprintf("agent -dev -bind 127.0.0.1 -client 127.0.0.1 -http-port {port} -dns-port -1 -grpc-port -1 "+
+		"-server-port %s -serf-lan-port %s -serf-wan-port %s -node podmesh-%s -log-level warn", ports[0], ports[1], ports[2], e.project)
+	cmd := exec.Command(e.bin, "-state-dir", e.stateDir, "-log-dir", e.logDir, "-sidecar-bin", e.sidecar,
+		"-registry-bin", consul, "-registry-args", args, "up", "-f", file)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+		}
+		_ = exec.Command(e.bin, "-state-dir", e.stateDir, "-log-dir", e.logDir, "down", "-p", e.project).Run()
+		if t.Failed() {
+			t.Logf("launcher output:\n%s", out.String())
+		}
+	})
+	front := e.waitFor("frontend-1", 60*time.Second, healthy)
+	e.waitFor("catalog-1", 60*time.Second, healthy)
+
+	b, err := os.ReadFile(filepath.Join(e.stateDir, e.project, "state.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st supervisor.State
+	if err := json.Unmarshal(b, &st); err != nil || st.Registry == nil {
+		t.Fatalf("state %s: %v", b, err)
+	}
+	var entries []struct {
+		Service struct {
+			ID, Address string
+			Port        int
+			Meta        map[string]string
+		}
+		Checks []struct{ CheckID, Status string }
+	}
+	testutil.Eventually(t, 30*time.Second, 50*time.Millisecond, func() error {
+		resp, err := http.Get("http://" + st.Registry.Addr + "/v1/health/service/catalog?passing=1")
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		if err := json.NewDecoder(resp.Body).Decode(&entries); err != nil {
+			return err
+		}
+		if len(entries) != 1 {
+			return fmt.Errorf("passing catalog instances: %+v", entries)
+		}
+		return nil
+	})
+	if s := entries[0].Service; s.ID != "catalog-1" || s.Port != pod.InboundPort || s.Meta["version"] != "2" || s.Meta["pod"] != "catalog-1" {
+		t.Errorf("catalog instance in Consul: %+v", s)
+	}
+	client := &http.Client{Timeout: 5 * time.Second}
+	testutil.Eventually(t, 30*time.Second, 50*time.Millisecond, func() error {
+		resp, err := client.Get(fmt.Sprintf("http://%s:%d/", front.Addr, pod.InboundPort))
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		if !strings.Contains(string(body), "hello from catalog-1\n via frontend-1") {
+			return fmt.Errorf("%s: %q", resp.Status, body)
+		}
+		return nil
+	})
+
+	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	waitExit(t, cmd)
+	if left := podtest.Leftovers(t, e.project, e.bridge); !strings.Contains(strings.Join(left, "\n"), "process") {
+		t.Fatalf("the registry did not outlive the killed launcher; nothing to prove: %v", left)
+	}
+	if out, err := exec.Command(e.bin, "-state-dir", e.stateDir, "-log-dir", e.logDir, "down", "-p", e.project).CombinedOutput(); err != nil {
+		t.Fatalf("down: %v\n%s", err, out)
+	}
+	after := podtest.Leftovers(t, e.project, e.bridge)
+	if strings.Join(before, "\n") != strings.Join(after, "\n") {
+		t.Errorf("left behind:\n%s", strings.Join(after, "\n"))
+	}
+}

@@ -69,10 +69,12 @@ func startRegistry(ctx context.Context, cfg Config, dir string, sf *stateFile) (
 	}
 	deadline := time.Now().Add(20 * time.Second)
 	for {
+		// Ready once it names a leader: before that a Consul-compatible server answers "".
 		resp, err := http.Get("http://" + addr + "/v1/status/leader")
 		if err == nil {
+			b, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
 			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
+			if resp.StatusCode == http.StatusOK && strings.Trim(strings.TrimSpace(string(b)), `"`) != "" {
 				return r, nil
 			}
 		}
