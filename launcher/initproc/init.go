@@ -377,7 +377,10 @@ func setup(st Setup) error {
 	}
 	tmpfses := []string{"/tmp", "/dev/shm"}
 	var keep []Mount
-	for _, k := range st.Keep {
+	// Shortest first, so a directory is kept before what lies inside it.
+	keepPaths := append([]string(nil), st.Keep...)
+	sort.Slice(keepPaths, func(i, j int) bool { return len(keepPaths[i]) < len(keepPaths[j]) })
+	for _, k := range keepPaths {
 		k = filepath.Clean(k)
 		for _, t := range tmpfses {
 			if strings.HasPrefix(k, t+"/") {
@@ -416,12 +419,16 @@ func setup(st Setup) error {
 		if err != nil {
 			return fmt.Errorf("setup: keep %s visible: %w", k.Source, err)
 		}
+		// Already visible through a directory kept before it: nothing to do.
+		if cur, err := os.Stat(k.Target); err == nil && os.SameFile(cur, fi) {
+			continue
+		}
 		// Recreate the mount point in the new tmpfs: a directory, or an empty file.
 		if fi.IsDir() {
 			err = os.MkdirAll(k.Target, 0o755)
 		} else if err = os.MkdirAll(filepath.Dir(k.Target), 0o755); err == nil {
 			var f *os.File
-			if f, err = os.OpenFile(k.Target, os.O_CREATE|os.O_WRONLY, 0o600); err == nil {
+			if f, err = os.OpenFile(k.Target, os.O_CREATE|os.O_EXCL|os.O_RDONLY, 0o600); err == nil {
 				f.Close()
 			}
 		}

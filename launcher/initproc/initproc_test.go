@@ -361,3 +361,36 @@ func TestCloseKillsPod(t *testing.T) {
 		t.Errorf("app pid %d still exists after Close", pid)
 	}
 }
+
+// TestKeepUnderTmp: the pod's /tmp is its own, except for the directories and files the
+// launcher keeps visible (the project, the programs), including one inside another.
+func TestKeepUnderTmp(t *testing.T) {
+	testutil.RequirePrivileged(t)
+	dir := t.TempDir() // under /tmp
+	file := filepath.Join(dir, "prog")
+	other, err := os.CreateTemp("", "podmesh-keep-file")
+	if err != nil {
+		t.Fatal(err)
+	}
+	other.WriteString("kept-file")
+	other.Close()
+	t.Cleanup(func() { os.Remove(other.Name()) })
+	hidden, err := os.CreateTemp("", "podmesh-hidden")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hidden.Close()
+	t.Cleanup(func() { os.Remove(hidden.Name()) })
+	if err := os.WriteFile(file, []byte("kept-dir"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	in := startInit(t, initproc.Config{Setup: initproc.Setup{Hostname: "t", Keep: []string{file, dir, other.Name()}}})
+	out, exit := run(t, in, sh("probe", fmt.Sprintf("cat %s; echo; cat %s; echo; test -e %s && echo hidden-visible || echo hidden-gone", file, other.Name(), hidden.Name())))
+	if !exit.OK() || out != "kept-dir\nkept-file\nhidden-gone\n" {
+		t.Errorf("probe: %s %q", exit, out)
+	}
+	// The host's file was not touched by the pod's setup.
+	if b, _ := os.ReadFile(file); string(b) != "kept-dir" {
+		t.Errorf("host file now %q", b)
+	}
+}
