@@ -195,7 +195,8 @@ func detachUp(ctx context.Context, cfg Config, project *compose.Project, args []
 		return err
 	}
 	defer r.Close()
-	cmd := exec.Command("/proc/self/exe", child...)
+	cmd := exec.Command("/proc/self/exe")
+	cmd.Args = append([]string{os.Args[0]}, child...) // the same name, for ps and for tests
 	cmd.Env = append(os.Environ(), daemonEnv+"=3")
 	cmd.ExtraFiles = []*os.File{w}
 	cmd.Stdout, cmd.Stderr = logf, logf

@@ -786,3 +786,45 @@ func TestOwnRegistry(t *testing.T) {
 		t.Errorf("left behind:\n%s", strings.Join(after, "\n"))
 	}
 }
+
+// TestDetached: `up -d` returns once the project is started, leaving a launcher in the
+// background with its pid file; `ps` and `down` find it through the state directory.
+func TestDetached(t *testing.T) {
+	e := newEnv(t)
+	before := podtest.Leftovers(t, e.project, e.bridge)
+	file := e.compose(`  web:
+    command: [APP, -listen, "127.0.0.1:8080"]
+    x-podmesh: {port: 8080}
+`)
+	t.Cleanup(func() { _, _ = e.run("down", "-p", e.project) })
+	out, err := e.run("up", "-d", "-f", file)
+	if err != nil || !strings.Contains(out, "started in the background") {
+		t.Fatalf("up -d: %v\n%s", err, out)
+	}
+	b, err := os.ReadFile(filepath.Join(e.stateDir, e.project, "launcher.pid"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pid int
+	if _, err := fmt.Sscan(string(b), &pid); err != nil || syscall.Kill(pid, 0) != nil {
+		t.Fatalf("pid file %q: no running launcher (%v)", b, err)
+	}
+	e.waitFor("web-1", 60*time.Second, healthy)
+	if out, err := e.run("ps", "-f", file); err != nil || !strings.Contains(out, "healthy") {
+		t.Errorf("ps -f: %v\n%s", err, out)
+	}
+	if out, err := e.run("up", "-f", file); err == nil || !strings.Contains(out, "already running") {
+		t.Errorf("a second up: %v\n%s", err, out)
+	}
+	if out, err := e.run("down", "-f", file); err != nil {
+		t.Fatalf("down: %v\n%s", err, out)
+	}
+	// Gone, or a zombie waiting for whoever inherited it (its parent, `up -d`, has exited).
+	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err == nil && !strings.Contains(string(b), ") Z ") {
+		t.Errorf("launcher %d still running after down: %s", pid, b)
+	}
+	after := podtest.Leftovers(t, e.project, e.bridge)
+	if strings.Join(before, "\n") != strings.Join(after, "\n") {
+		t.Errorf("left behind:\n%s", strings.Join(after, "\n"))
+	}
+}
