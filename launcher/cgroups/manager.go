@@ -320,10 +320,11 @@ func (m *Manager) Create(pod string, l Limits) (*Pod, error) {
 		return nil, fmt.Errorf("cgroups: create pod %q: %w", pod, err)
 	}
 	p := m.pod(pod)
+	m.mu.Lock()
 	if m.fs.exists(p.dirs[0], "") {
+		m.mu.Unlock()
 		return nil, fmt.Errorf("cgroups: create pod %q: %s: %w", pod, p.dirs[0], os.ErrExist)
 	}
-	m.mu.Lock()
 	err := m.ensureBase()
 	if err == nil {
 		err = p.create(l)

@@ -474,8 +474,6 @@ func (p *Pod) Delete(ctx context.Context) error {
 
 func (p *Pod) remove(done <-chan struct{}, deadline time.Time) error {
 	m := p.m
-	m.mu.Lock()
-	defer m.mu.Unlock()
 	var errs []error
 	for i := len(p.dirs) - 1; i >= 0; i-- {
 		if err := p.removeTree(p.dirs[i], done, deadline, 0); err != nil {
@@ -485,6 +483,8 @@ func (p *Pod) remove(done <-chan struct{}, deadline time.Time) error {
 	if len(errs) > 0 {
 		return fmt.Errorf("cgroups: delete pod %q: %w", p.name, errors.Join(errs...))
 	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
 	if err := m.removeBaseLocked(); err != nil {
 		return fmt.Errorf("cgroups: delete pod %q: %w", p.name, err)
 	}

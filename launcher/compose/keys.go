@@ -230,15 +230,14 @@ func (w *walker) walk(n *yaml.Node, s *spec, path string) error {
 		}
 	case yaml.MappingNode:
 		seen := map[string]int{}
+		var merges []*yaml.Node
 		for i := 0; i+1 < len(n.Content); i += 2 {
 			k, v := n.Content[i], n.Content[i+1]
 			if k.Kind != yaml.ScalarNode {
 				continue // compose-go's schema validation rejects non-string keys
 			}
 			if k.Value == "<<" && k.Tag == "!!merge" {
-				if err := w.walkMerge(v, s, path); err != nil {
-					return err
-				}
+				merges = append(merges, v) // after the mapping's own keys, which win
 				continue
 			}
 			p := join(path, k.Value)
@@ -267,6 +266,11 @@ func (w *walker) walk(n *yaml.Node, s *spec, path string) error {
 			}
 			w.record(p, k.Line)
 			if err := w.walk(v, child, p); err != nil {
+				return err
+			}
+		}
+		for _, v := range merges {
+			if err := w.walkMerge(v, s, path); err != nil {
 				return err
 			}
 		}

@@ -440,6 +440,11 @@ compose.yaml:5: x-podmesh.subnett: unknown key (did you mean subnet?)`,
 			want: "compose.yaml:2: services.web.image: not supported by podmesh (services run host binaries; use command)",
 		},
 		{
+			name: "a key set both by a merge and directly points at the direct one",
+			yaml: "x-base: &base\n  stop_signal: SIGQUIT\n  command: x\nservices:\n  web:\n    <<: *base\n    stop_signal: SIGFOO\n",
+			want: `compose.yaml:7: services.web.stop_signal: unknown signal "SIGFOO"`,
+		},
+		{
 			name: "duplicate service",
 			yaml: "services:\n  web: {command: x}\n  web: {command: y}\n",
 			want: "compose.yaml:3: services.web: duplicate key (first at line 2)",
