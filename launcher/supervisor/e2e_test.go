@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -49,7 +50,40 @@ func TestMain(m *testing.M) {
 		os.Exit(0)
 	}
 	os.Setenv("GORACE", "atexit_sleep_ms=0")
-	os.Exit(m.Run())
+	dir, err := os.MkdirTemp("", "podmesh-e2e-bin")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	code := 1
+	if err := buildSmall(dir); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+	} else {
+		code = m.Run()
+	}
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// smallInit and smallStandin are podmesh-init and the stand-ins built as programs of their
+// own (without -race): each pod runs four of them, and the test binary, race-enabled and with
+// every package of the tests linked in, starts several times slower. The launcher itself is
+// this test binary, so the supervisor's code runs under the race detector.
+var smallInit, smallStandin string
+
+func buildSmall(dir string) error {
+	smallInit = filepath.Join(dir, "podmesh-init")
+	smallStandin = filepath.Join(dir, "standin")
+	for pkg, out := range map[string]string{
+		"github.com/podmesh/podmesh/launcher/initproc/podmesh-init":    smallInit,
+		"github.com/podmesh/podmesh/launcher/internal/standin/standin": smallStandin,
+	} {
+		cmd := exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), "build", "-o", out, pkg)
+		if b, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("build %s: %v\n%s", pkg, err, b)
+		}
+	}
+	return nil
 }
 
 // fakeRegistry is the agent API a launcher registers pods with, recording what it is told.
@@ -140,15 +174,15 @@ func newEnv(t testing.TB) *env {
 	if e.bin, err = standin.Link(dir, "launcher"); err != nil {
 		t.Fatal(err)
 	}
-	if e.sidecar, err = standin.Link(dir, standin.SidecarName); err != nil {
-		t.Fatal(err)
+	e.sidecar, e.app = filepath.Join(dir, standin.SidecarName), filepath.Join(dir, standin.AppName)
+	for _, l := range []string{e.sidecar, e.app} {
+		if err := os.Symlink(smallStandin, l); err != nil {
+			t.Fatal(err)
+		}
 	}
 	// The real sidecar replaces the stand-in when given.
 	if real := os.Getenv("PODMESH_SIDECAR_BIN"); real != "" {
 		e.sidecar = real
-	}
-	if e.app, err = standin.Link(dir, standin.AppName); err != nil {
-		t.Fatal(err)
 	}
 	projectSeq++
 	e.project = fmt.Sprintf("t%d%c", os.Getpid()%100000, 'a'+rune(projectSeq))
@@ -157,7 +191,7 @@ func newEnv(t testing.TB) *env {
 }
 
 func (e *env) args(args ...string) []string {
-	return append([]string{"-state-dir", e.stateDir, "-log-dir", e.logDir, "-sidecar-bin", e.sidecar, "-registry", e.reg.srv.URL}, args...)
+	return append([]string{"-state-dir", e.stateDir, "-log-dir", e.logDir, "-init-bin", smallInit, "-sidecar-bin", e.sidecar, "-registry", e.reg.srv.URL}, args...)
 }
 
 func (e *env) cfg() supervisor.Config {
@@ -704,7 +738,7 @@ func TestOwnRegistry(t *testing.T) {
 	// The node name carries the project, so the leftover listing sees the agent process.
 	args := fmt.Sprintf("agent -dev -bind 127.0.0.1 -client 127.0.0.1 -http-port {port} -dns-port -1 -grpc-port -1 "+
 		"-server-port %s -serf-lan-port %s -serf-wan-port %s -node podmesh-%s -log-level warn", ports[0], ports[1], ports[2], e.project)
-	cmd := exec.Command(e.bin, "-state-dir", e.stateDir, "-log-dir", e.logDir, "-sidecar-bin", e.sidecar,
+	cmd := exec.Command(e.bin, "-state-dir", e.stateDir, "-log-dir", e.logDir, "-init-bin", smallInit, "-sidecar-bin", e.sidecar,
 		"-registry-bin", consul, "-registry-args", args, "up", "-f", file)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
