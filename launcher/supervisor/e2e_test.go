@@ -93,10 +93,12 @@ type fakeRegistry struct {
 	reg map[string]map[string]any // live registrations by ID
 	ttl map[string]string         // check ID → last status
 	log []string
+
+	deregistered map[string]time.Time
 }
 
 func newFakeRegistry(t testing.TB) *fakeRegistry {
-	f := &fakeRegistry{reg: map[string]map[string]any{}, ttl: map[string]string{}}
+	f := &fakeRegistry{reg: map[string]map[string]any{}, ttl: map[string]string{}, deregistered: map[string]time.Time{}}
 	mux := http.NewServeMux()
 	mux.HandleFunc("PUT /v1/agent/service/register", func(w http.ResponseWriter, r *http.Request) {
 		var body map[string]any
@@ -115,6 +117,7 @@ func newFakeRegistry(t testing.TB) *fakeRegistry {
 		defer f.mu.Unlock()
 		delete(f.reg, r.PathValue("id"))
 		f.log = append(f.log, "deregister "+r.PathValue("id"))
+		f.deregistered[r.PathValue("id")] = time.Now()
 	})
 	mux.HandleFunc("PUT /v1/agent/check/update/{id}", func(w http.ResponseWriter, r *http.Request) {
 		var body struct{ Status string }
@@ -419,6 +422,38 @@ func TestUpIsolationLimitsDown(t *testing.T) {
 	if strings.Join(before, "\n") != strings.Join(after, "\n") {
 		t.Errorf("left behind after down:\n%s", strings.Join(after, "\n"))
 	}
+	// The stop ran in order: deregistered, sidecar drained, app stopped, sidecar exited.
+	e.reg.mu.Lock()
+	dereg := e.reg.deregistered["web-1"]
+	e.reg.mu.Unlock()
+	drain := logTime(t, filepath.Join(e.logDir, e.project, "web-1", "sidecar.log"), "drain requested")
+	appStop := logTime(t, filepath.Join(e.logDir, e.project, "web-1", "app.log"), "stopping on signal")
+	exit := logTime(t, filepath.Join(e.logDir, e.project, "web-1", "sidecar.log"), "stand-in sidecar: exiting")
+	if dereg.IsZero() || !dereg.Before(drain) || !drain.Before(appStop) || !appStop.Before(exit) {
+		t.Errorf("stop order: deregistered %v, drain %v, app stop %v, sidecar exit %v; want that order",
+			dereg.Format(time.StampMicro), drain.Format(time.StampMicro), appStop.Format(time.StampMicro), exit.Format(time.StampMicro))
+	}
+}
+
+// logTime returns the timestamp of the first line of a pod log containing s.
+func logTime(t *testing.T, path, s string) time.Time {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.Contains(line, s) {
+			ts, _, _ := strings.Cut(line, " ")
+			tm, err := time.Parse("2006-01-02T15:04:05.000000Z", ts)
+			if err != nil {
+				t.Fatalf("timestamp of %q: %v", line, err)
+			}
+			return tm
+		}
+	}
+	t.Fatalf("%s has no line with %q:\n%s", path, s, b)
+	return time.Time{}
 }
 
 func waitExit(t testing.TB, cmd *exec.Cmd) {

@@ -144,6 +144,7 @@ func sidecar(args []string) int {
 		fmt.Fprintln(w, "ready")
 	})
 	mux.HandleFunc("POST /drain", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Println("stand-in sidecar: drain requested")
 		drain()
 		fmt.Fprintln(w, "drained")
 	})
@@ -311,6 +312,7 @@ func app(ctx context.Context, args []string) int {
 		}
 	}
 	<-ctx.Done()
+	fmt.Println("stand-in app: stopping on signal")
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
 	if err := srv.Shutdown(sctx); err != nil && !errors.Is(err, context.Canceled) {
