@@ -13,7 +13,6 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -78,7 +77,7 @@ func buildSmall(dir string) error {
 		"github.com/podmesh/podmesh/launcher/initproc/podmesh-init":    smallInit,
 		"github.com/podmesh/podmesh/launcher/internal/standin/standin": smallStandin,
 	} {
-		cmd := exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), "build", "-o", out, pkg)
+		cmd := exec.Command("go", "build", "-o", out, pkg)
 		if b, err := cmd.CombinedOutput(); err != nil {
 			return fmt.Errorf("build %s: %v\n%s", pkg, err, b)
 		}
