@@ -24,6 +24,7 @@ import (
 	"github.com/podmesh/podmesh/launcher/initproc"
 	"github.com/podmesh/podmesh/launcher/internal/podtest"
 	"github.com/podmesh/podmesh/launcher/internal/standin"
+	"github.com/podmesh/podmesh/launcher/netns"
 	"github.com/podmesh/podmesh/launcher/pod"
 	"github.com/podmesh/podmesh/launcher/supervisor"
 )
@@ -625,6 +626,12 @@ func BenchmarkUp(b *testing.B) {
 			for i := 0; i < n; i++ {
 				addrs = append(addrs, fmt.Sprintf("http://%s:%d/", a, pod.InboundPort))
 				a = a.Next()
+			}
+			// The bridge exists before the first request, so requests to a pod address
+			// that is not up yet stay on this host (no route would send them out of eth0).
+			network := netns.Network{Bridge: e.bridge, Subnet: e.subnet}
+			if _, err := netns.EnsureBridge(network); err != nil {
+				b.Fatal(err)
 			}
 			client := &http.Client{Timeout: time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
 			var total time.Duration
