@@ -42,7 +42,10 @@ func (r *ConsulRegistry) Register(ctx context.Context, reg Registration) error {
 			Name:    "podmesh launcher health of " + reg.ID,
 			TTL:     reg.TTL.String(),
 			Status:  api.HealthPassing,
-			Notes:   "kept passing by the launcher from the app's healthcheck",
+			// A safety net for a launcher that dies without deregistering: the registry
+			// drops the instance a minute after its TTL lapsed.
+			DeregisterCriticalServiceAfter: "1m",
+			Notes:                          "kept passing by the launcher from the app's healthcheck",
 		},
 	}, api.ServiceRegisterOpts{ReplaceExistingChecks: true}.WithContext(ctx))
 	if err != nil {

@@ -492,8 +492,14 @@ func TestKilledLauncherThenDown(t *testing.T) {
 	if len(left) <= len(before) {
 		t.Fatalf("a killed launcher left nothing to clean up; the test proves nothing: %v", left)
 	}
+	if e.reg.registered("web-1") == nil {
+		t.Fatalf("web-1 not registered before the kill: %v", e.reg.log)
+	}
 	if out, err := e.run("down", "-p", e.project); err != nil {
 		t.Fatalf("down after kill: %v\n%s", err, out)
+	}
+	if e.reg.registered("web-1") != nil || e.reg.registered("web-2") != nil {
+		t.Errorf("a killed launcher's instances are still registered after down: %v", e.reg.log)
 	}
 	after := podtest.Leftovers(t, e.project, e.bridge)
 	if strings.Join(before, "\n") != strings.Join(after, "\n") {

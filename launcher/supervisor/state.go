@@ -24,7 +24,11 @@ type State struct {
 	Cgroup  string            `json:"cgroup"` // directory under the launcher's cgroup holding the pods
 	// Registry is the registry process the launcher started, if any.
 	Registry *RegistryProc `json:"registry,omitempty"`
-	Pods     []netns.Pod   `json:"pods"`
+	// RegistryURL is where the pods were registered, and Instances their IDs, so cleanup
+	// after a crash deregisters them from a registry that outlives the launcher.
+	RegistryURL string      `json:"registry_url,omitempty"`
+	Instances   []string    `json:"instances,omitempty"`
+	Pods        []netns.Pod `json:"pods"`
 }
 
 // RegistryProc identifies a registry the launcher started.

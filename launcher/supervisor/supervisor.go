@@ -231,6 +231,9 @@ func (s *Supervisor) start(ctx context.Context) error {
 		regURL = "http://" + s.registry.addr
 	}
 	if regURL != "" {
+		if err := s.state.update(func(st *State) { st.RegistryURL = regURL }); err != nil {
+			return err
+		}
 		target, err := hostPort(regURL)
 		if err != nil {
 			return err
@@ -262,6 +265,7 @@ func (s *Supervisor) startServices(ctx context.Context) error {
 	st := s.state.get()
 	used := map[netip.Addr]bool{}
 	var planned []netns.Pod
+	var instances []string
 	s.mu.Lock()
 	for i := range s.project.Services {
 		svc := &s.project.Services[i]
@@ -280,6 +284,9 @@ func (s *Supervisor) startServices(ctx context.Context) error {
 			}
 			planned = append(planned, np)
 			name := fmt.Sprintf("%s-%d", svc.Name, r)
+			if svc.Mesh.Port > 0 {
+				instances = append(instances, name)
+			}
 			sv.pods = append(sv.pods, pod.New(pod.Config{
 				Project:     s.project.Name,
 				Service:     svc,
@@ -303,7 +310,7 @@ func (s *Supervisor) startServices(ctx context.Context) error {
 	}
 	services := s.services
 	s.mu.Unlock()
-	if err := s.state.update(func(st *State) { st.Pods = planned }); err != nil {
+	if err := s.state.update(func(st *State) { st.Pods, st.Instances = planned, instances }); err != nil {
 		return err
 	}
 	for _, sv := range services {
@@ -450,6 +457,17 @@ func cleanup(ctx context.Context, cfg Config, st State) error {
 		}
 		if err != nil {
 			errs = append(errs, fmt.Errorf("supervisor: clean up cgroups %s: %w", st.Cgroup, err))
+		}
+	}
+	// Instances registered with a registry that outlives the launcher would otherwise stay
+	// listed (critical once their TTL runs out). Best effort: the registry may be gone.
+	if st.RegistryURL != "" && st.Registry == nil && len(st.Instances) > 0 {
+		if reg, err := pod.NewConsulRegistry(st.RegistryURL); err == nil {
+			for _, id := range st.Instances {
+				dctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+				_ = reg.Deregister(dctx, id)
+				cancel()
+			}
 		}
 	}
 	if st.Registry != nil {
