@@ -484,6 +484,12 @@ func TestKilledLauncherThenDown(t *testing.T) {
 	launcher := e.start(file)
 	e.waitFor("web-2", 60*time.Second, healthy)
 	e.waitFor("worker-1", 60*time.Second, healthy)
+	testutil.Eventually(t, 30*time.Second, 20*time.Millisecond, func() error {
+		if e.reg.registered("web-1") == nil || e.reg.registered("web-2") == nil {
+			return fmt.Errorf("not registered yet: %v", e.reg.log)
+		}
+		return nil
+	})
 	if err := launcher.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
@@ -491,9 +497,6 @@ func TestKilledLauncherThenDown(t *testing.T) {
 	left := podtest.Leftovers(t, e.project, e.bridge)
 	if len(left) <= len(before) {
 		t.Fatalf("a killed launcher left nothing to clean up; the test proves nothing: %v", left)
-	}
-	if e.reg.registered("web-1") == nil {
-		t.Fatalf("web-1 not registered before the kill: %v", e.reg.log)
 	}
 	if out, err := e.run("down", "-p", e.project); err != nil {
 		t.Fatalf("down after kill: %v\n%s", err, out)
