@@ -147,6 +147,13 @@ func newFakeRegistry(t testing.TB) *fakeRegistry {
 	return f
 }
 
+// events is what the registry was told, in order.
+func (f *fakeRegistry) events() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]string(nil), f.log...)
+}
+
 func (f *fakeRegistry) registered(id string) map[string]any {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -393,7 +400,7 @@ func TestUpIsolationLimitsDown(t *testing.T) {
 	// Registration: pod address, sidecar inbound port, compose tags and meta plus ours.
 	reg := e.reg.registered("web-1")
 	if reg == nil {
-		t.Fatalf("web-1 not registered; registry log %v", e.reg.log)
+		t.Fatalf("web-1 not registered; registry log %v", e.reg.events())
 	}
 	meta, _ := reg["Meta"].(map[string]any)
 	if reg["Name"] != "web" || reg["Address"] != r.Addr.String() || reg["Port"] != float64(pod.InboundPort) ||
@@ -416,7 +423,7 @@ func TestUpIsolationLimitsDown(t *testing.T) {
 	}
 	waitExit(t, launcher)
 	if e.reg.registered("web-1") != nil || e.reg.registered("web-2") != nil {
-		t.Errorf("still registered after down: %v", e.reg.log)
+		t.Errorf("still registered after down: %v", e.reg.events())
 	}
 	after := podtest.Leftovers(t, e.project, e.bridge)
 	if strings.Join(before, "\n") != strings.Join(after, "\n") {
@@ -486,7 +493,7 @@ func TestKilledLauncherThenDown(t *testing.T) {
 	e.waitFor("worker-1", 60*time.Second, healthy)
 	testutil.Eventually(t, 30*time.Second, 20*time.Millisecond, func() error {
 		if e.reg.registered("web-1") == nil || e.reg.registered("web-2") == nil {
-			return fmt.Errorf("not registered yet: %v", e.reg.log)
+			return fmt.Errorf("not registered yet: %v", e.reg.events())
 		}
 		return nil
 	})
@@ -502,7 +509,7 @@ func TestKilledLauncherThenDown(t *testing.T) {
 		t.Fatalf("down after kill: %v\n%s", err, out)
 	}
 	if e.reg.registered("web-1") != nil || e.reg.registered("web-2") != nil {
-		t.Errorf("a killed launcher's instances are still registered after down: %v", e.reg.log)
+		t.Errorf("a killed launcher's instances are still registered after down: %v", e.reg.events())
 	}
 	after := podtest.Leftovers(t, e.project, e.bridge)
 	if strings.Join(before, "\n") != strings.Join(after, "\n") {
