@@ -270,6 +270,7 @@ func TestPlacementBeforeExec(t *testing.T) {
 // child's process group.
 func TestReapAndSignals(t *testing.T) {
 	testutil.RequirePrivileged(t)
+	testutil.CheckGoroutines(t)
 	in := startInit(t, initproc.Config{Setup: initproc.Setup{Hostname: "t"}})
 	// The shell starts 20 background sleeps and exits: they become init's children.
 	if out, exit := run(t, in, sh("orphans", "for i in $(seq 20); do sleep 0.2 & done; exit 0")); !exit.OK() {

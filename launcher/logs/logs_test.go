@@ -98,6 +98,7 @@ func TestDefaults(t *testing.T) {
 
 // TestCapture: two writers on two streams; every line arrives whole and tagged.
 func TestCapture(t *testing.T) {
+	testutil.CheckGoroutines(t)
 	path := filepath.Join(t.TempDir(), "app.log")
 	l, err := Open(path, Policy{})
 	if err != nil {
@@ -140,6 +141,7 @@ func TestCapture(t *testing.T) {
 }
 
 func TestFollowAcrossRotation(t *testing.T) {
+	testutil.CheckGoroutines(t)
 	path := filepath.Join(t.TempDir(), "app.log")
 	l, err := Open(path, Policy{MaxSize: 200, MaxFiles: 2})
 	if err != nil {
