@@ -518,10 +518,11 @@ func TestKilledLauncherThenDown(t *testing.T) {
 }
 
 // TestRestarts covers acceptance 2: a killed app and an exiting app are restarted with
-// backoff at the same address, and an app over its memory limit is OOM-killed, reported as
-// such, and restarted.
+// backoff at the same address, an app whose healthcheck fails is restarted, and an app over
+// its memory limit is OOM-killed, reported as such, and restarted.
 func TestRestarts(t *testing.T) {
 	e := newEnv(t)
+	testutil.Tool(t, "curl") // sick's healthcheck
 	file := e.compose(`  web:
     command: [APP, -listen, "127.0.0.1:8080"]
     deploy: {restart_policy: {condition: any, delay: 50ms}}
@@ -529,6 +530,10 @@ func TestRestarts(t *testing.T) {
   flaky:
     command: [APP, -listen, "127.0.0.1:8080", -exit-after, 300ms]
     deploy: {restart_policy: {condition: on-failure, delay: 50ms, window: 1m}}
+  sick:
+    command: [APP, -listen, "127.0.0.1:8080", -fail-after, 1s]
+    healthcheck: {test: [CMD, curl, -sf, -o, /dev/null, "http://127.0.0.1:8080/"], interval: 300ms, timeout: 2s, retries: 2}
+    deploy: {restart_policy: {condition: on-failure, delay: 50ms}}
   hog:
     command: [APP, -alloc-mib, "1024"]
     deploy:
@@ -562,6 +567,12 @@ func TestRestarts(t *testing.T) {
 	}
 	if len(waits) < 3 || waits[0] != 50*time.Millisecond || waits[1] != 100*time.Millisecond || waits[2] != 200*time.Millisecond {
 		t.Errorf("restart waits %v; want 50ms, 100ms, 200ms, …\n%s", waits, out)
+	}
+
+	// sick turns unhealthy after a second: two failed checks restart it.
+	sick := e.waitFor("sick-1", 60*time.Second, func(r supervisor.Row) bool { return r.Restarts >= 1 })
+	if !strings.Contains(sick.LastExit, "unhealthy") {
+		t.Errorf("sick last exit %q; want unhealthy", sick.LastExit)
 	}
 
 	// hog allocates 1 GiB under a 200 MiB limit (room for init and the shim, which are

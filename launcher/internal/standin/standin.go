@@ -259,6 +259,7 @@ func app(ctx context.Context, args []string) int {
 	exitAfter := fs.Duration("exit-after", 0, "exit with status 3 after this long")
 	ignoreTerm := fs.Bool("ignore-term", false, "ignore SIGTERM")
 	upstream := fs.String("upstream", "", "URL whose answer GET / passes on (through the sidecar)")
+	failAfter := fs.Duration("fail-after", 0, "answer 500 once it has run this long (a failing healthcheck)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -281,7 +282,12 @@ func app(ctx context.Context, args []string) int {
 	}
 	host, _ := os.Hostname()
 	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	began := time.Now()
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if *failAfter > 0 && time.Since(began) > *failAfter {
+			http.Error(w, "sick", http.StatusInternalServerError)
+			return
+		}
 		if *upstream == "" {
 			fmt.Fprintf(w, "hello from %s\n", host)
 			return
