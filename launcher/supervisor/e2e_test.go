@@ -733,6 +733,13 @@ func TestTrafficDuringRestart(t *testing.T) {
 	e.start(file)
 	front := e.waitFor("frontend-1", 60*time.Second, healthy)
 	victim := e.waitFor("catalog-1", 60*time.Second, healthy)
+	// depends_on service_healthy: frontend started only once both catalog replicas were healthy.
+	frontStart := logTime(t, filepath.Join(e.logDir, e.project, "frontend-1", "app.log"), "started pid")
+	for _, c := range []string{"catalog-1", "catalog-2"} {
+		if h := logTime(t, filepath.Join(e.logDir, e.project, c, "app.log"), "podmesh healthy"); !h.Before(frontStart) {
+			t.Errorf("frontend started at %v, before %s was healthy at %v", frontStart, c, h)
+		}
+	}
 	url := fmt.Sprintf("http://%s:%d/", front.Addr, pod.InboundPort)
 	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
 	get := func() (string, error) {
