@@ -1,0 +1,951 @@
+package supervisor_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/podmesh/podmesh/internal/testutil"
+	"github.com/podmesh/podmesh/launcher/cgroups"
+	"github.com/podmesh/podmesh/launcher/initproc"
+	"github.com/podmesh/podmesh/launcher/internal/podtest"
+	"github.com/podmesh/podmesh/launcher/internal/standin"
+	"github.com/podmesh/podmesh/launcher/netns"
+	"github.com/podmesh/podmesh/launcher/pod"
+	"github.com/podmesh/podmesh/launcher/supervisor"
+)
+
+// TestMain lets this test binary be, depending on argv[0], the launcher itself (so tests can
+// run it as a separate process and SIGKILL it), a pod's init and exec shim, the stand-in
+// sidecar, or the stand-in app.
+func TestMain(m *testing.M) {
+	if ok, code := initproc.Main(); ok {
+		os.Exit(code)
+	}
+	if ok, code := standin.Main(context.Background()); ok {
+		os.Exit(code)
+	}
+	if filepath.Base(os.Args[0]) == "launcher" {
+		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+		err := supervisor.CLI(ctx, os.Args[1:], os.Stdout)
+		stop()
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "launcher:", err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	os.Setenv("GORACE", "atexit_sleep_ms=0")
+	dir, err := os.MkdirTemp("", "podmesh-e2e-bin")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	code := 1
+	if err := buildSmall(dir); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+	} else {
+		code = m.Run()
+	}
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// smallInit and smallStandin are podmesh-init and the stand-ins built as programs of their
+// own (without -race): each pod runs four of them, and the test binary, race-enabled and with
+// every package of the tests linked in, starts several times slower. The launcher itself is
+// this test binary, so the supervisor's code runs under the race detector.
+var smallInit, smallStandin string
+
+func buildSmall(dir string) error {
+	smallInit = filepath.Join(dir, "podmesh-init")
+	smallStandin = filepath.Join(dir, "standin")
+	for pkg, out := range map[string]string{
+		"github.com/podmesh/podmesh/launcher/initproc/podmesh-init":    smallInit,
+		"github.com/podmesh/podmesh/launcher/internal/standin/standin": smallStandin,
+	} {
+		cmd := exec.Command("go", "build", "-o", out, pkg)
+		if b, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("build %s: %v\n%s", pkg, err, b)
+		}
+	}
+	return nil
+}
+
+// fakeRegistry is the agent API a launcher registers pods with, recording what it is told.
+type fakeRegistry struct {
+	srv *httptest.Server
+	mu  sync.Mutex
+	reg map[string]map[string]any // live registrations by ID
+	ttl map[string]string         // check ID → last status
+	log []string
+
+	deregistered map[string]time.Time
+}
+
+func newFakeRegistry(t testing.TB) *fakeRegistry {
+	f := &fakeRegistry{reg: map[string]map[string]any{}, ttl: map[string]string{}, deregistered: map[string]time.Time{}}
+	mux := http.NewServeMux()
+	mux.HandleFunc("PUT /v1/agent/service/register", func(w http.ResponseWriter, r *http.Request) {
+		var body map[string]any
+		if err := json.NewDecoder(r.Body).Decode(&body); err != nil {
+			http.Error(w, err.Error(), 400)
+			return
+		}
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		id, _ := body["ID"].(string)
+		f.reg[id] = body
+		f.log = append(f.log, "register "+id)
+	})
+	mux.HandleFunc("PUT /v1/agent/service/deregister/{id}", func(w http.ResponseWriter, r *http.Request) {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		delete(f.reg, r.PathValue("id"))
+		f.log = append(f.log, "deregister "+r.PathValue("id"))
+		f.deregistered[r.PathValue("id")] = time.Now()
+	})
+	mux.HandleFunc("PUT /v1/agent/check/update/{id}", func(w http.ResponseWriter, r *http.Request) {
+		var body struct{ Status string }
+		_ = json.NewDecoder(r.Body).Decode(&body)
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		f.ttl[r.PathValue("id")] = body.Status
+	})
+	mux.HandleFunc("GET /v1/health/service/{name}", func(w http.ResponseWriter, r *http.Request) {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		out := []map[string]any{}
+		for id, reg := range f.reg {
+			if reg["Name"] != r.PathValue("name") {
+				continue
+			}
+			if st, ok := f.ttl["podmesh:"+id]; ok && st != "passing" {
+				continue
+			}
+			out = append(out, map[string]any{"Service": map[string]any{"ID": id, "Address": reg["Address"], "Port": reg["Port"]}})
+		}
+		_ = json.NewEncoder(w).Encode(out)
+	})
+	mux.HandleFunc("GET /v1/status/leader", func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, `"127.0.0.1:8300"`) })
+	f.srv = httptest.NewServer(mux)
+	t.Cleanup(f.srv.Close)
+	return f
+}
+
+// events is what the registry was told, in order.
+func (f *fakeRegistry) events() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]string(nil), f.log...)
+}
+
+func (f *fakeRegistry) registered(id string) map[string]any {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.reg[id]
+}
+
+type env struct {
+	t        testing.TB
+	dir      string
+	bin      string // this test binary as "launcher"
+	sidecar  string
+	app      string
+	stateDir string
+	logDir   string
+	reg      *fakeRegistry
+	project  string
+	bridge   string
+	subnet   netip.Prefix
+}
+
+var projectSeq int
+
+func newEnv(t testing.TB) *env {
+	testutil.RequirePrivileged(t)
+	dir := t.TempDir()
+	e := &env{t: t, dir: dir, stateDir: filepath.Join(dir, "state"), logDir: filepath.Join(dir, "logs"), reg: newFakeRegistry(t)}
+	var err error
+	if e.bin, err = standin.Link(dir, "launcher"); err != nil {
+		t.Fatal(err)
+	}
+	e.sidecar, e.app = filepath.Join(dir, standin.SidecarName), filepath.Join(dir, standin.AppName)
+	for _, l := range []string{e.sidecar, e.app} {
+		if err := os.Symlink(smallStandin, l); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The real sidecar replaces the stand-in when given.
+	if real := os.Getenv("PODMESH_SIDECAR_BIN"); real != "" {
+		e.sidecar = real
+	}
+	projectSeq++
+	e.project = fmt.Sprintf("t%d%c", os.Getpid()%100000, 'a'+rune(projectSeq))
+	e.bridge, e.subnet = podtest.Network(t)
+	return e
+}
+
+func (e *env) args(args ...string) []string {
+	return append([]string{"-state-dir", e.stateDir, "-log-dir", e.logDir, "-init-bin", smallInit, "-sidecar-bin", e.sidecar, "-registry", e.reg.srv.URL}, args...)
+}
+
+func (e *env) cfg() supervisor.Config {
+	return supervisor.Config{StateDir: e.stateDir, LogDir: e.logDir}
+}
+
+// compose writes a compose file for the test's project with the test's own bridge and subnet.
+func (e *env) compose(services string) string {
+	e.t.Helper()
+	body := fmt.Sprintf("name: %s\nx-podmesh:\n  subnet: %s\n  bridge: %s\nservices:\n%s", e.project, e.subnet, e.bridge, services)
+	body = strings.ReplaceAll(body, "APP", e.app)
+	p := filepath.Join(e.dir, "compose.yaml")
+	if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
+		e.t.Fatal(err)
+	}
+	return p
+}
+
+// start runs `launcher up -f file` as a separate process and returns it.
+func (e *env) start(file string) *exec.Cmd {
+	e.t.Helper()
+	cmd := exec.Command(e.bin, e.args("up", "-f", file)...)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			_ = cmd.Process.Signal(syscall.SIGTERM)
+			_ = cmd.Wait()
+		}
+		_ = exec.Command(e.bin, e.args("down", "-p", e.project)...).Run()
+		if e.t.Failed() {
+			e.t.Logf("launcher output:\n%s", out.String())
+		}
+	})
+	return cmd
+}
+
+// run runs a launcher command to completion.
+func (e *env) run(args ...string) (string, error) {
+	cmd := exec.Command(e.bin, e.args(args...)...)
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+func (e *env) ps() []supervisor.Row {
+	ctx := testutil.Context(e.t, 10*time.Second)
+	rows, err := supervisor.PS(ctx, e.cfg(), e.project)
+	if err != nil {
+		return nil
+	}
+	return rows
+}
+
+// waitFor polls ps until cond holds for the named pod.
+func (e *env) waitFor(name string, timeout time.Duration, cond func(supervisor.Row) bool) supervisor.Row {
+	e.t.Helper()
+	var last supervisor.Row
+	testutil.Eventually(e.t, timeout, 20*time.Millisecond, func() error {
+		for _, r := range e.ps() {
+			if r.Name == name {
+				last = r
+				if cond(r) {
+					return nil
+				}
+				return fmt.Errorf("pod %s: %+v", name, r)
+			}
+		}
+		return fmt.Errorf("pod %s not listed", name)
+	})
+	return last
+}
+
+func healthy(r supervisor.Row) bool { return r.State == "running" && r.Health == pod.HealthHealthy }
+
+func nsOf(t *testing.T, pid int, kind string) string {
+	t.Helper()
+	s, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/%s", pid, kind))
+	if err != nil {
+		t.Fatalf("namespace %s of %d: %v", kind, pid, err)
+	}
+	return s
+}
+
+func readFile(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(string(b))
+}
+
+// TestUpIsolationLimitsDown covers acceptance 1 and the first half of 3: a running
+// replica's namespaces, the sidecar sharing the app's network, the cgroup limits from the
+// file, traffic through the sidecar, registration, and `launcher down` leaving nothing.
+func TestUpIsolationLimitsDown(t *testing.T) {
+	e := newEnv(t)
+	before := podtest.Leftovers(t, e.project, e.bridge)
+	file := e.compose(`  web:
+    command: [APP, -listen, "0.0.0.0:8080"]
+    deploy:
+      replicas: 2
+      resources:
+        limits: {cpus: '0.5', memory: 512M, pids: 100}
+    x-podmesh: {port: 8080, tags: [v1], meta: {team: shop}}
+`)
+	launcher := e.start(file)
+	var rows [2]supervisor.Row
+	for i := range rows {
+		rows[i] = e.waitFor(fmt.Sprintf("web-%d", i+1), 60*time.Second, healthy)
+	}
+	r := rows[0]
+
+	// 1. Namespaces of the app differ from the test's (and the launcher's, which shares them).
+	for _, kind := range []string{"pid", "mnt", "uts", "ipc", "net"} {
+		if a, b := nsOf(t, r.Pid, kind), nsOf(t, os.Getpid(), kind); a == b {
+			t.Errorf("app shares the %s namespace %s with the launcher's side", kind, a)
+		}
+		if a, b := nsOf(t, r.Pid, kind), nsOf(t, launcher.Process.Pid, kind); a == b {
+			t.Errorf("app shares the %s namespace %s with the launcher", kind, a)
+		}
+	}
+	if nsOf(t, rows[0].Pid, "net") == nsOf(t, rows[1].Pid, "net") {
+		t.Error("two replicas share a network namespace")
+	}
+	// The sidecar, found through its cgroup, shares the app's network namespace.
+	m, err := cgroups.New(cgroups.Config{Name: supervisor.CgroupName(e.project)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	cg, err := m.Open("podmesh-" + e.project + "-web-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sidecars, err := cg.MemberPids(cgroups.Sidecar)
+	if err != nil || len(sidecars) != 1 {
+		t.Fatalf("sidecar cgroup holds %v, %v; want one process", sidecars, err)
+	}
+	if a, s := nsOf(t, r.Pid, "net"), nsOf(t, sidecars[0], "net"); a != s {
+		t.Errorf("sidecar network namespace %s differs from the app's %s", s, a)
+	}
+	apps, _ := cg.MemberPids(cgroups.App)
+	if len(apps) != 1 || apps[0] != r.Pid {
+		t.Errorf("app cgroup holds %v; want the app %d", apps, r.Pid)
+	}
+	// The cgroup files hold the file's limits (v1 paths on this host; v2 names otherwise).
+	if m.Mode() == cgroups.Unified {
+		dir := cg.Path("memory")
+		if got := readFile(t, filepath.Join(dir, "memory.max")); got != "536870912" {
+			t.Errorf("memory.max = %s", got)
+		}
+		if got := readFile(t, filepath.Join(dir, "cpu.max")); got != "50000 100000" {
+			t.Errorf("cpu.max = %s", got)
+		}
+		if got := readFile(t, filepath.Join(dir, "pids.max")); got != "100" {
+			t.Errorf("pids.max = %s", got)
+		}
+	} else {
+		if got := readFile(t, filepath.Join(cg.Path("memory"), "memory.limit_in_bytes")); got != "536870912" {
+			t.Errorf("memory.limit_in_bytes = %s; want 512M", got)
+		}
+		if got := readFile(t, filepath.Join(cg.Path("cpu"), "cpu.cfs_quota_us")); got != "50000" {
+			t.Errorf("cpu.cfs_quota_us = %s; want 50000 (0.5 CPU)", got)
+		}
+		if got := readFile(t, filepath.Join(cg.Path("cpu"), "cpu.cfs_period_us")); got != "100000" {
+			t.Errorf("cpu.cfs_period_us = %s", got)
+		}
+		if got := readFile(t, filepath.Join(cg.Path("pids"), "pids.max")); got != "100" {
+			t.Errorf("pids.max = %s; want 100", got)
+		}
+	}
+
+	// Traffic from the host to the registered address reaches the app through the sidecar.
+	for i, row := range rows {
+		url := fmt.Sprintf("http://%s:%d/", row.Addr, pod.InboundPort)
+		resp, err := http.Get(url)
+		if err != nil {
+			t.Fatalf("GET %s: %v", url, err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if want := fmt.Sprintf("hello from web-%d\n", i+1); string(b) != want {
+			t.Errorf("GET %s = %q; want %q", url, b, want)
+		}
+	}
+	// The app listens on 0.0.0.0:8080, yet from outside the pod only the sidecar answers.
+	short := &http.Client{Timeout: 500 * time.Millisecond}
+	if resp, err := short.Get(fmt.Sprintf("http://%s:8080/", r.Addr)); err == nil {
+		resp.Body.Close()
+		t.Errorf("the app's port answered on the pod address")
+	}
+	// Registration: pod address, sidecar inbound port, compose tags and meta plus ours.
+	reg := e.reg.registered("web-1")
+	if reg == nil {
+		t.Fatalf("web-1 not registered; registry log %v", e.reg.events())
+	}
+	meta, _ := reg["Meta"].(map[string]any)
+	if reg["Name"] != "web" || reg["Address"] != r.Addr.String() || reg["Port"] != float64(pod.InboundPort) ||
+		meta["team"] != "shop" || meta["protocol"] != "http" || meta["pod"] != "web-1" || meta["metrics_port"] != "15090" {
+		t.Errorf("registration %v", reg)
+	}
+
+	// ps as a user sees it.
+	out, err := e.run("ps", "-p", e.project)
+	if err != nil || !strings.Contains(out, "SERVICE") || !strings.Contains(out, r.Addr.String()) || !strings.Contains(out, "healthy") {
+		t.Errorf("launcher ps: %v\n%s", err, out)
+	}
+	if out, err := e.run("logs", "-p", e.project, "web/1"); err != nil || !strings.Contains(out, "web-1 | ") || !strings.Contains(out, "registered web-1") {
+		t.Errorf("launcher logs web/1: %v\n%s", err, out)
+	}
+
+	// 3. down stops the running launcher in order and leaves nothing behind.
+	if out, err := e.run("down", "-p", e.project); err != nil {
+		t.Fatalf("down: %v\n%s", err, out)
+	}
+	waitExit(t, launcher)
+	if e.reg.registered("web-1") != nil || e.reg.registered("web-2") != nil {
+		t.Errorf("still registered after down: %v", e.reg.events())
+	}
+	after := podtest.Leftovers(t, e.project, e.bridge)
+	if strings.Join(before, "\n") != strings.Join(after, "\n") {
+		t.Errorf("left behind after down:\n%s", strings.Join(after, "\n"))
+	}
+	// The stop ran in order: deregistered, sidecar drained, app stopped, sidecar exited.
+	e.reg.mu.Lock()
+	dereg := e.reg.deregistered["web-1"]
+	e.reg.mu.Unlock()
+	drain := logTime(t, filepath.Join(e.logDir, e.project, "web-1", "sidecar.log"), "drain requested")
+	appStop := logTime(t, filepath.Join(e.logDir, e.project, "web-1", "app.log"), "stopping on signal")
+	exit := logTime(t, filepath.Join(e.logDir, e.project, "web-1", "sidecar.log"), "stand-in sidecar: exiting")
+	if dereg.IsZero() || !dereg.Before(drain) || !drain.Before(appStop) || !appStop.Before(exit) {
+		t.Errorf("stop order: deregistered %v, drain %v, app stop %v, sidecar exit %v; want that order",
+			dereg.Format(time.StampMicro), drain.Format(time.StampMicro), appStop.Format(time.StampMicro), exit.Format(time.StampMicro))
+	}
+}
+
+// logTime returns the timestamp of the first line of a pod log containing s.
+func logTime(t *testing.T, path, s string) time.Time {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.Contains(line, s) {
+			ts, _, _ := strings.Cut(line, " ")
+			tm, err := time.Parse("2006-01-02T15:04:05.000000Z", ts)
+			if err != nil {
+				t.Fatalf("timestamp of %q: %v", line, err)
+			}
+			return tm
+		}
+	}
+	t.Fatalf("%s has no line with %q:\n%s", path, s, b)
+	return time.Time{}
+}
+
+func waitExit(t testing.TB, cmd *exec.Cmd) {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	timer := time.NewTimer(60 * time.Second)
+	defer timer.Stop()
+	select {
+	case <-done:
+	case <-timer.C:
+		t.Fatal("launcher did not exit")
+	}
+}
+
+// TestKilledLauncherThenDown: a SIGKILLed launcher leaves pods, pins and veths behind;
+// `launcher down` removes all of it.
+func TestKilledLauncherThenDown(t *testing.T) {
+	e := newEnv(t)
+	before := podtest.Leftovers(t, e.project, e.bridge)
+	file := e.compose(`  web:
+    command: [APP, -listen, "127.0.0.1:8080"]
+    deploy: {replicas: 2}
+    x-podmesh: {port: 8080}
+  worker:
+    command: [sleep, "600"]
+`)
+	launcher := e.start(file)
+	e.waitFor("web-2", 60*time.Second, healthy)
+	e.waitFor("worker-1", 60*time.Second, healthy)
+	testutil.Eventually(t, 30*time.Second, 20*time.Millisecond, func() error {
+		if e.reg.registered("web-1") == nil || e.reg.registered("web-2") == nil {
+			return fmt.Errorf("not registered yet: %v", e.reg.events())
+		}
+		return nil
+	})
+	if err := launcher.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	waitExit(t, launcher)
+	left := podtest.Leftovers(t, e.project, e.bridge)
+	if len(left) <= len(before) {
+		t.Fatalf("a killed launcher left nothing to clean up; the test proves nothing: %v", left)
+	}
+	if out, err := e.run("down", "-p", e.project); err != nil {
+		t.Fatalf("down after kill: %v\n%s", err, out)
+	}
+	if e.reg.registered("web-1") != nil || e.reg.registered("web-2") != nil {
+		t.Errorf("a killed launcher's instances are still registered after down: %v", e.reg.events())
+	}
+	after := podtest.Leftovers(t, e.project, e.bridge)
+	if strings.Join(before, "\n") != strings.Join(after, "\n") {
+		t.Errorf("left behind after kill and down:\nbefore %v\nafter:\n%s", before, strings.Join(after, "\n"))
+	}
+}
+
+// TestRestarts covers acceptance 2: a killed app and an exiting app are restarted with
+// backoff at the same address, an app whose healthcheck fails is restarted, and an app over
+// its memory limit is OOM-killed, reported as such, and restarted.
+func TestRestarts(t *testing.T) {
+	e := newEnv(t)
+	testutil.Tool(t, "curl") // sick's healthcheck
+	file := e.compose(`  web:
+    command: [APP, -listen, "127.0.0.1:8080"]
+    deploy: {restart_policy: {condition: any, delay: 50ms}}
+    x-podmesh: {port: 8080}
+  flaky:
+    command: [APP, -listen, "127.0.0.1:8080", -exit-after, 300ms]
+    deploy: {restart_policy: {condition: on-failure, delay: 50ms, window: 1m}}
+  sick:
+    command: [APP, -listen, "127.0.0.1:8080", -fail-after, 1s]
+    healthcheck: {test: [CMD, curl, -sf, -o, /dev/null, "http://127.0.0.1:8080/"], interval: 300ms, timeout: 2s, retries: 2}
+    deploy: {restart_policy: {condition: on-failure, delay: 50ms}}
+  hog:
+    command: [APP, -alloc-mib, "1024"]
+    deploy:
+      resources: {limits: {memory: 200M}}
+      restart_policy: {condition: any, delay: 50ms}
+`)
+	e.start(file)
+	first := e.waitFor("web-1", 60*time.Second, healthy)
+	if err := syscall.Kill(first.Pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	again := e.waitFor("web-1", 60*time.Second, func(r supervisor.Row) bool { return healthy(r) && r.Restarts >= 1 && r.Pid != first.Pid })
+	if again.Addr != first.Addr {
+		t.Errorf("restarted web-1 moved from %v to %v", first.Addr, again.Addr)
+	}
+	if !strings.Contains(again.LastExit, "killed by killed") {
+		t.Errorf("web-1 last exit %q; want the SIGKILL", again.LastExit)
+	}
+
+	// flaky exits with status 3 every 300ms: restarted again and again, with growing waits.
+	e.waitFor("flaky-1", 60*time.Second, func(r supervisor.Row) bool { return r.Restarts >= 3 })
+	out, _ := e.run("logs", "-p", e.project, "flaky")
+	var waits []time.Duration
+	for _, line := range strings.Split(out, "\n") {
+		if _, after, ok := strings.Cut(line, "restarting in "); ok {
+			d, err := time.ParseDuration(strings.TrimSpace(after))
+			if err == nil {
+				waits = append(waits, d)
+			}
+		}
+	}
+	if len(waits) < 3 || waits[0] != 50*time.Millisecond || waits[1] != 100*time.Millisecond || waits[2] != 200*time.Millisecond {
+		t.Errorf("restart waits %v; want 50ms, 100ms, 200ms, …\n%s", waits, out)
+	}
+
+	// sick turns unhealthy after a second: two failed checks restart it.
+	sick := e.waitFor("sick-1", 60*time.Second, func(r supervisor.Row) bool { return r.Restarts >= 1 })
+	if !strings.Contains(sick.LastExit, "unhealthy") {
+		t.Errorf("sick last exit %q; want unhealthy", sick.LastExit)
+	}
+
+	// hog allocates 1 GiB under a 200 MiB limit (room for init and the shim, which are
+	// race-enabled test binaries here).
+	hog := e.waitFor("hog-1", 60*time.Second, func(r supervisor.Row) bool { return r.OOMKills >= 1 && r.Restarts >= 1 })
+	if !strings.Contains(hog.LastExit, "OOMKilled") {
+		t.Errorf("hog last exit %q; want OOMKilled", hog.LastExit)
+	}
+	out, _ = e.run("logs", "-p", e.project, "hog")
+	if !strings.Contains(out, "OOM-killed") {
+		t.Errorf("hog logs do not mention the OOM kill:\n%s", out)
+	}
+	ps, _ := e.run("ps", "-p", e.project)
+	if !strings.Contains(ps, "OOMKilled") {
+		t.Errorf("ps does not show the OOM kill:\n%s", ps)
+	}
+}
+
+// TestInvalidFileStartsNothing: acceptance 4's end-to-end case.
+func TestInvalidFileStartsNothing(t *testing.T) {
+	e := newEnv(t)
+	before := podtest.Leftovers(t, e.project, e.bridge)
+	file := e.compose(`  web:
+    image: nginx
+    command: [APP]
+`)
+	out, err := e.run("up", "-f", file)
+	if err == nil || !strings.Contains(out, "image") || !strings.Contains(out, "not supported") {
+		t.Fatalf("up with an image key: %v\n%s", err, out)
+	}
+	if _, err := os.Stat(filepath.Join(e.stateDir, e.project)); err == nil {
+		t.Error("state directory created for an invalid file")
+	}
+	after := podtest.Leftovers(t, e.project, e.bridge)
+	if strings.Join(before, "\n") != strings.Join(after, "\n") {
+		t.Errorf("an invalid file left %v", after)
+	}
+}
+
+// BenchmarkUp times `launcher up` to the first request served through every pod's sidecar
+// (from the host to POD_IP:15001, the sidecar, the app), for 1 and 20 replicas of a trivial
+// app. Run without -race for numbers that mean anything:
+//
+//	go test -run '^$' -bench BenchmarkUp -benchtime 3x ./launcher/supervisor
+func BenchmarkUp(b *testing.B) {
+	for _, n := range []int{1, 20} {
+		b.Run(fmt.Sprintf("replicas=%d", n), func(b *testing.B) {
+			e := newEnv(b)
+			// Real binaries, not this test binary (whose start-up, with every package of the
+			// test linked in, would dominate): the launcher, podmesh-init beside it, and the
+			// stand-ins as a small program of their own.
+			bin := filepath.Join(e.dir, "bin")
+			for pkg, name := range map[string]string{
+				"github.com/podmesh/podmesh/cmd/launcher":                      "launcher",
+				"github.com/podmesh/podmesh/launcher/initproc/podmesh-init":    "podmesh-init",
+				"github.com/podmesh/podmesh/launcher/internal/standin/standin": "standin",
+			} {
+				if out, err := exec.Command("go", "build", "-o", filepath.Join(bin, name), pkg).CombinedOutput(); err != nil {
+					b.Fatalf("build %s: %v\n%s", pkg, err, out)
+				}
+			}
+			e.bin = filepath.Join(bin, "launcher")
+			for _, l := range []*string{&e.sidecar, &e.app} {
+				if err := os.Remove(*l); err != nil {
+					b.Fatal(err)
+				}
+				if err := os.Symlink(filepath.Join(bin, "standin"), *l); err != nil {
+					b.Fatal(err)
+				}
+			}
+			file := e.compose(fmt.Sprintf(`  web:
+    command: [APP, -listen, "127.0.0.1:8080"]
+    deploy: {replicas: %d}
+    x-podmesh: {port: 8080}
+`, n))
+			var addrs, veths []string
+			a := e.subnet.Addr().Next().Next()
+			for i := 0; i < n; i++ {
+				addrs = append(addrs, fmt.Sprintf("http://%s:%d/", a, pod.InboundPort))
+				veths = append(veths, netns.HostIfName(netns.PinName(e.project, "web", i+1)))
+				a = a.Next()
+			}
+			// The bridge exists before the first request, so requests to a pod address
+			// that is not up yet stay on this host (no route would send them out of eth0).
+			network := netns.Network{Bridge: e.bridge, Subnet: e.subnet}
+			if _, err := netns.EnsureBridge(network); err != nil {
+				b.Fatal(err)
+			}
+			client := &http.Client{Timeout: time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+			var total time.Duration
+			for b.Loop() {
+				t0 := time.Now()
+				cmd := exec.Command(e.bin, e.args("up", "-f", file)...)
+				if err := cmd.Start(); err != nil {
+					b.Fatal(err)
+				}
+				var wg sync.WaitGroup
+				for i, u := range addrs {
+					wg.Add(1)
+					go func() {
+						defer wg.Done()
+						deadline := time.Now().Add(3 * time.Minute)
+						// Ask only once the pod's veth is up (its pod end is set up after
+						// the address): a request to an address nobody holds yet waits out
+						// a failed ARP resolution, about a second, which would be measured
+						// as start-up time. Clients in the mesh never see this: they learn
+						// a pod's address from the registry, after it is healthy.
+						for time.Now().Before(deadline) {
+							if b, err := os.ReadFile("/sys/class/net/" + veths[i] + "/operstate"); err == nil && strings.TrimSpace(string(b)) == "up" {
+								break
+							}
+							time.Sleep(time.Millisecond)
+						}
+						for time.Now().Before(deadline) {
+							if resp, err := client.Get(u); err == nil {
+								resp.Body.Close()
+								if resp.StatusCode == 200 {
+									return
+								}
+							}
+							time.Sleep(5 * time.Millisecond)
+						}
+						b.Errorf("%s never answered", u)
+					}()
+				}
+				wg.Wait()
+				total += time.Since(t0)
+				_ = cmd.Process.Signal(syscall.SIGTERM)
+				_ = cmd.Wait()
+			}
+			b.ReportMetric(float64(total.Milliseconds())/float64(b.N), "ms/up")
+			b.ReportMetric(float64(total.Milliseconds())/float64(b.N)/float64(n), "ms/pod")
+		})
+	}
+}
+
+// TestTrafficDuringRestart sends requests from the host to frontend (through its sidecar),
+// which calls http://catalog/ (its /etc/hosts entry, the sidecar's outbound listener, a
+// passing catalog instance from the registry reached through the launcher's relay), while a
+// catalog replica is SIGKILLed and restarted.
+//
+// With the real sidecar (PODMESH_SIDECAR_BIN) no request may fail: it retries elsewhere. The
+// stand-in does not retry a request whose instance died under it, so then the test only
+// reports failures and checks that traffic recovers and reaches both replicas again.
+func TestTrafficDuringRestart(t *testing.T) {
+	e := newEnv(t)
+	file := e.compose(`  catalog:
+    command: [APP, -listen, "127.0.0.1:8080"]
+    deploy: {replicas: 2, restart_policy: {condition: any, delay: 50ms}}
+    healthcheck: {test: [CMD, curl, -sf, -o, /dev/null, "http://127.0.0.1:8080/"], interval: 1s, timeout: 2s, retries: 3}
+    x-podmesh: {port: 8080}
+  frontend:
+    command: [APP, -listen, "127.0.0.1:8080", -upstream, "http://catalog/"]
+    depends_on: {catalog: {condition: service_healthy}}
+    x-podmesh: {port: 8080, upstreams: [catalog]}
+`)
+	testutil.Tool(t, "curl") // the catalog's healthcheck
+	e.start(file)
+	front := e.waitFor("frontend-1", 60*time.Second, healthy)
+	victim := e.waitFor("catalog-1", 60*time.Second, healthy)
+	// depends_on service_healthy: frontend started only once both catalog replicas were healthy.
+	frontStart := logTime(t, filepath.Join(e.logDir, e.project, "frontend-1", "app.log"), "started pid")
+	for _, c := range []string{"catalog-1", "catalog-2"} {
+		if h := logTime(t, filepath.Join(e.logDir, e.project, c, "app.log"), "podmesh healthy"); !h.Before(frontStart) {
+			t.Errorf("frontend started at %v, before %s was healthy at %v", frontStart, c, h)
+		}
+	}
+	url := fmt.Sprintf("http://%s:%d/", front.Addr, pod.InboundPort)
+	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	get := func() (string, error) {
+		resp, err := client.Get(url)
+		if err != nil {
+			return "", err
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		if resp.StatusCode != http.StatusOK {
+			return "", fmt.Errorf("%s: %s", resp.Status, b)
+		}
+		return string(b), err
+	}
+	if body, err := get(); err != nil || !strings.Contains(body, "via frontend-1") {
+		t.Fatalf("first request: %q, %v", body, err)
+	}
+	// Bounded load: at most 2000 requests or 60 s, one at a time.
+	var failures []string
+	seen := map[string]int{}
+	killed, restarted := false, false
+	deadline := time.Now().Add(60 * time.Second)
+	for n := 0; n < 2000 && time.Now().Before(deadline); n++ {
+		body, err := get()
+		if err != nil {
+			failures = append(failures, err.Error())
+		} else if restarted {
+			for _, c := range []string{"catalog-1", "catalog-2"} {
+				if strings.Contains(body, c) {
+					seen[c]++
+				}
+			}
+		}
+		if n == 50 {
+			if err := syscall.Kill(victim.Pid, syscall.SIGKILL); err != nil {
+				t.Fatal(err)
+			}
+			killed = true
+		}
+		if killed && !restarted && n%10 == 0 {
+			for _, r := range e.ps() {
+				if r.Name == "catalog-1" && healthy(r) && r.Restarts >= 1 {
+					restarted = true
+				}
+			}
+		}
+		if restarted && seen["catalog-1"] >= 5 && seen["catalog-2"] >= 5 {
+			break
+		}
+	}
+	t.Logf("%d failed requests around the restart", len(failures))
+	if !restarted || seen["catalog-1"] < 5 || seen["catalog-2"] < 5 {
+		t.Fatalf("after the restart: restarted %v, served by %v; failures %v", restarted, seen, failures)
+	}
+	if after := e.waitFor("catalog-1", time.Second, healthy); after.Addr != victim.Addr {
+		t.Errorf("catalog-1 moved from %v to %v", victim.Addr, after.Addr)
+	}
+	if os.Getenv("PODMESH_SIDECAR_BIN") != "" && len(failures) > 0 {
+		t.Errorf("%d requests failed through the real sidecar: %v", len(failures), failures)
+	}
+}
+
+// TestOwnRegistry: without -registry the launcher starts the registry program itself (here a
+// Consul agent in dev mode, the stand-in for cmd/registry until it exists), pods reach it
+// through the relay on the bridge's gateway, instances show up passing with their meta, a
+// request crosses two sidecars, and after a SIGKILLed launcher `down` also ends the
+// registry it had started.
+func TestOwnRegistry(t *testing.T) {
+	e := newEnv(t)
+	consul := testutil.Tool(t, "consul")
+	before := podtest.Leftovers(t, e.project, e.bridge)
+	file := e.compose(`  catalog:
+    command: [APP, -listen, "127.0.0.1:8080"]
+    x-podmesh: {port: 8080, meta: {version: "2"}}
+  frontend:
+    command: [APP, -listen, "127.0.0.1:8080", -upstream, "http://catalog/"]
+    x-podmesh: {port: 8080, upstreams: [catalog]}
+`)
+	ports := make([]string, 3)
+	for i := range ports {
+		_, ports[i], _ = strings.Cut(testutil.FreePort(t), ":")
+	}
+	// The node name carries the project, so the leftover listing sees the agent process.
+	args := fmt.Sprintf("agent -dev -bind 127.0.0.1 -client 127.0.0.1 -http-port {port} -dns-port -1 -grpc-port -1 "+
+		"-server-port %s -serf-lan-port %s -serf-wan-port %s -node podmesh-%s -log-level warn", ports[0], ports[1], ports[2], e.project)
+	cmd := exec.Command(e.bin, "-state-dir", e.stateDir, "-log-dir", e.logDir, "-init-bin", smallInit, "-sidecar-bin", e.sidecar,
+		"-registry-bin", consul, "-registry-args", args, "up", "-f", file)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+		}
+		_ = exec.Command(e.bin, "-state-dir", e.stateDir, "-log-dir", e.logDir, "down", "-p", e.project).Run()
+		if t.Failed() {
+			t.Logf("launcher output:\n%s", out.String())
+		}
+	})
+	front := e.waitFor("frontend-1", 60*time.Second, healthy)
+	e.waitFor("catalog-1", 60*time.Second, healthy)
+
+	b, err := os.ReadFile(filepath.Join(e.stateDir, e.project, "state.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st supervisor.State
+	if err := json.Unmarshal(b, &st); err != nil || st.Registry == nil {
+		t.Fatalf("state %s: %v", b, err)
+	}
+	var entries []struct {
+		Service struct {
+			ID, Address string
+			Port        int
+			Meta        map[string]string
+		}
+		Checks []struct{ CheckID, Status string }
+	}
+	testutil.Eventually(t, 30*time.Second, 50*time.Millisecond, func() error {
+		resp, err := http.Get("http://" + st.Registry.Addr + "/v1/health/service/catalog?passing=1")
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		if err := json.NewDecoder(resp.Body).Decode(&entries); err != nil {
+			return err
+		}
+		if len(entries) != 1 {
+			return fmt.Errorf("passing catalog instances: %+v", entries)
+		}
+		return nil
+	})
+	if s := entries[0].Service; s.ID != "catalog-1" || s.Port != pod.InboundPort || s.Meta["version"] != "2" || s.Meta["pod"] != "catalog-1" {
+		t.Errorf("catalog instance in Consul: %+v", s)
+	}
+	client := &http.Client{Timeout: 5 * time.Second}
+	testutil.Eventually(t, 30*time.Second, 50*time.Millisecond, func() error {
+		resp, err := client.Get(fmt.Sprintf("http://%s:%d/", front.Addr, pod.InboundPort))
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		if !strings.Contains(string(body), "hello from catalog-1\n via frontend-1") {
+			return fmt.Errorf("%s: %q", resp.Status, body)
+		}
+		return nil
+	})
+
+	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	waitExit(t, cmd)
+	if left := podtest.Leftovers(t, e.project, e.bridge); !strings.Contains(strings.Join(left, "\n"), "process") {
+		t.Fatalf("the registry did not outlive the killed launcher; nothing to prove: %v", left)
+	}
+	if out, err := exec.Command(e.bin, "-state-dir", e.stateDir, "-log-dir", e.logDir, "down", "-p", e.project).CombinedOutput(); err != nil {
+		t.Fatalf("down: %v\n%s", err, out)
+	}
+	after := podtest.Leftovers(t, e.project, e.bridge)
+	if strings.Join(before, "\n") != strings.Join(after, "\n") {
+		t.Errorf("left behind:\n%s", strings.Join(after, "\n"))
+	}
+}
+
+// TestDetached: `up -d` returns once the project is started, leaving a launcher in the
+// background with its pid file; `ps` and `down` find it through the state directory.
+func TestDetached(t *testing.T) {
+	e := newEnv(t)
+	before := podtest.Leftovers(t, e.project, e.bridge)
+	file := e.compose(`  web:
+    command: [APP, -listen, "127.0.0.1:8080"]
+    x-podmesh: {port: 8080}
+`)
+	t.Cleanup(func() { _, _ = e.run("down", "-p", e.project) })
+	out, err := e.run("up", "-d", "-f", file)
+	if err != nil || !strings.Contains(out, "started in the background") {
+		t.Fatalf("up -d: %v\n%s", err, out)
+	}
+	b, err := os.ReadFile(filepath.Join(e.stateDir, e.project, "launcher.pid"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pid int
+	if _, err := fmt.Sscan(string(b), &pid); err != nil || syscall.Kill(pid, 0) != nil {
+		t.Fatalf("pid file %q: no running launcher (%v)", b, err)
+	}
+	e.waitFor("web-1", 60*time.Second, healthy)
+	if out, err := e.run("ps", "-f", file); err != nil || !strings.Contains(out, "healthy") {
+		t.Errorf("ps -f: %v\n%s", err, out)
+	}
+	if out, err := e.run("up", "-f", file); err == nil || !strings.Contains(out, "already running") {
+		t.Errorf("a second up: %v\n%s", err, out)
+	}
+	if out, err := e.run("down", "-f", file); err != nil {
+		t.Fatalf("down: %v\n%s", err, out)
+	}
+	// Gone, or a zombie waiting for whoever inherited it (its parent, `up -d`, has exited).
+	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err == nil && !strings.Contains(string(b), ") Z ") {
+		t.Errorf("launcher %d still running after down: %s", pid, b)
+	}
+	after := podtest.Leftovers(t, e.project, e.bridge)
+	if strings.Join(before, "\n") != strings.Join(after, "\n") {
+		t.Errorf("left behind:\n%s", strings.Join(after, "\n"))
+	}
+}
