@@ -56,7 +56,7 @@ func TestParseFlags(t *testing.T) {
 }
 
 func TestParseEnvAndSwitches(t *testing.T) {
-	c, err := Parse([]string{"-upstream", "db=127.0.0.1:5432", "-register=false"},
+	c, err := Parse([]string{"-upstream", "db=127.0.0.1:5432", "-register=false", "-tls=false"},
 		env("CONSUL_HTTP_ADDR", "10.0.0.1:8500"), io.Discard)
 	if err != nil {
 		t.Fatal(err)
@@ -64,7 +64,7 @@ func TestParseEnvAndSwitches(t *testing.T) {
 	if c.Registry != "http://10.0.0.1:8500" || *c.Register || c.Service != "" {
 		t.Errorf("got registry %q register %v service %q", c.Registry, *c.Register, c.Service)
 	}
-	c, err = Parse([]string{"-upstream", "db=127.0.0.1:5432", "-registry", "https://reg:8501"},
+	c, err = Parse([]string{"-upstream", "db=127.0.0.1:5432", "-registry", "https://reg:8501", "-tls=false"},
 		env("CONSUL_HTTP_ADDR", "10.0.0.1:8500"), io.Discard)
 	if err != nil || c.Registry != "https://reg:8501" {
 		t.Errorf("flag should win over CONSUL_HTTP_ADDR: %q %v", c.Registry, err)
