@@ -151,8 +151,10 @@ func (m *securityMetrics) handshakeFailed(dir, reason string) prometheus.Counter
 	return m.failures[dir][reason]
 }
 
-func (m *securityMetrics) allowed(id spiffe.ServiceID) prometheus.Counter { return m.source(id).allowed }
-func (m *securityMetrics) denied(id spiffe.ServiceID) prometheus.Counter  { return m.source(id).denied }
+func (m *securityMetrics) allowed(id spiffe.ServiceID) prometheus.Counter {
+	return m.source(id).allowed
+}
+func (m *securityMetrics) denied(id spiffe.ServiceID) prometheus.Counter { return m.source(id).denied }
 
 // source returns the counters of a calling service, adding them on its first call.
 func (m *securityMetrics) source(id spiffe.ServiceID) *sourceCounters {
