@@ -226,6 +226,7 @@ func FuzzLoadYAML(f *testing.F) {
 	f.Add([]byte("service: web\nbogus: 1\n"))
 	f.Add([]byte("upstreams:\n  - {name: a, listen: '127.0.0.1:1', timeout: none}\n"))
 	f.Add([]byte("drain_timeout: [1]\n"))
+	f.Add([]byte("service: a\ninbound: 127.0.0.1:1\napp: 127.0.0.1:2\ntls: {enabled: false}\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		c, err := LoadYAML(data)
 		if err != nil {
