@@ -331,6 +331,33 @@ func TestInboundRefuses(t *testing.T) {
 			t.Fatalf("openssl as a denied caller:\n%s", out)
 		}
 	})
+	// Under the registry's default policy deny, a caller no intention names gets nothing;
+	// an allow intention lets it in.
+	t.Run("default deny", func(t *testing.T) {
+		reg.SetDefaultPolicy("deny")
+		other, _ := leafPair(t, reg.CA(), "acc1-other")
+		testutil.Eventually(t, 5*time.Second, 10*time.Millisecond, func() error {
+			res, _, err := tlsGet(inbound, &other)
+			if err != nil {
+				return err
+			}
+			if res.StatusCode != 403 || res.Header.Get(proxy.HeaderDenied) != "Default behavior configured by ACLs" {
+				return fmt.Errorf("under default deny: %d %q", res.StatusCode, res.Header.Get(proxy.HeaderDenied))
+			}
+			return nil
+		})
+		if _, err := client.Connect().IntentionUpsert(&api.Intention{SourceName: "acc1-other", DestinationName: "acc1-db",
+			Action: api.IntentionActionAllow}, nil); err != nil {
+			t.Fatal(err)
+		}
+		testutil.Eventually(t, 5*time.Second, 10*time.Millisecond, func() error {
+			res, _, err := tlsGet(inbound, &other)
+			if err != nil || res.StatusCode != 200 {
+				return fmt.Errorf("allowed by intention under default deny: %v %v", res, err)
+			}
+			return nil
+		})
+	})
 	text := scrape(t, admin)
 	t.Logf("inbound handshakes %v; failures: no_certificate %v, unknown_ca %v, expired %v, trust_domain %v, protocol %v",
 		metricValue(text, `podmesh_tls_handshakes_total{direction="inbound"}`),

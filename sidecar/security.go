@@ -140,6 +140,11 @@ func (s *security) HandshakeDone(dir, service string, err error) {
 	}
 	reason := handshakeFailure(err)
 	s.m.handshakeFailed(dir, reason).Inc()
+	if reason == failClosed {
+		// Port probes and peers going away: counted, not worth a warning.
+		s.log.Debug("tls handshake failed", "direction", dir, "service", service, "reason", reason, "err", err.Error())
+		return
+	}
 	if ok, suppressed := s.failedLog.allow(); ok {
 		s.log.Warn("tls handshake failed", "direction", dir, "service", service, "reason", reason,
 			"err", err.Error(), "suppressed_since_last", suppressed)
