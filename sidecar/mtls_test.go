@@ -16,6 +16,8 @@ import (
 	"math/big"
 	"net"
 	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
 	"net/url"
 	"os"
 	"os/exec"
@@ -892,5 +894,85 @@ func TestRotationUnderLoad(t *testing.T) {
 				t.Errorf("root rotations counted: %v", v)
 			}
 		})
+	}
+}
+
+// /ready stays 503 until the leaf, the bundle and the intentions have come from the
+// registry, however long that takes (no ready timeout for them): until then the inbound
+// port refuses every handshake (reason not_ready). Once the registry answers, it is ready.
+func TestNotReadyWithoutCA(t *testing.T) {
+	testutil.CheckGoroutines(t)
+	reg := meshtest.Start(t, "", 0)
+	target, _ := url.Parse(reg.URL())
+	var open atomic.Bool
+	gate := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !open.Load() {
+			http.Error(w, "registry starting", http.StatusServiceUnavailable)
+			return
+		}
+		httputil.NewSingleHostReverseProxy(target).ServeHTTP(w, r)
+	}))
+	t.Cleanup(gate.Close)
+	app := startTestApp(t, "nr-db", nil)
+	cfg, err := Parse([]string{"-service", "nr-db", "-protocol", "http", "-inbound", "127.0.0.1:0", "-app", app.addr,
+		"-register=false", "-admin", "127.0.0.1:0", "-registry", gate.URL}, env(), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.ReadyTimeout = Duration(10 * time.Millisecond) // applies to discovery, not to the certificates
+	sc, err := New(cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- sc.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("run: %v", err)
+		}
+	})
+	testutil.Eventually(t, 5*time.Second, 10*time.Millisecond, func() error {
+		if sc.Addrs().Admin == "" || sc.Addrs().Inbound == "" {
+			return errors.New("not listening")
+		}
+		return nil
+	})
+	a := sc.Addrs()
+	ready := func() (int, string) {
+		res, err := http.Get("http://" + a.Admin + "/ready")
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		return res.StatusCode, string(b)
+	}
+	time.Sleep(300 * time.Millisecond) // well past the ready timeout
+	if code, body := ready(); code != 503 || !strings.Contains(body, "Connect CA") {
+		t.Fatalf("/ready without a CA: %d %q", code, body)
+	}
+	web, _ := leafPair(t, reg.CA(), "nr-web")
+	if res, _, err := tlsGet(a.Inbound, &web); err == nil {
+		t.Fatalf("served without a leaf: %d", res.StatusCode)
+	}
+	waitMetric(t, a.Admin, `podmesh_tls_handshake_failures_total{direction="inbound",reason="not_ready"}`, 1)
+	if v := metricValue(scrape(t, a.Admin), "podmesh_tls_ready"); v != 0 {
+		t.Errorf("podmesh_tls_ready %v before the material", v)
+	}
+
+	open.Store(true)
+	testutil.Eventually(t, 10*time.Second, 20*time.Millisecond, func() error {
+		if code, body := ready(); code != 200 {
+			return fmt.Errorf("/ready %d %q", code, body)
+		}
+		return nil
+	})
+	if res, body, err := tlsGet(a.Inbound, &web); err != nil || res.StatusCode != 200 {
+		t.Fatalf("once ready: %v %q %v", res, body, err)
+	}
+	if v := metricValue(scrape(t, a.Admin), "podmesh_tls_ready"); v != 1 {
+		t.Errorf("podmesh_tls_ready %v", v)
 	}
 }
