@@ -34,11 +34,15 @@ type listener struct {
 	log          *slog.Logger
 
 	// classify decides per connection; for TLS connections it sees the negotiated ALPN
-	// protocol, for plaintext ones "" (called after authorization).
+	// protocol, for plaintext ones "".
 	classify  func(alpn string) connKind
 	handleTCP func(ctx context.Context, c net.Conn)
 	serverTLS func() *tls.Config
+	// authorize is asked about raw TCP connections, right after the handshake; HTTP
+	// connections are authorized per request by the handler.
 	authorize func(ctx context.Context, p Peer) (bool, string)
+	// handshakeDone, when set, is told the outcome of every TLS handshake.
+	handshakeDone func(err error)
 
 	http   *http.Server
 	httpLn *chanListener
@@ -77,6 +81,9 @@ func newListener(ctx context.Context, dir, service string, lim Limits, m *servic
 			PingTimeout:     10 * time.Second,
 		},
 		ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelDebug),
+		// net/http fills Request.TLS only for a *tls.Conn; an HTTP/1.1 connection over TLS
+		// reaches it wrapped in the guard, so its state travels in the context.
+		ConnContext: tlsStateContext,
 		ConnState: func(c net.Conn, s http.ConnState) {
 			if s == http.StateClosed || s == http.StateHijacked {
 				l.release()
@@ -160,6 +167,9 @@ func (l *listener) handle(c net.Conn) {
 			ctx, cancel := context.WithTimeout(l.ctx, l.limits.ReadHeaderTimeout)
 			err := tc.HandshakeContext(ctx)
 			cancel()
+			if l.handshakeDone != nil {
+				l.handshakeDone(err)
+			}
 			if err != nil {
 				l.log.Debug("tls handshake", "peer", peer.Addr.String(), "err", err)
 				tc.Close()
@@ -172,15 +182,18 @@ func (l *listener) handle(c net.Conn) {
 			c = tc
 		}
 	}
-	if l.authorize != nil {
+	kind := l.classify(alpn)
+	if kind == kindTCP && l.authorize != nil {
 		if ok, reason := l.authorize(l.ctx, peer); !ok {
-			l.log.Info("peer not authorized", "peer", peer.Addr.String(), "reason", reason)
+			// A raw TCP peer cannot be told why: the connection ends right after the
+			// handshake. The Security counts and logs the decision.
+			l.log.Debug("peer not authorized", "peer", peer.Addr.String(), "reason", reason)
 			c.Close()
 			l.release()
 			return
 		}
 	}
-	switch l.classify(alpn) {
+	switch kind {
 	case kindTCP:
 		done, ok := l.track(c)
 		if !ok {
@@ -300,3 +313,25 @@ func (l *chanListener) Addr() net.Addr {
 
 // discardLogger returns a logger that drops everything, for components given none.
 func discardLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }
+
+// tlsStateKey is the context key of the TLS state of a guarded HTTP/1.1 connection.
+type tlsStateKey struct{}
+
+func tlsStateContext(ctx context.Context, c net.Conn) context.Context {
+	if g, ok := c.(*guardConn); ok {
+		if tc, ok := g.Conn.(*tls.Conn); ok {
+			st := tc.ConnectionState()
+			return context.WithValue(ctx, tlsStateKey{}, &st)
+		}
+	}
+	return ctx
+}
+
+// requestTLS returns the TLS state of the connection a request came on, nil for plaintext.
+func requestTLS(r *http.Request) *tls.ConnectionState {
+	if r.TLS != nil {
+		return r.TLS
+	}
+	st, _ := r.Context().Value(tlsStateKey{}).(*tls.ConnectionState)
+	return st
+}

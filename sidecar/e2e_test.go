@@ -125,11 +125,23 @@ func (r *running) stop(t *testing.T) {
 	})
 }
 
+// plainUnlessTLS adds -tls=false to args that do not set -tls: the tests of discovery,
+// balancing and resilience run plaintext between the sidecars, so that they also run against
+// a registry without a Connect CA; the mutual TLS tests (mtls_test.go) say -tls=true.
+func plainUnlessTLS(args []string) []string {
+	for _, a := range args {
+		if a == "-tls" || strings.HasPrefix(a, "-tls=") {
+			return args
+		}
+	}
+	return append(args, "-tls=false")
+}
+
 // runSidecar parses args (the registry is added), lets edit adjust the configuration,
 // runs the sidecar and waits until it is ready.
 func runSidecar(t *testing.T, registry string, edit func(*Config), args ...string) *running {
 	t.Helper()
-	args = append(args, "-registry", registry)
+	args = append(plainUnlessTLS(args), "-registry", registry)
 	if !strings.Contains(strings.Join(args, " "), "-admin") {
 		args = append(args, "-admin", "127.0.0.1:0")
 	}
@@ -509,7 +521,7 @@ type sidecarProc struct {
 func startSidecarProc(t *testing.T, args ...string) *sidecarProc {
 	t.Helper()
 	admin, inbound := testutil.FreePort(t), ""
-	args = append(args, "-admin", admin, "-drain-timeout", "5s")
+	args = append(plainUnlessTLS(args), "-admin", admin, "-drain-timeout", "5s")
 	if strings.Contains(strings.Join(args, " "), "-service") {
 		inbound = testutil.FreePort(t)
 		args = append(args, "-inbound", inbound)
