@@ -404,6 +404,16 @@ func (s *Store) MaintainCA(ctx context.Context) (rotatedTo string, removed []str
 	return rotatedTo, removed, nil
 }
 
+// InitialLeafCertTTL is the leaf lifetime the CA was configured to start with
+// (Options.CA.LeafCertTTL, ca.DefaultLeafCertTTL when zero): what a configuration that leaves
+// LeafCertTTL out gets.
+func (s *Store) InitialLeafCertTTL() time.Duration {
+	if d := s.opts.CA.LeafCertTTL; d > 0 {
+		return d
+	}
+	return ca.DefaultLeafCertTTL
+}
+
 // CAConfigOf returns the CA's configuration with defaults applied (durations), for callers
 // that schedule maintenance.
 func (s *Store) CAConfigOf() ca.Config {

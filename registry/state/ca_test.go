@@ -60,7 +60,9 @@ func newKeyPEM(t *testing.T, curve elliptic.Curve) (string, *ecdsa.PrivateKey) {
 // keep rising across the reopen.
 func TestCAPersistsAcrossReopen(t *testing.T) {
 	dir := t.TempDir()
-	s := openStore(t, dir, func(o *Options) { o.CA = CAOptions{ClusterID: "11111111-2222-3333-4444-555555555555", LeafCertTTL: 5 * time.Second} })
+	s := openStore(t, dir, func(o *Options) {
+		o.CA = CAOptions{ClusterID: "11111111-2222-3333-4444-555555555555", LeafCertTTL: 5 * time.Second}
+	})
 	l := roots(s)
 	if l == nil || len(l.Roots) != 1 || !l.Roots[0].Active || l.ActiveRootID != l.Roots[0].ID || l.Roots[0].CreateIndex == 0 {
 		t.Fatalf("initial roots %+v", l)
