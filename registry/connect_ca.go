@@ -150,12 +150,6 @@ func (c *leafCache) sweep(now time.Time) {
 	}
 }
 
-func (c *leafCache) len() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return len(c.m)
-}
-
 func (e *leafEntry) snapshot() (*issuedLeaf, <-chan struct{}) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
