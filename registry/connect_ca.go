@@ -172,32 +172,34 @@ func (s *Server) activeRoot() (id string) {
 }
 
 // currentLeaf returns the service's leaf, issuing a new one when there is none or it is
-// due; issued reports whether this call issued it.
-func (s *Server) currentLeaf(ctx context.Context, e *leafEntry, service string) (cur *issuedLeaf, issued bool, err error) {
-	if cur, _ = e.snapshot(); !cur.due(s.activeRoot(), time.Now()) {
-		return cur, false, nil
+// due, with the channel that is closed when it is next replaced; issued reports whether this
+// call issued it.
+func (s *Server) currentLeaf(ctx context.Context, e *leafEntry, service string) (cur *issuedLeaf, changed <-chan struct{}, issued bool, err error) {
+	if cur, changed = e.snapshot(); !cur.due(s.activeRoot(), time.Now()) {
+		return cur, changed, false, nil
 	}
 	e.issue.Lock()
 	defer e.issue.Unlock()
-	if cur, _ = e.snapshot(); !cur.due(s.activeRoot(), time.Now()) {
-		return cur, false, nil // another request issued it while this one waited
+	if cur, changed = e.snapshot(); !cur.due(s.activeRoot(), time.Now()) {
+		return cur, changed, false, nil // another request issued it while this one waited
 	}
 	leaf, err := s.store.IssueLeaf(ctx, service)
 	if err != nil {
-		return nil, false, err
+		return nil, nil, false, err
 	}
 	body, err := encodeJSON(leaf, false)
 	if err != nil {
-		return nil, false, err
+		return nil, nil, false, err
 	}
 	cur = &issuedLeaf{leaf: leaf, body: body, renewAt: ca.RenewalTime(leaf.ValidAfter, leaf.ValidBefore, nil)}
+	next := make(chan struct{})
 	e.mu.Lock()
 	e.cur = cur
 	close(e.changed)
-	e.changed = make(chan struct{})
+	e.changed = next
 	e.mu.Unlock()
 	s.metrics.leaves.Inc()
-	return cur, true, nil
+	return cur, next, true, nil
 }
 
 // agentLeaf is GET /v1/agent/connect/ca/leaf/SERVICE: the service's leaf certificate with its
@@ -229,7 +231,7 @@ func (s *Server) agentLeaf(w http.ResponseWriter, r *http.Request) error {
 		if !last {
 			s.store.View(func(v *state.View) { rootsCh, releaseRoots = v.Watch(state.TopicCARoots) })
 		}
-		cur, issued, err := s.currentLeaf(r.Context(), e, service)
+		cur, changed, issued, err := s.currentLeaf(r.Context(), e, service)
 		if err != nil {
 			releaseRoots()
 			return err
@@ -238,7 +240,6 @@ func (s *Server) agentLeaf(w http.ResponseWriter, r *http.Request) error {
 			releaseRoots()
 			return s.writeLeaf(w, r, cur, issued)
 		}
-		_, changed := e.snapshot()
 		renew := time.NewTimer(time.Until(cur.renewAt))
 		select {
 		case <-rootsCh:
