@@ -229,6 +229,7 @@ func TestConnectBadInput(t *testing.T) {
 		{"ca ttl as ns", "PUT", "/v1/connect/ca/configuration", `{"Provider":"consul","Config":{"LeafCertTTL":5}}`, 400, "LeafCertTTL"},
 		{"ca root shorter than leaves", "PUT", "/v1/connect/ca/configuration", `{"Provider":"consul","Config":{"LeafCertTTL":"72h","RootCertTTL":"100h"}}`, 400, "RootCertTTL"},
 		{"ca rotation period", "PUT", "/v1/connect/ca/configuration", `{"Provider":"consul","Config":{"RotationPeriod":"-1s"}}`, 400, "RotationPeriod"},
+		{"ca rotation before leaves expire", "PUT", "/v1/connect/ca/configuration", `{"Provider":"consul","Config":{"LeafCertTTL":"1h","RotationPeriod":"30m"}}`, 400, "RotationPeriod: 30m0s: must be at least LeafCertTTL 1h0m0s"},
 		{"ca rsa", "PUT", "/v1/connect/ca/configuration", `{"Provider":"consul","Config":{"PrivateKeyType":"rsa","PrivateKeyBits":2048}}`, 400, "PrivateKeyType"},
 		{"ca p384", "PUT", "/v1/connect/ca/configuration", `{"Provider":"consul","Config":{"PrivateKeyBits":384}}`, 400, "PrivateKeyBits"},
 		{"ca root cert", "PUT", "/v1/connect/ca/configuration", `{"Provider":"consul","Config":{"RootCert":"-----BEGIN CERTIFICATE-----"}}`, 400, "RootCert"},

@@ -162,11 +162,23 @@ func decodeCAConfig(body []byte, leafTTL time.Duration) (*state.CAConfigUpdate, 
 	if parsed.RotationPeriod != 0 && parsed.RotationPeriod < time.Second {
 		return nil, badRequest("Config.RotationPeriod", "%v: must be at least 1s", parsed.RotationPeriod)
 	}
+	// Every rotation replaces every leaf and keeps the old root for 2 × LeafCertTTL: rotating
+	// more often than leaves live would only churn leaves and pile up roots.
+	if period, ttl := cmpOr(parsed.RotationPeriod, ca.DefaultRotationPeriod), cmpOr(parsed.LeafCertTTL, ca.DefaultLeafCertTTL); period < ttl {
+		return nil, badRequest("Config.RotationPeriod", "%v: must be at least LeafCertTTL %v", period, ttl)
+	}
 	if parsed.IntermediateCertTTL < 0 {
 		return nil, badRequest("Config.IntermediateCertTTL", "%v: must not be negative", parsed.IntermediateCertTTL)
 	}
 	u.Config = parsed
 	return u, nil
+}
+
+func cmpOr(d, def time.Duration) time.Duration {
+	if d == 0 {
+		return def
+	}
+	return d
 }
 
 // authorizeRequest is POST /v1/agent/connect/authorize.

@@ -69,8 +69,8 @@ func FuzzDecodeCAConfig(f *testing.F) {
 		if (u.PrivateKey == "") != (u.Key == nil) {
 			t.Fatalf("PrivateKey %q with parsed key %v", u.PrivateKey, u.Key)
 		}
-		if d := u.Config.RotationPeriod; d != 0 && d < time.Second {
-			t.Fatalf("accepted RotationPeriod %v", d)
+		if d := u.Config.RotationPeriod; d != 0 && d < time.Second || cmpOr(d, ca.DefaultRotationPeriod) < cmpOr(u.Config.LeafCertTTL, ca.DefaultLeafCertTTL) {
+			t.Fatalf("accepted RotationPeriod %v with LeafCertTTL %v", d, u.Config.LeafCertTTL)
 		}
 		if d := u.Config.LeafCertTTL; d != 0 && d < ca.MinLeafCertTTL {
 			t.Fatalf("accepted LeafCertTTL %v", d)
