@@ -530,7 +530,10 @@ func TestKVCASAndDelete(t *testing.T) {
 }
 
 func TestACLToken(t *testing.T) {
-	r := startRegistry(t, func(o *regOptions) { o.token = "s3cret" })
+	// The header is the default intention policy, whatever the token: a sidecar reads it
+	// to decide connections no intention matches, and must agree with the registry's own
+	// authorize endpoint.
+	r := startRegistry(t, func(o *regOptions) { o.token = "s3cret"; o.policy = "deny" })
 	// The configured client carries the token: writes work.
 	must(t, r.Client.Agent().ServiceRegister(&api.AgentServiceRegistration{Name: "web"}))
 	_, err := r.Client.KV().Put(&api.KVPair{Key: "k", Value: []byte("v")}, nil)
@@ -558,7 +561,7 @@ func TestACLToken(t *testing.T) {
 			if code != tc.want {
 				t.Fatalf("status %d (%s), want %d", code, body, tc.want)
 			}
-			if tc.method == "GET" && code == 200 && h.Get("X-Consul-Default-ACL-Policy") != "deny" {
+			if h.Get("X-Consul-Default-ACL-Policy") != "deny" {
 				t.Errorf("X-Consul-Default-ACL-Policy = %q, want deny", h.Get("X-Consul-Default-ACL-Policy"))
 			}
 		})

@@ -1,6 +1,7 @@
 package registry_test
 
 import (
+	"encoding/json"
 	"strings"
 	"testing"
 
@@ -152,5 +153,131 @@ func TestSnakeCaseAccepted(t *testing.T) {
 	must(t, err)
 	if c := cs["snake-ttl"]; c == nil || c.Definition.DeregisterCriticalServiceAfterDuration.Minutes() != 2 {
 		t.Fatalf("check = %+v", c)
+	}
+}
+
+// TestConnectBadInput: malformed and invalid intentions, CA configurations, authorization
+// requests and Connect queries get a 4xx naming the field (Consul's exact message where a
+// client might match on it), and change nothing.
+func TestConnectBadInput(t *testing.T) {
+	r := startRegistry(t)
+	_, err := r.Client.Connect().IntentionUpsert(&api.Intention{SourceName: "web", DestinationName: "db", Action: api.IntentionActionAllow}, nil)
+	must(t, err)
+	code, _, body := r.do(t, "POST", "/v1/connect/intentions", `{"SourceName":"api","DestinationName":"db","Action":"deny"}`)
+	var created struct{ ID string }
+	if code != 200 || json.Unmarshal([]byte(body), &created) != nil || created.ID == "" {
+		t.Fatalf("create: %d %s", code, body)
+	}
+	id := created.ID
+	td := r.Store.TrustDomain()
+	const exact = "/v1/connect/intentions/exact?source=web&destination=db"
+	cases := []struct {
+		name         string
+		method, path string
+		body         string
+		status       int
+		field        string
+	}{
+		// Intentions.
+		{"exact malformed", "PUT", exact, `{"Action":`, 400, "body"},
+		{"exact not an object", "PUT", exact, `"allow"`, 400, "body"},
+		{"exact empty body", "PUT", exact, ``, 400, "body"},
+		{"exact bad action", "PUT", exact, `{"Action":"perhaps"}`, 400, "Action"},
+		{"exact action type", "PUT", exact, `{"Action":1}`, 400, "Action: expected"},
+		{"exact source type", "PUT", exact, `{"Action":"allow","SourceType":"k8s"}`, 400, "SourceType"},
+		{"exact action with permissions", "PUT", exact, `{"Action":"allow","Permissions":[{"Action":"allow","HTTP":{"PathExact":"/a"}}]}`, 400, "Action"},
+		{"exact bad path regex", "PUT", exact, `{"Permissions":[{"Action":"deny","HTTP":{"PathRegex":"("}}]}`, 400, "Permissions[0].HTTP.PathRegex"},
+		{"exact relative path", "PUT", exact, `{"Permissions":[{"Action":"deny","HTTP":{"PathPrefix":"api"}}]}`, 400, "PathPrefix"},
+		{"exact bad method", "PUT", exact, `{"Permissions":[{"Action":"deny","HTTP":{"Methods":["FETCH"]}}]}`, 400, "Methods"},
+		{"exact long description", "PUT", exact, `{"Action":"allow","Description":"` + strings.Repeat("d", 600) + `"}`, 400, "Description"},
+		{"exact meta type", "PUT", exact, `{"Action":"allow","Meta":{"k":1}}`, 400, "Meta"},
+		{"exact peer", "PUT", exact, `{"Action":"allow","SourcePeer":"other"}`, 400, "SourcePeer"},
+		{"exact missing source", "PUT", "/v1/connect/intentions/exact?destination=db", `{"Action":"allow"}`, 400, "source"},
+		{"exact missing destination", "PUT", "/v1/connect/intentions/exact?source=web", `{"Action":"allow"}`, 400, "destination"},
+		{"exact partial wildcard", "PUT", "/v1/connect/intentions/exact?source=we*&destination=db", `{"Action":"allow"}`, 400, "SourceName"},
+		{"exact bad name", "PUT", "/v1/connect/intentions/exact?source=w%20eb&destination=db", `{"Action":"allow"}`, 400, "SourceName"},
+		{"exact namespace", "PUT", "/v1/connect/intentions/exact?source=team/web&destination=db", `{"Action":"allow"}`, 400, "namespace"},
+		{"exact partition", "PUT", "/v1/connect/intentions/exact?source=p/default/web&destination=db", `{"Action":"allow"}`, 400, "partition"},
+		{"exact get missing source", "GET", "/v1/connect/intentions/exact?destination=db", ``, 400, "source"},
+		{"exact delete missing destination", "DELETE", "/v1/connect/intentions/exact?source=web", ``, 400, "destination"},
+		{"create namespace", "POST", "/v1/connect/intentions", `{"SourceNS":"team","SourceName":"a","DestinationName":"b","Action":"allow"}`, 400, "SourceNS"},
+		{"create without destination", "POST", "/v1/connect/intentions", `{"SourceName":"a","Action":"allow"}`, 400, "DestinationName"},
+		{"create wildcard ns", "POST", "/v1/connect/intentions", `{"SourceNS":"*","SourceName":"a","DestinationName":"b","Action":"allow"}`, 400, "SourceName"},
+		{"create duplicate", "POST", "/v1/connect/intentions", `{"SourceName":"web","DestinationName":"db","Action":"deny"}`, 409, "SourceName/DestinationName"},
+		{"update bad id", "PUT", "/v1/connect/intentions/not-a-uuid", `{"SourceName":"a","DestinationName":"b","Action":"allow"}`, 400, "id"},
+		{"update unknown id", "PUT", "/v1/connect/intentions/00000000-0000-4000-8000-000000000000", `{"SourceName":"a","DestinationName":"b","Action":"allow"}`, 404, "non-existent intention"},
+		{"update onto another pair", "PUT", "/v1/connect/intentions/" + id, `{"SourceName":"web","DestinationName":"db","Action":"allow"}`, 409, "SourceName/DestinationName"},
+		{"update invalid", "PUT", "/v1/connect/intentions/" + id, `{"SourceName":"api","DestinationName":"db","Action":"maybe"}`, 400, "Action"},
+		{"delete unknown id", "DELETE", "/v1/connect/intentions/00000000-0000-4000-8000-000000000000", ``, 404, "non-existent intention"},
+		{"get bad id", "GET", "/v1/connect/intentions/xyz", ``, 400, "id"},
+		{"match without by", "GET", "/v1/connect/intentions/match?name=db", ``, 400, "'by' parameter must be one of 'source' or 'destination'"},
+		{"match bad by", "GET", "/v1/connect/intentions/match?by=both&name=db", ``, 400, "by"},
+		{"match without name", "GET", "/v1/connect/intentions/match?by=source", ``, 400, "required query parameter 'name' not set"},
+		{"match namespace", "GET", "/v1/connect/intentions/match?by=source&name=team/web", ``, 400, "namespace"},
+		{"check without destination", "GET", "/v1/connect/intentions/check?source=web", ``, 400, "required query parameter 'destination' not set"},
+		{"check source type", "GET", "/v1/connect/intentions/check?source=web&destination=db&source-type=k8s", ``, 400, "source-type"},
+		{"list bad filter", "GET", "/v1/connect/intentions?filter=Bogus+%3D%3D+1", ``, 400, "Bogus"},
+		// CA configuration.
+		{"ca malformed", "PUT", "/v1/connect/ca/configuration", `{"Provider":`, 400, "body"},
+		{"ca null", "PUT", "/v1/connect/ca/configuration", `null`, 400, "body"},
+		{"ca no provider", "PUT", "/v1/connect/ca/configuration", `{"Config":{"LeafCertTTL":"1h"}}`, 400, "Provider"},
+		{"ca vault", "PUT", "/v1/connect/ca/configuration", `{"Provider":"vault","Config":{}}`, 400, "Provider"},
+		{"ca provider type", "PUT", "/v1/connect/ca/configuration", `{"Provider":1}`, 400, "Provider"},
+		{"ca config not object", "PUT", "/v1/connect/ca/configuration", `{"Provider":"consul","Config":[]}`, 400, "Config"},
+		{"ca bad ttl", "PUT", "/v1/connect/ca/configuration", `{"Provider":"consul","Config":{"LeafCertTTL":"soon"}}`, 400, "LeafCertTTL"},
+		{"ca ttl too short", "PUT", "/v1/connect/ca/configuration", `{"Provider":"consul","Config":{"LeafCertTTL":"100ms"}}`, 400, "LeafCertTTL"},
+		{"ca ttl as ns", "PUT", "/v1/connect/ca/configuration", `{"Provider":"consul","Config":{"LeafCertTTL":5}}`, 400, "LeafCertTTL"},
+		{"ca root shorter than leaves", "PUT", "/v1/connect/ca/configuration", `{"Provider":"consul","Config":{"LeafCertTTL":"72h","RootCertTTL":"100h"}}`, 400, "RootCertTTL"},
+		{"ca rotation period", "PUT", "/v1/connect/ca/configuration", `{"Provider":"consul","Config":{"RotationPeriod":"-1s"}}`, 400, "RotationPeriod"},
+		{"ca rotation before leaves expire", "PUT", "/v1/connect/ca/configuration", `{"Provider":"consul","Config":{"LeafCertTTL":"1h","RotationPeriod":"30m"}}`, 400, "RotationPeriod: 30m0s: must be at least LeafCertTTL 1h0m0s"},
+		{"ca rsa", "PUT", "/v1/connect/ca/configuration", `{"Provider":"consul","Config":{"PrivateKeyType":"rsa","PrivateKeyBits":2048}}`, 400, "PrivateKeyType"},
+		{"ca p384", "PUT", "/v1/connect/ca/configuration", `{"Provider":"consul","Config":{"PrivateKeyBits":384}}`, 400, "PrivateKeyBits"},
+		{"ca root cert", "PUT", "/v1/connect/ca/configuration", `{"Provider":"consul","Config":{"RootCert":"-----BEGIN CERTIFICATE-----"}}`, 400, "RootCert"},
+		{"ca private key garbage", "PUT", "/v1/connect/ca/configuration", `{"Provider":"consul","Config":{"PrivateKey":"garbage"}}`, 400, "PrivateKey"},
+		{"ca private key type", "PUT", "/v1/connect/ca/configuration", `{"Provider":"consul","Config":{"PrivateKey":7}}`, 400, "PrivateKey"},
+		{"ca unknown key", "PUT", "/v1/connect/ca/configuration", `{"Provider":"consul","Config":{"LeafCertTtlz":"1h"}}`, 400, "LeafCertTtlz"},
+		{"ca force type", "PUT", "/v1/connect/ca/configuration", `{"Provider":"consul","ForceWithoutCrossSigning":"yes"}`, 400, "ForceWithoutCrossSigning"},
+		// Authorization, leaves, roots: Consul's messages.
+		{"authorize malformed", "POST", "/v1/agent/connect/authorize", `{"Target":`, 400, "Request decode failed"},
+		{"authorize target type", "POST", "/v1/agent/connect/authorize", `{"Target":7}`, 400, "Target"},
+		{"authorize no target", "POST", "/v1/agent/connect/authorize", `{"ClientCertURI":"spiffe://` + td + `/ns/default/dc/dc1/svc/web"}`, 400, "Target service must be specified"},
+		{"authorize no uri", "POST", "/v1/agent/connect/authorize", `{"Target":"db"}`, 400, "ClientCertURI not a valid Connect identifier"},
+		{"authorize bad uri", "POST", "/v1/agent/connect/authorize", `{"Target":"db","ClientCertURI":"https://web"}`, 400, "ClientCertURI not a valid Connect identifier"},
+		{"authorize signing uri", "POST", "/v1/agent/connect/authorize", `{"Target":"db","ClientCertURI":"spiffe://` + td + `"}`, 400, "ClientCertURI not a valid Service identifier"},
+		{"authorize agent uri", "POST", "/v1/agent/connect/authorize", `{"Target":"db","ClientCertURI":"spiffe://` + td + `/agent/client/dc/dc1/id/abc"}`, 400, "ClientCertURI not a valid Service identifier"},
+		{"authorize namespace", "POST", "/v1/agent/connect/authorize", `{"Target":"db","Namespace":"team","ClientCertURI":"spiffe://` + td + `/ns/default/dc/dc1/svc/web"}`, 400, "Namespace"},
+		{"leaf bad name", "GET", "/v1/agent/connect/ca/leaf/we%20b", ``, 400, "service"},
+		{"leaf empty name", "GET", "/v1/agent/connect/ca/leaf/", ``, 400, "service"},
+		{"leaf bad index", "GET", "/v1/agent/connect/ca/leaf/web?index=x", ``, 400, "index"},
+		{"roots bad pem", "GET", "/v1/connect/ca/roots?pem=maybe", ``, 400, "pem"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			var before uint64
+			r.Store.View(func(v *state.View) { before = v.Index() })
+			code, _, body := r.do(t, tc.method, tc.path, tc.body)
+			if code != tc.status {
+				t.Fatalf("status %d (%q), want %d", code, body, tc.status)
+			}
+			if !strings.Contains(body, tc.field) {
+				t.Fatalf("message %q does not name %q", body, tc.field)
+			}
+			var after uint64
+			r.Store.View(func(v *state.View) { after = v.Index() })
+			if after != before {
+				t.Fatalf("rejected request changed the store: index %d -> %d", before, after)
+			}
+		})
+	}
+	// The intentions are as they were.
+	all, _, err := r.Client.Connect().Intentions(nil)
+	must(t, err)
+	if len(all) != 2 || all[0].SourceName != "api" || all[0].Action != api.IntentionActionDeny || all[1].Action != api.IntentionActionAllow {
+		t.Fatalf("intentions after bad input: %+v", all)
+	}
+	cfg, _, err := r.Client.Connect().CAGetConfig(nil)
+	must(t, err)
+	if cfg.Config["LeafCertTTL"] != "72h" || cfg.Config["PrivateKey"] != nil {
+		t.Fatalf("CA config after bad input: %+v", cfg.Config)
 	}
 }

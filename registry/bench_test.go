@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -108,4 +109,63 @@ func BenchmarkFanOut1000(b *testing.B) {
 		wg.Wait()
 	}
 	b.ReportMetric(float64(writes.Microseconds())/float64(b.N), "write-µs/op")
+}
+
+// BenchmarkLeafHit is what every sidecar's leaf request costs once its service's leaf is
+// issued: a cache hit, answered with the stored rendering.
+func BenchmarkLeafHit(b *testing.B) {
+	r := startRegistryB(b)
+	if _, _, err := r.Client.Agent().ConnectCALeaf("web", nil); err != nil {
+		b.Fatal(err)
+	}
+	req := httptest.NewRequest(http.MethodGet, "/v1/agent/connect/ca/leaf/web", nil)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		w := httptest.NewRecorder()
+		r.Server.ServeHTTP(w, req)
+		if w.Code != 200 {
+			b.Fatal(w.Code)
+		}
+	}
+}
+
+// BenchmarkLeafIssue issues a new leaf per request (a new service each time): key generation,
+// signing, and the commit of the CA's serial counter, from 16 concurrent clients, so the
+// commits are grouped.
+func BenchmarkLeafIssue(b *testing.B) {
+	r := startRegistryB(b)
+	b.SetParallelism(16)
+	b.ReportAllocs()
+	var n atomic.Int64
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if _, _, err := r.Client.Agent().ConnectCALeaf(fmt.Sprint("svc-", n.Add(1)), nil); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+}
+
+// BenchmarkAuthorize is POST /v1/agent/connect/authorize against 100 intentions to one
+// destination.
+func BenchmarkAuthorize(b *testing.B) {
+	r := startRegistryB(b)
+	for i := range 100 {
+		if _, err := r.Client.Connect().IntentionUpsert(&api.Intention{SourceName: fmt.Sprint("src", i), DestinationName: "db", Action: api.IntentionActionAllow}, nil); err != nil {
+			b.Fatal(err)
+		}
+	}
+	body := `{"Target":"db","ClientCertURI":"spiffe://` + r.Store.TrustDomain() + `/ns/default/dc/dc1/svc/src50"}`
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		req := httptest.NewRequest(http.MethodPost, "/v1/agent/connect/authorize", strings.NewReader(body))
+		w := httptest.NewRecorder()
+		r.Server.ServeHTTP(w, req)
+		if w.Code != 200 {
+			b.Fatal(w.Code, w.Body.String())
+		}
+	}
 }

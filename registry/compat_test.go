@@ -112,14 +112,18 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-// TestConsulAPICompat is acceptance 1: the same client-only test passes against the registry
-// and against a real Consul dev agent.
+// TestConsulAPICompat is acceptance 1 (and, for Connect, issue 4's): the same client-only
+// tests pass against the registry and against a real Consul dev agent.
 func TestConsulAPICompat(t *testing.T) {
 	t.Run("registry", func(t *testing.T) {
-		exerciseConsulAPI(t, startRegistry(t).Client)
+		c := startRegistry(t).Client
+		t.Run("catalog", func(t *testing.T) { exerciseConsulAPI(t, c) })
+		t.Run("connect", func(t *testing.T) { exerciseConnect(t, c) })
 	})
 	t.Run("consul-v1.14.0", func(t *testing.T) {
-		exerciseConsulAPI(t, startConsul(t))
+		c := startConsul(t)
+		t.Run("catalog", func(t *testing.T) { exerciseConsulAPI(t, c) })
+		t.Run("connect", func(t *testing.T) { exerciseConnect(t, c) })
 	})
 }
 

@@ -1,8 +1,17 @@
 // Package registry serves the part of Consul's HTTP API that real clients use
 // (github.com/hashicorp/consul/api, Prometheus' consul_sd_configs, the consul CLI): agent,
 // catalog, health and KV endpoints with Consul's JSON shapes, headers and blocking queries,
-// over the durable store of package registry/state. registry/README.md lists the endpoints
-// and where the registry differs from Consul.
+// and the Connect endpoints (the mesh CA's roots, leaves and configuration, intentions,
+// authorize), over the durable store of package registry/state. registry/README.md lists the
+// endpoints and where the registry differs from Consul.
+//
+// # Leaves
+//
+// The leaf of each service is kept in memory and shared by its callers, as Consul's agent
+// cache does. A leaf query with ?index= blocks until the leaf is due: its renewal time (60–90%
+// of its life, ca.RenewalTime) or a change of the active root, watched through the store's
+// roots topic. Server.Run does the CA's periodic work: rotation by RotationPeriod, pruning,
+// forgetting the leaves of services nobody asks for.
 //
 // # Blocking queries
 //

@@ -27,12 +27,14 @@ type testRegistry struct {
 	Checks *checks.Manager
 	Client *api.Client
 	// baseWatchers is the number of topics watched with no query waiting: the check
-	// runner's own watch.
+	// runner's own watch and the CA maintenance loop's (Server.Run).
 	baseWatchers int
 }
 
 type regOptions struct {
 	token               string
+	policy              string // default intention policy
+	leafTTL             time.Duration
 	dir                 string
 	checkUpdateInterval time.Duration
 	checks              checks.Config
@@ -51,7 +53,8 @@ func startRegistryB(t testing.TB, mods ...func(*regOptions)) *testRegistry {
 		m(&o)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	store, err := state.Open(ctx, state.Options{Dir: o.dir, NodeName: "node1", CheckUpdateInterval: o.checkUpdateInterval})
+	store, err := state.Open(ctx, state.Options{Dir: o.dir, NodeName: "node1", CheckUpdateInterval: o.checkUpdateInterval,
+		CA: state.CAOptions{LeafCertTTL: o.leafTTL}})
 	if err != nil {
 		t.Fatalf("state.Open: %v", err)
 	}
@@ -63,20 +66,26 @@ func startRegistryB(t testing.TB, mods ...func(*regOptions)) *testRegistry {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err = registry.New(registry.Config{Store: store, Checks: mgr, ACLToken: o.token, MaxBodyBytes: o.maxBody, MaxKVValueBytes: o.maxKV})
+	srv, err = registry.New(registry.Config{Store: store, Checks: mgr, ACLToken: o.token, MaxBodyBytes: o.maxBody,
+		MaxKVValueBytes: o.maxKV, DefaultIntentionPolicy: o.policy})
 	if err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan struct{})
+	done := make(chan struct{}, 2)
 	go func() {
-		defer close(done)
+		defer func() { done <- struct{}{} }()
 		mgr.Run(ctx)
+	}()
+	go func() {
+		defer func() { done <- struct{}{} }()
+		srv.Run(ctx)
 	}()
 	hs := httptest.NewServer(srv)
 	t.Cleanup(func() {
 		srv.Close()
 		hs.Close()
 		cancel()
+		<-done
 		<-done
 		store.Close()
 	})
@@ -87,14 +96,15 @@ func startRegistryB(t testing.TB, mods ...func(*regOptions)) *testRegistry {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The check runner watches state.TopicAgentChecks once it runs.
+	// The check runner watches state.TopicAgentChecks once it runs, Server.Run the CA
+	// configuration.
 	testutil.Eventually(t, 5*time.Second, time.Millisecond, func() error {
-		if store.Watchers() != 1 {
-			return fmt.Errorf("check runner not watching yet")
+		if store.Watchers() != 2 {
+			return fmt.Errorf("check runner and CA maintenance not watching yet")
 		}
 		return nil
 	})
-	return &testRegistry{URL: hs.URL, Addr: hs.Listener.Addr().String(), Store: store, Server: srv, Checks: mgr, Client: client, baseWatchers: 1}
+	return &testRegistry{URL: hs.URL, Addr: hs.Listener.Addr().String(), Store: store, Server: srv, Checks: mgr, Client: client, baseWatchers: 2}
 }
 
 // do sends a raw request and returns the status, headers and body.

@@ -17,6 +17,9 @@ type metrics struct {
 	latency   *prometheus.HistogramVec
 	blocking  prometheus.Gauge
 	checkRuns *prometheus.CounterVec
+	leaves    prometheus.Counter
+	rotations *prometheus.CounterVec
+	authorize *prometheus.CounterVec
 }
 
 func newMetrics(reg *prometheus.Registry, store *state.Store) (*metrics, error) {
@@ -38,9 +41,22 @@ func newMetrics(reg *prometheus.Registry, store *state.Store) (*metrics, error) 
 			Name: "podmesh_registry_check_runs_total",
 			Help: "Health check runs by check type and result status.",
 		}, []string{"type", "result"}),
+		leaves: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "podmesh_registry_connect_leaf_certs_issued_total",
+			Help: "Leaf certificates issued by the mesh CA.",
+		}),
+		rotations: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "podmesh_registry_connect_root_rotations_total",
+			Help: "Mesh CA root rotations by cause: config (a PrivateKey change) or rotation_period.",
+		}, []string{"reason"}),
+		authorize: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "podmesh_registry_connect_authorize_total",
+			Help: "Decisions of POST /v1/agent/connect/authorize, allow or deny.",
+		}, []string{"decision"}),
 	}
 	for _, c := range []prometheus.Collector{
-		m.requests, m.latency, m.blocking, m.checkRuns, &instancesCollector{store: store},
+		m.requests, m.latency, m.blocking, m.checkRuns, m.leaves, m.rotations, m.authorize,
+		&instancesCollector{store: store}, &connectCollector{store: store},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	} {
 		if err := reg.Register(c); err != nil {
@@ -100,4 +116,33 @@ func aggregatedStatus(cs []*state.Check) string {
 	default:
 		return "passing"
 	}
+}
+
+// connectCollector reports the intentions and trusted roots at scrape time.
+type connectCollector struct {
+	store *state.Store
+}
+
+var (
+	intentionsDesc = prometheus.NewDesc("podmesh_registry_connect_intentions",
+		"Intentions stored.", nil, nil)
+	caRootsDesc = prometheus.NewDesc("podmesh_registry_connect_ca_roots",
+		"Roots in the mesh CA's trust bundle (more than one during a rotation).", nil, nil)
+)
+
+func (c *connectCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- intentionsDesc
+	ch <- caRootsDesc
+}
+
+func (c *connectCollector) Collect(ch chan<- prometheus.Metric) {
+	var ixns, roots int
+	c.store.View(func(v *state.View) {
+		ixns = v.IntentionCount()
+		if l := v.CARoots(); l != nil {
+			roots = len(l.Roots)
+		}
+	})
+	ch <- prometheus.MustNewConstMetric(intentionsDesc, prometheus.GaugeValue, float64(ixns))
+	ch <- prometheus.MustNewConstMetric(caRootsDesc, prometheus.GaugeValue, float64(roots))
 }

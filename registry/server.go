@@ -22,6 +22,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/podmesh/podmesh/registry/state"
+	"github.com/podmesh/podmesh/tls/authz"
 )
 
 // Defaults of Config.
@@ -54,6 +55,10 @@ type Config struct {
 	MaxBodyBytes int64
 	// MaxKVValueBytes bounds KV values (413 beyond); default DefaultMaxKVValueBytes.
 	MaxKVValueBytes int64
+	// DefaultIntentionPolicy decides connections no intention matches: "allow" (the default,
+	// Consul's behaviour with ACLs disabled) or "deny". Every response carries it in
+	// X-Consul-Default-ACL-Policy, where sidecars read it.
+	DefaultIntentionPolicy string
 	// Metrics is the registry the server's metrics go to; nil: a new private one. /metrics
 	// serves it.
 	Metrics *prometheus.Registry
@@ -73,6 +78,9 @@ func (c Config) withDefaults() Config {
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
+	if c.DefaultIntentionPolicy == "" {
+		c.DefaultIntentionPolicy = "allow"
+	}
 	return c
 }
 
@@ -85,6 +93,10 @@ type Server struct {
 	metrics *metrics
 	cache   *renderCache
 	token   [32]byte // sha256 of cfg.ACLToken
+	leaves  *leafCache
+	// policy is the default intention policy; policyHdr its X-Consul-Default-ACL-Policy value.
+	policy    authz.Default
+	policyHdr []string
 
 	closing   chan struct{}
 	closeOnce sync.Once
@@ -96,6 +108,10 @@ func New(cfg Config) (*Server, error) {
 		return nil, errors.New("registry: Config.Store is nil")
 	}
 	cfg = cfg.withDefaults()
+	policy, err := authz.ParseDefault(cfg.DefaultIntentionPolicy)
+	if err != nil {
+		return nil, fmt.Errorf("registry: Config.DefaultIntentionPolicy: %w", err)
+	}
 	s := &Server{
 		cfg:     cfg,
 		store:   cfg.Store,
@@ -104,7 +120,10 @@ func New(cfg Config) (*Server, error) {
 		cache:   newRenderCache(4096),
 		closing: make(chan struct{}),
 		token:   sha256.Sum256([]byte(cfg.ACLToken)),
+		leaves:  newLeafCache(),
+		policy:  policy,
 	}
+	s.policyHdr = []string{policy.String()}
 	m, err := newMetrics(cfg.Metrics, s.store)
 	if err != nil {
 		return nil, err
@@ -184,6 +203,24 @@ func (s *Server) routes() {
 	s.handle("GET /v1/kv/{key...}", needAuth, s.kvGet)
 	s.handle("PUT /v1/kv/{key...}", needAuth, s.kvPut)
 	s.handle("DELETE /v1/kv/{key...}", needAuth, s.kvDelete)
+	// Connect: the mesh CA, authorization and intentions. Roots need no token (Consul's need
+	// no ACL); leaves, authorization and the CA configuration (which may show a root key) do.
+	s.handle("GET /v1/connect/ca/roots", open, s.caRoots)
+	s.handle("GET /v1/agent/connect/ca/roots", open, s.caRoots)
+	s.handle("GET /v1/agent/connect/ca/leaf/{service...}", needAuth, s.agentLeaf)
+	s.handle("GET /v1/connect/ca/configuration", needAuth, s.caConfiguration)
+	s.handle("PUT /v1/connect/ca/configuration", needAuth, s.caSetConfiguration)
+	s.handle("POST /v1/agent/connect/authorize", needAuth, s.agentAuthorize)
+	s.handle("GET /v1/connect/intentions", open, s.intentionsList)
+	s.handle("POST /v1/connect/intentions", needAuth, s.intentionCreate)
+	s.handle("GET /v1/connect/intentions/exact", open, s.intentionExactGet)
+	s.handle("PUT /v1/connect/intentions/exact", needAuth, s.intentionExactPut)
+	s.handle("DELETE /v1/connect/intentions/exact", needAuth, s.intentionExactDelete)
+	s.handle("GET /v1/connect/intentions/match", open, s.intentionMatch)
+	s.handle("GET /v1/connect/intentions/check", open, s.intentionCheck)
+	s.handle("GET /v1/connect/intentions/{id}", open, s.intentionGet)
+	s.handle("PUT /v1/connect/intentions/{id}", needAuth, s.intentionUpdate)
+	s.handle("DELETE /v1/connect/intentions/{id}", needAuth, s.intentionDelete)
 	// Status: single server, always its own leader.
 	s.handle("GET /v1/status/leader", open, s.statusLeader)
 	s.handle("GET /v1/status/peers", open, s.statusPeers)
@@ -196,7 +233,7 @@ func (s *Server) routes() {
 // methods, as Consul does, and 404 otherwise.
 func (s *Server) unmatched(w http.ResponseWriter, r *http.Request) error {
 	var allow []string
-	for _, m := range []string{http.MethodGet, http.MethodPut, http.MethodDelete} {
+	for _, m := range []string{http.MethodGet, http.MethodPut, http.MethodPost, http.MethodDelete} {
 		r2 := r.Clone(r.Context())
 		r2.Method = m
 		if _, pattern := s.mux.Handler(r2); pattern != "/" && pattern != "" {
@@ -238,6 +275,8 @@ func (s *Server) wrap(route string, acc access, h handlerFunc) http.Handler {
 		start := time.Now()
 		r = r.WithContext(context.WithValue(r.Context(), queryKey{}, r.URL.Query()))
 		rec := &statusRecorder{ResponseWriter: w}
+		// Every response, errors and writes included, carries the default policy, as Consul's.
+		rec.Header()["X-Consul-Default-Acl-Policy"] = s.policyHdr
 		err := s.precheck(r, acc)
 		if err == nil && (r.Method == http.MethodGet || r.Method == http.MethodHead) {
 			// Every read carries the query headers (reference §0 rule 1); queries with
@@ -315,11 +354,14 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	var ie *state.InvalidError
 	var nf *state.NotFoundError
 	var mb *http.MaxBytesError
+	var ce *state.ConflictError
 	switch {
 	case errors.As(err, &re):
 		status = re.Status
 	case errors.As(err, &ie):
 		status = http.StatusBadRequest
+	case errors.As(err, &ce):
+		status = http.StatusConflict
 	case errors.As(err, &nf):
 		status = http.StatusNotFound
 	case errors.As(err, &mb):
@@ -374,17 +416,12 @@ func (s *Server) setQueryHeaders(w http.ResponseWriter, r *http.Request, index u
 		consistency = hdrConsistent
 	}
 	h["X-Consul-Effective-Consistency"] = consistency
-	if s.cfg.ACLToken != "" {
-		h["X-Consul-Default-Acl-Policy"] = hdrDeny
-	} else {
-		h["X-Consul-Default-Acl-Policy"] = hdrAllow
-	}
+	h["X-Consul-Default-Acl-Policy"] = s.policyHdr
 }
 
 var (
 	hdrZero, hdrTrue                   = []string{"0"}, []string{"true"}
 	hdrLeader, hdrStale, hdrConsistent = []string{"leader"}, []string{"stale"}, []string{"consistent"}
-	hdrAllow, hdrDeny                  = []string{"allow"}, []string{"deny"}
 	hdrJSON                            = []string{"application/json"}
 )
 

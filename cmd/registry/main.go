@@ -1,6 +1,7 @@
 // Command registry serves Podmesh's service registry: the part of Consul's HTTP API that
 // consul/api, Prometheus' consul_sd_configs and the consul CLI use, with a durable catalog,
-// health checks, blocking queries and KV. See registry/README.md.
+// health checks, blocking queries and KV, and the mesh's certificate authority and
+// intentions (Consul's Connect endpoints). See registry/README.md.
 package main
 
 import (
@@ -24,6 +25,9 @@ import (
 	"github.com/podmesh/podmesh/registry"
 	"github.com/podmesh/podmesh/registry/checks"
 	"github.com/podmesh/podmesh/registry/state"
+	"github.com/podmesh/podmesh/tls/authz"
+	"github.com/podmesh/podmesh/tls/ca"
+	"github.com/podmesh/podmesh/tls/spiffe"
 )
 
 type config struct {
@@ -40,6 +44,10 @@ type config struct {
 	maxBody             int64
 	maxKVValue          int64
 	logLevel            string
+	intentionPolicy     string
+	leafCertTTL         time.Duration
+	leafCertTTLSet      bool // -leaf-cert-ttl given explicitly
+	clusterID           string
 }
 
 // defaultDataDir is $XDG_STATE_HOME/podmesh/registry, or ~/.local/state/podmesh/registry.
@@ -73,6 +81,9 @@ func parseFlags(args []string) (config, error) {
 	fs.Int64Var(&c.maxBody, "max-body", registry.DefaultMaxBodyBytes, "largest JSON request body in `bytes`; larger ones get 413")
 	fs.Int64Var(&c.maxKVValue, "max-kv-value", registry.DefaultMaxKVValueBytes, "largest KV value in `bytes` (Consul's kv_max_value_size); larger ones get 413")
 	fs.StringVar(&c.logLevel, "log-level", "info", "log `level`: debug, info, warn, error")
+	fs.StringVar(&c.intentionPolicy, "default-intention-policy", "allow", "`policy` for connections no intention matches: allow (Consul with ACLs disabled) or deny; sent as X-Consul-Default-ACL-Policy on every response")
+	fs.DurationVar(&c.leafCertTTL, "leaf-cert-ttl", ca.DefaultLeafCertTTL, "lifetime of the mesh CA's leaf certificates when the CA is first created, and for a CA configuration that leaves LeafCertTTL out (at least 1s; Consul's minimum is 1h); later changes: PUT /v1/connect/ca/configuration")
+	fs.StringVar(&c.clusterID, "cluster-id", "", "cluster `ID` (normally a UUID); the trust domain is <cluster-id>.consul. Default: generated on first start and kept in -data; a different one than stored is an error")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: registry [flags]\n\nServes the Consul-compatible registry API over HTTP.\n\nFlags:\n")
 		fs.PrintDefaults()
@@ -83,6 +94,7 @@ func parseFlags(args []string) (config, error) {
 	if fs.NArg() > 0 {
 		return c, fmt.Errorf("unexpected arguments: %q", fs.Args())
 	}
+	fs.Visit(func(f *flag.Flag) { c.leafCertTTLSet = c.leafCertTTLSet || f.Name == "leaf-cert-ttl" })
 	return c, c.resolve()
 }
 
@@ -127,6 +139,17 @@ func (c *config) resolve() error {
 	case c.minDeregisterAfter <= 0:
 		return fmt.Errorf("-min-deregister-critical-after %v: must be positive", c.minDeregisterAfter)
 	}
+	if _, err := authz.ParseDefault(c.intentionPolicy); err != nil {
+		return fmt.Errorf("-default-intention-policy %q: want allow or deny", c.intentionPolicy)
+	}
+	if err := (ca.Config{LeafCertTTL: c.leafCertTTL}).Validate(); err != nil || c.leafCertTTL <= 0 {
+		return fmt.Errorf("-leaf-cert-ttl %v: must be between %v and %v", c.leafCertTTL, ca.MinLeafCertTTL, ca.MaxLeafCertTTL)
+	}
+	if c.clusterID != "" {
+		if _, err := spiffe.TrustDomainFromClusterID(c.clusterID); err != nil {
+			return fmt.Errorf("-cluster-id %q: %w", c.clusterID, err)
+		}
+	}
 	return nil
 }
 
@@ -157,11 +180,16 @@ func run(ctx context.Context, cfg config) error {
 	store, err := state.Open(ctx, state.Options{
 		Dir: cfg.dataDir, Datacenter: cfg.dc, NodeName: cfg.node, NodeAddress: cfg.advertise,
 		CheckUpdateInterval: cfg.checkUpdateInterval, Logger: log,
+		CA: state.CAOptions{ClusterID: cfg.clusterID, LeafCertTTL: cfg.leafCertTTL},
 	})
 	if err != nil {
 		return err
 	}
 	defer store.Close()
+	if got := store.CAConfigOf().LeafCertTTL; cfg.leafCertTTLSet && got != cfg.leafCertTTL {
+		log.Warn("-leaf-cert-ttl applies when the CA is created; the stored CA configuration keeps its own (change it with PUT /v1/connect/ca/configuration)",
+			"flag", cfg.leafCertTTL, "configured", got)
+	}
 
 	var api *registry.Server
 	mgr, err := checks.New(checks.Config{
@@ -173,7 +201,7 @@ func run(ctx context.Context, cfg config) error {
 	}
 	api, err = registry.New(registry.Config{
 		Store: store, Checks: mgr, ACLToken: cfg.aclToken, MaxBodyBytes: cfg.maxBody,
-		MaxKVValueBytes: cfg.maxKVValue, Logger: log,
+		MaxKVValueBytes: cfg.maxKVValue, DefaultIntentionPolicy: cfg.intentionPolicy, Logger: log,
 	})
 	if err != nil {
 		return err
@@ -184,12 +212,14 @@ func run(ctx context.Context, cfg config) error {
 		return fmt.Errorf("listen on -http %s: %w", cfg.httpAddr, err)
 	}
 	srv := &http.Server{Handler: api, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 10 * time.Minute, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
-	log.Info("registry listening", "http", ln.Addr().String(), "data", cfg.dataDir, "node", cfg.node, "dc", cfg.dc, "acl", cfg.aclToken != "")
+	log.Info("registry listening", "http", ln.Addr().String(), "data", cfg.dataDir, "node", cfg.node, "dc", cfg.dc,
+		"acl", cfg.aclToken != "", "trust_domain", store.TrustDomain(), "default_intention_policy", cfg.intentionPolicy)
 
 	checksCtx, stopChecks := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopChecks()
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return mgr.Run(checksCtx) })
+	g.Go(func() error { return api.Run(checksCtx) })
 	g.Go(func() error {
 		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
 			return fmt.Errorf("serve HTTP: %w", err)

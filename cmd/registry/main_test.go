@@ -2,7 +2,9 @@ package main
 
 import (
 	"bytes"
+	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
 	"io"
 	"net/http"
@@ -116,13 +118,16 @@ func put(url, body string) (int, string, error) {
 	return resp.StatusCode, string(b), err
 }
 
-// TestKill9KeepsAcknowledgedWrites is acceptance 4: writers stream agent registrations and KV
-// puts while the registry is killed with SIGKILL; after a restart on the same data directory
-// every write that was acknowledged with a 200 is there, and indexes keep rising.
+// TestKill9KeepsAcknowledgedWrites is acceptance 4 (and issue 4's persistence): writers stream
+// agent registrations, KV puts, intention upserts and leaf certificate requests while the
+// registry is killed with SIGKILL; after a restart on the same data directory every write
+// that was acknowledged with a 200 is there, indexes keep rising, the CA has the same roots
+// and keys (every leaf handed out still verifies) and its serial numbers keep rising.
 func TestKill9KeepsAcknowledgedWrites(t *testing.T) {
 	dir := t.TempDir()
-	p := startProc(t, dir)
+	p := startProc(t, dir, "-leaf-cert-ttl", "1h")
 	base := "http://" + p.addr
+	rootsBefore := getRoots(t, base)
 
 	type ack struct {
 		kind, id, value string
@@ -146,13 +151,25 @@ func TestKill9KeepsAcknowledgedWrites(t *testing.T) {
 				var code int
 				var body string
 				var err error
-				if i%2 == 0 {
+				switch {
+				case w == 0: // leaves for ever new services: each one is issued
+					a = ack{"leaf", fmt.Sprintf("leaf-%d", i), ""}
+					var l leafJSON
+					code, l, err = getLeaf(base, a.id)
+					a.value = l.CertPEM
+				case w == 1 && i%2 == 0:
+					a = ack{"ixn", fmt.Sprintf("src-%d", i), []string{"allow", "deny"}[i%4/2]}
+					code, body, err = put(base+"/v1/connect/intentions/exact?source="+a.id+"&destination=db", `{"Action":"`+a.value+`"}`)
+					if err == nil && body != "true\n" {
+						err = fmt.Errorf("intention put answered %q", body)
+					}
+				case i%2 == 0:
 					a = ack{"kv", fmt.Sprintf("crash/%d/%d", w, i), fmt.Sprintf("value-%d-%d", w, i)}
 					code, body, err = put(base+"/v1/kv/"+a.id, a.value)
 					if err == nil && body != "true\n" {
 						err = fmt.Errorf("kv put answered %q", body)
 					}
-				} else {
+				default:
 					a = ack{"svc", fmt.Sprintf("svc-%d-%d", w, i), ""}
 					reg := fmt.Sprintf(`{"ID":%q,"Name":"crash-%d","Port":%d,"Check":{"TTL":"10m"}}`, a.id, w, 1000+i)
 					code, _, err = put(base+"/v1/agent/service/register", reg)
@@ -216,9 +233,33 @@ func TestKill9KeepsAcknowledgedWrites(t *testing.T) {
 		kv[p.Key] = string(p.Value)
 		maxIndex = max(maxIndex, p.ModifyIndex)
 	}
+	// The CA is the same: same trust domain and roots (keys included, as every leaf handed
+	// out still verifies), and serials continue above every one handed out.
+	rootsAfter := getRoots(t, base)
+	if rootsAfter.TrustDomain != rootsBefore.TrustDomain || rootsAfter.ActiveRootID != rootsBefore.ActiveRootID ||
+		len(rootsAfter.Roots) != 1 || rootsAfter.Roots[0].RootCert != rootsBefore.Roots[0].RootCert {
+		t.Fatalf("roots changed across SIGKILL:\nbefore %+v\nafter  %+v", rootsBefore, rootsAfter)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM([]byte(rootsAfter.Roots[0].RootCert))
+	ixns := getIntentions(t, base)
+	var maxSerial uint64
+	leaves := 0
 	missing := 0
 	for _, a := range final {
 		switch a.kind {
+		case "leaf":
+			leaves++
+			cert := parseCert(t, a.value)
+			if _, err := cert.Verify(x509.VerifyOptions{Roots: pool, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
+				t.Errorf("leaf for %s handed out before SIGKILL no longer verifies: %v", a.id, err)
+			}
+			maxSerial = max(maxSerial, cert.SerialNumber.Uint64())
+		case "ixn":
+			if got := ixns[a.id]; got != a.value {
+				missing++
+				t.Errorf("acknowledged intention %s -> db %s lost (have %q)", a.id, a.value, got)
+			}
 		case "kv":
 			if kv[a.id] != a.value {
 				missing++
@@ -234,6 +275,17 @@ func TestKill9KeepsAcknowledgedWrites(t *testing.T) {
 			t.Fatal("too many lost writes")
 		}
 	}
+	if leaves == 0 {
+		t.Fatal("no leaf was handed out before SIGKILL")
+	}
+	code, l, err := getLeaf(base, "after-restart")
+	if err != nil || code != 200 {
+		t.Fatalf("leaf after restart: %d %v", code, err)
+	}
+	if sn := parseCert(t, l.CertPEM).SerialNumber.Uint64(); sn <= maxSerial {
+		t.Fatalf("serial %d after restart, not above the %d handed out before SIGKILL", sn, maxSerial)
+	}
+	t.Logf("%d leaves and %d intentions acknowledged before SIGKILL; serials continue above %d", leaves, len(ixns), maxSerial)
 	// Indexes keep rising from where they were.
 	code, body, err := put(base+"/v1/kv/after-restart", "x")
 	if err != nil || code != 200 || body != "true\n" {
@@ -248,6 +300,79 @@ func TestKill9KeepsAcknowledgedWrites(t *testing.T) {
 	if idx <= maxIndex {
 		t.Fatalf("index after restart %d, not above the acknowledged %d", idx, maxIndex)
 	}
+}
+
+type rootsJSON struct {
+	ActiveRootID string
+	TrustDomain  string
+	Roots        []struct{ ID, RootCert string }
+}
+
+func getRoots(t *testing.T, base string) rootsJSON {
+	t.Helper()
+	resp, err := client.Get(base + "/v1/connect/ca/roots")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var l rootsJSON
+	if err := json.NewDecoder(resp.Body).Decode(&l); err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+type leafJSON struct {
+	SerialNumber string
+	CertPEM      string
+}
+
+func getLeaf(base, service string) (int, leafJSON, error) {
+	var l leafJSON
+	resp, err := client.Get(base + "/v1/agent/connect/ca/leaf/" + service)
+	if err != nil {
+		return 0, l, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 {
+		return resp.StatusCode, l, nil
+	}
+	err = json.NewDecoder(resp.Body).Decode(&l)
+	return resp.StatusCode, l, err
+}
+
+// getIntentions returns the action of each intention to db by source.
+func getIntentions(t *testing.T, base string) map[string]string {
+	t.Helper()
+	resp, err := client.Get(base + "/v1/connect/intentions")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var list []struct{ SourceName, DestinationName, Action string }
+	if err := json.NewDecoder(resp.Body).Decode(&list); err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]string{}
+	for _, x := range list {
+		if x.DestinationName == "db" {
+			out[x.SourceName] = x.Action
+		}
+	}
+	return out
+}
+
+func parseCert(t *testing.T, s string) *x509.Certificate {
+	t.Helper()
+	b, _ := pem.Decode([]byte(s))
+	if b == nil {
+		t.Fatalf("no PEM in %.40q", s)
+	}
+	c, err := x509.ParseCertificate(b.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
 }
 
 // TestGracefulShutdown: SIGTERM answers blocked queries at once and exits 0.
@@ -325,6 +450,22 @@ func TestFlags(t *testing.T) {
 		{"empty node", []string{"-node", ""}, "-node", nil},
 		{"bad max body", []string{"-max-body", "0"}, "-max-body", nil},
 		{"extra args", []string{"extra"}, "unexpected arguments", nil},
+		{"connect defaults", nil, "", func(c config) error {
+			if c.intentionPolicy != "allow" || c.leafCertTTL != 72*time.Hour || c.leafCertTTLSet || c.clusterID != "" {
+				return fmt.Errorf("%+v", c)
+			}
+			return nil
+		}},
+		{"connect flags", []string{"-default-intention-policy", "deny", "-leaf-cert-ttl", "5s", "-cluster-id", "11111111-2222-3333-4444-555555555555"}, "", func(c config) error {
+			if c.intentionPolicy != "deny" || c.leafCertTTL != 5*time.Second || !c.leafCertTTLSet || c.clusterID != "11111111-2222-3333-4444-555555555555" {
+				return fmt.Errorf("%+v", c)
+			}
+			return nil
+		}},
+		{"bad intention policy", []string{"-default-intention-policy", "maybe"}, "-default-intention-policy", nil},
+		{"leaf ttl too short", []string{"-leaf-cert-ttl", "10ms"}, "-leaf-cert-ttl", nil},
+		{"leaf ttl negative", []string{"-leaf-cert-ttl", "-1h"}, "-leaf-cert-ttl", nil},
+		{"bad cluster id", []string{"-cluster-id", "Not/Valid"}, "-cluster-id", nil},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -342,5 +483,45 @@ func TestFlags(t *testing.T) {
 				t.Fatal(err)
 			}
 		})
+	}
+}
+
+// TestConnectFlags: what the sidecar's tests rely on when they run this binary: -leaf-cert-ttl
+// in seconds, -cluster-id as the trust domain (kept in -data, so a different one later is
+// refused), and -default-intention-policy in every response's header.
+func TestConnectFlags(t *testing.T) {
+	dir := t.TempDir()
+	const id = "11111111-2222-3333-4444-555555555555"
+	p := startProc(t, dir, "-leaf-cert-ttl", "5s", "-cluster-id", id, "-default-intention-policy", "deny")
+	base := "http://" + p.addr
+	if l := getRoots(t, base); l.TrustDomain != id+".consul" {
+		t.Fatalf("trust domain %q", l.TrustDomain)
+	}
+	code, l, err := getLeaf(base, "web")
+	if err != nil || code != 200 {
+		t.Fatalf("leaf: %d %v", code, err)
+	}
+	if c := parseCert(t, l.CertPEM); c.NotAfter.Sub(c.NotBefore) != 5*time.Second {
+		t.Fatalf("leaf lifetime %v, want 5s", c.NotAfter.Sub(c.NotBefore))
+	}
+	resp, err := client.Get(base + "/v1/connect/intentions/match?by=destination&name=web")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if got := resp.Header.Get("X-Consul-Default-ACL-Policy"); got != "deny" {
+		t.Fatalf("X-Consul-Default-ACL-Policy %q", got)
+	}
+	p.cmd.Process.Kill()
+	<-p.done
+
+	out, err := exec.Command(registryBinary(t), "-http", testutil.FreePort(t), "-data", dir, "-node", "crash-test",
+		"-cluster-id", "22222222-2222-3333-4444-555555555555").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), id) {
+		t.Fatalf("restart with another -cluster-id: %v\n%s", err, out)
+	}
+	p2 := startProc(t, dir)
+	if l := getRoots(t, "http://"+p2.addr); l.TrustDomain != id+".consul" {
+		t.Fatalf("trust domain after restart without -cluster-id: %q", l.TrustDomain)
 	}
 }

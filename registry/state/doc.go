@@ -1,5 +1,6 @@
-// Package state is the registry's catalog (nodes, services, checks) and key/value store:
-// in memory for reads, durable in one bbolt file for restarts.
+// Package state is the registry's catalog (nodes, services, checks), key/value store, mesh
+// certificate authority and intentions: in memory for reads, durable in one bbolt file for
+// restarts.
 //
 // # Model
 //
@@ -26,10 +27,24 @@
 // unchanged. Open loads everything back, topic indexes included, so after a crash (kill -9)
 // the state is exactly what was acknowledged and indexes keep rising from where they were.
 //
+// # Mesh CA and intentions
+//
+// The store owns the mesh CA (package tls/ca, see ca.go): IssueLeaf returns a leaf only after
+// the CA's serial counter is committed, so serials are never reused after a crash; rotation,
+// configuration changes and pruning are committed before the new trust bundle is visible, and
+// undone in memory if the commit fails. Intentions (intentions.go) are stored one per
+// source/destination pair with Consul's defaults, validation and precedence (package
+// tls/authz). Their topics are separate from the catalog's: a change to the intentions of
+// destination db raises the "intentions" topic and the by-destination topic of db (and the
+// by-source topic of its source), nothing else, and TopicCARoots moves only when the trust
+// bundle does.
+//
 // # Watching
 //
 // View.Watch returns a channel that is closed at the next change to a topic (close and
 // replace: every change closes the current channel and the next watcher gets a new one). The
 // publisher never blocks and never queues: a slow watcher re-reads the latest state when it
 // gets round to it, skipping intermediate states (coalescing, as Consul's blocking queries).
+// View.WatchTopics does the same for a set of topics (a match over several names), with one
+// shared channel per set.
 package state

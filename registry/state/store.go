@@ -18,9 +18,12 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 	bolterrors "go.etcd.io/bbolt/errors"
+
+	"github.com/podmesh/podmesh/tls/authz"
+	"github.com/podmesh/podmesh/tls/ca"
 )
 
-// Bucket names in the bbolt file. "ca" and "intentions" are reserved for issue 4.
+// Bucket names in the bbolt file.
 var (
 	bucketMeta       = []byte("meta")
 	bucketNodes      = []byte("nodes")
@@ -72,6 +75,8 @@ type Options struct {
 	// CheckUpdateInterval bounds how often an output-only check change is written; default
 	// DefaultCheckUpdateInterval. A negative value writes every change at once.
 	CheckUpdateInterval time.Duration
+	// CA configures the mesh certificate authority on first start.
+	CA CAOptions
 	// Clock defaults to the wall clock.
 	Clock Clock
 	// Logger defaults to slog.Default().
@@ -129,6 +134,15 @@ type memState struct {
 	// checksBySvc holds each service's checks; node-level checks are under the service ID "".
 	checksBySvc   map[serviceKey]map[string]*Check
 	criticalSince map[checkKey]time.Time
+
+	ca *caRecord // nil only while Open creates the CA
+
+	intentions map[string]*authz.Intention // by pair key
+	ixnByID    map[string]string           // ID → pair key
+	// ixnByDst and ixnBySrc hold the intentions by destination and source name ("*"
+	// included as a name).
+	ixnByDst map[string]map[string]*authz.Intention
+	ixnBySrc map[string]map[string]*authz.Intention
 }
 
 func newMemState() *memState {
@@ -143,6 +157,10 @@ func newMemState() *memState {
 		checksByNode:  map[string]map[string]*Check{},
 		checksBySvc:   map[serviceKey]map[string]*Check{},
 		criticalSince: map[checkKey]time.Time{},
+		intentions:    map[string]*authz.Intention{},
+		ixnByID:       map[string]string{},
+		ixnByDst:      map[string]map[string]*authz.Intention{},
+		ixnBySrc:      map[string]map[string]*authz.Intention{},
 	}
 }
 
@@ -167,6 +185,15 @@ type Store struct {
 	watchMu       sync.Mutex
 	watches       map[string]*watchEntry
 	prefixWatches map[string]*watchEntry
+	// multiWatches are watches of several topics at once, keyed by the topics joined with
+	// "\x00"; topicMulti lists, per topic, the keys of the multi-watches that include it.
+	multiWatches map[string]*watchEntry
+	topicMulti   map[string]map[string]struct{}
+
+	// caMu is held shared while a leaf is issued and committed, exclusively while the CA is
+	// rotated, reconfigured or pruned (see ca.go). It guards the ca pointer.
+	caMu sync.RWMutex
+	ca   *ca.CA
 
 	reqs      chan *writeReq
 	quit      chan struct{}
@@ -215,6 +242,8 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 		log:           opts.Logger,
 		watches:       map[string]*watchEntry{},
 		prefixWatches: map[string]*watchEntry{},
+		multiWatches:  map[string]*watchEntry{},
+		topicMulti:    map[string]map[string]struct{}{},
 		reqs:          make(chan *writeReq, 4096),
 		quit:          make(chan struct{}),
 		done:          make(chan struct{}),
@@ -230,6 +259,10 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 	s.ctx, s.cancel = context.WithCancel(context.WithoutCancel(ctx))
 	go s.commitLoop()
 	if err := s.ensureLocalNode(ctx); err != nil {
+		s.Close()
+		return nil, err
+	}
+	if err := s.ensureCA(ctx); err != nil {
 		s.Close()
 		return nil, err
 	}
@@ -258,6 +291,10 @@ func (s *Store) Close() error {
 		for p, w := range s.prefixWatches {
 			w.fire()
 			delete(s.prefixWatches, p)
+		}
+		for k, w := range s.multiWatches {
+			w.fire()
+			s.removeMultiLocked(k)
 		}
 		s.watchMu.Unlock()
 		err = s.db.Close()
@@ -436,6 +473,23 @@ func (s *Store) persist(tx *Txn) error {
 				return err
 			}
 		}
+		for k, v := range tx.intentions {
+			if err := put(bucketIntentions, []byte(k), nilIfNil(v)); err != nil {
+				return err
+			}
+		}
+		if tx.caSet {
+			cb := b.Bucket(bucketCA)
+			if err := cb.Put(caKeyState, tx.ca.state); err != nil {
+				return err
+			}
+			if err := put(bucketCA, caKeyRoots, tx.ca.roots); err != nil {
+				return err
+			}
+			if err := put(bucketCA, caKeyConfig, tx.ca.config); err != nil {
+				return err
+			}
+		}
 		tb := b.Bucket(bucketTopics)
 		for t, idx := range tx.topics {
 			if err := tb.Put([]byte(t), u64(idx)); err != nil {
@@ -517,6 +571,20 @@ func (s *Store) apply(tx *Txn) []*watchEntry {
 			}
 		}
 	}
+	for k, v := range tx.intentions {
+		if old := st.intentions[k]; old != nil {
+			st.unindexIntention(k, old)
+		}
+		if v == nil {
+			delete(st.intentions, k)
+		} else {
+			st.intentions[k] = v
+			st.indexIntention(k, v)
+		}
+	}
+	if tx.caSet {
+		st.ca = tx.ca
+	}
 	for t, idx := range tx.topics {
 		if _, had := st.topics[t]; !had && strings.HasPrefix(t, kvTopicPrefix) {
 			st.kvTopicKeys = insertSorted(st.kvTopicKeys, t[len(kvTopicPrefix):])
@@ -534,6 +602,10 @@ func (s *Store) apply(tx *Txn) []*watchEntry {
 		if w := s.watches[t]; w != nil {
 			fire = append(fire, w)
 			delete(s.watches, t)
+		}
+		for k := range s.topicMulti[t] {
+			fire = append(fire, s.multiWatches[k])
+			s.removeMultiLocked(k)
 		}
 	}
 	for p, w := range s.prefixWatches {
@@ -703,6 +775,27 @@ func (s *Store) load() (*memState, error) {
 			return nil
 		}); err != nil {
 			return err
+		}
+		if err := b.Bucket(bucketIntentions).ForEach(func(k, v []byte) error {
+			x := new(authz.Intention)
+			if err := decode(bucketIntentions, k, v, x); err != nil {
+				return err
+			}
+			st.intentions[string(k)] = x
+			st.indexIntention(string(k), x)
+			return nil
+		}); err != nil {
+			return err
+		}
+		if cb := b.Bucket(bucketCA); cb.Get(caKeyState) != nil {
+			rec := &caRecord{state: append([]byte(nil), cb.Get(caKeyState)...), roots: new(ca.RootList), config: new(CAConfig)}
+			if err := decode(bucketCA, caKeyRoots, cb.Get(caKeyRoots), rec.roots); err != nil {
+				return err
+			}
+			if err := decode(bucketCA, caKeyConfig, cb.Get(caKeyConfig), rec.config); err != nil {
+				return err
+			}
+			st.ca = rec
 		}
 		return b.Bucket(bucketTopics).ForEach(func(k, v []byte) error {
 			if len(v) != 8 {

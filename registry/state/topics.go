@@ -5,9 +5,6 @@ package state
 // watchers of exactly those topics. A query's X-Consul-Index is its topic's modify index: the
 // highest index of any change (deletions included) that touched what it reads. It never goes
 // backwards because topic indexes are only ever raised, and they are stored with the rows.
-//
-// Reserved for the mesh CA and intentions (issue 4): topics "ca-roots" and "intentions", with
-// buckets of the same names.
 const (
 	// TopicServices: the catalog service list (GET /v1/catalog/services). Raised by any change
 	// to a service instance, and by node changes (node-meta and filter read node fields).
@@ -17,10 +14,24 @@ const (
 	// TopicAgentChecks: the set and definitions of the checks the registry runs. Status changes
 	// do not raise it. The check runner watches it.
 	TopicAgentChecks = "agent-checks"
-	// TopicCARoots and TopicIntentions are reserved for issue 4.
-	TopicCARoots    = "ca-roots"
+	// TopicCARoots: the mesh CA's trust bundle (GET /v1/connect/ca/roots): raised by a
+	// rotation and when a pruned root leaves the list, not by issuing leaves.
+	TopicCARoots = "ca-roots"
+	// TopicCAConfig: the mesh CA's configuration (GET /v1/connect/ca/configuration).
+	TopicCAConfig = "ca-config"
+	// TopicIntentions: the whole intention list (GET /v1/connect/intentions). Raised by every
+	// intention change; catalog, health and KV changes never raise it.
 	TopicIntentions = "intentions"
 )
+
+// TopicIntentionsByDestination is raised by a change to any intention whose destination name
+// is name ("*" for wildcard destinations). A match by destination for db reads the topics of
+// "db" and "*", so a change to the intentions of another destination wakes none of its
+// watchers.
+func TopicIntentionsByDestination(name string) string { return "ixn-dst:" + name }
+
+// TopicIntentionsBySource is TopicIntentionsByDestination for the source name.
+func TopicIntentionsBySource(name string) string { return "ixn-src:" + name }
 
 // TopicHealthService is read by /v1/health/service/NAME and /v1/health/checks/NAME: the
 // instances of the service, their checks, and their nodes' rows and node-level checks.

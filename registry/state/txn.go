@@ -3,6 +3,8 @@ package state
 import (
 	"slices"
 	"strings"
+
+	"github.com/podmesh/podmesh/tls/authz"
 )
 
 // Txn is the overlay one commit group builds on top of the committed state. Each write of the
@@ -20,6 +22,10 @@ type Txn struct {
 	kv       map[string]*KVPair
 	topics   map[string]uint64
 
+	intentions map[string]*authz.Intention // by pair key; nil value: deleted
+	ca         *caRecord                   // the CA's new record when caSet
+	caSet      bool
+
 	lastIndex uint64 // highest index used so far (committed or in this group)
 	index     uint64 // index of the current write
 	dirty     bool   // the current write changed something
@@ -28,14 +34,16 @@ type Txn struct {
 
 func newTxn(base *memState, local string) *Txn {
 	return &Txn{
-		base:      base,
-		local:     local,
-		nodes:     map[string]*Node{},
-		services:  map[serviceKey]*Service{},
-		checks:    map[checkKey]*Check{},
-		kv:        map[string]*KVPair{},
-		topics:    map[string]uint64{},
-		lastIndex: base.index,
+		base:     base,
+		local:    local,
+		nodes:    map[string]*Node{},
+		services: map[serviceKey]*Service{},
+		checks:   map[checkKey]*Check{},
+		kv:       map[string]*KVPair{},
+		topics:   map[string]uint64{},
+
+		intentions: map[string]*authz.Intention{},
+		lastIndex:  base.index,
 	}
 }
 
@@ -112,6 +120,21 @@ func (tx *Txn) getCheck(node, id string) *Check {
 }
 
 func (tx *Txn) getKV(key string) *KVPair { return get(tx.kv, tx.base.kv, key) }
+
+func (tx *Txn) getCA() *caRecord {
+	if tx.caSet {
+		return tx.ca
+	}
+	return tx.base.ca
+}
+
+// putCA replaces the CA's record.
+func (tx *Txn) putCA(rec *caRecord) {
+	prev, had := tx.ca, tx.caSet
+	tx.undo = append(tx.undo, func() { tx.ca, tx.caSet = prev, had })
+	tx.ca, tx.caSet = rec, true
+	tx.dirty = true
+}
 
 // servicesOfNode returns the services on node, sorted by ID.
 func (tx *Txn) servicesOfNode(node string) []*Service {

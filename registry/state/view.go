@@ -210,6 +210,15 @@ func (v *View) Watch(topic string) (<-chan struct{}, func()) {
 	return v.s.watch(v.s.watches, topic)
 }
 
+// WatchTopics is Watch for several topics: the channel is closed at the next change to any of
+// them. Watchers of the same set of topics share one channel, as with Watch.
+func (v *View) WatchTopics(topics ...string) (<-chan struct{}, func()) {
+	if len(topics) == 1 {
+		return v.Watch(topics[0])
+	}
+	return v.s.watchMulti(topics)
+}
+
 // WatchKVPrefix is Watch for every key under prefix.
 func (v *View) WatchKVPrefix(prefix string) (<-chan struct{}, func()) {
 	return v.s.watch(v.s.prefixWatches, prefix)
@@ -256,10 +265,64 @@ func (s *Store) watch(m map[string]*watchEntry, key string) (<-chan struct{}, fu
 	}
 }
 
-// Watchers returns the number of topics and KV prefixes with waiting watchers (for tests and
-// metrics).
+func (s *Store) watchMulti(topics []string) (<-chan struct{}, func()) {
+	topics = slices.Clone(topics)
+	slices.Sort(topics)
+	topics = slices.Compact(topics)
+	key := strings.Join(topics, "\x00")
+	s.watchMu.Lock()
+	defer s.watchMu.Unlock()
+	select {
+	case <-s.quit:
+		ch := make(chan struct{})
+		close(ch)
+		return ch, func() {}
+	default:
+	}
+	w := s.multiWatches[key]
+	if w == nil {
+		w = &watchEntry{ch: make(chan struct{})}
+		s.multiWatches[key] = w
+		for _, t := range topics {
+			m := s.topicMulti[t]
+			if m == nil {
+				m = map[string]struct{}{}
+				s.topicMulti[t] = m
+			}
+			m[key] = struct{}{}
+		}
+	}
+	w.refs++
+	var once sync.Once
+	return w.ch, func() {
+		once.Do(func() {
+			s.watchMu.Lock()
+			defer s.watchMu.Unlock()
+			w.refs--
+			if w.refs == 0 && s.multiWatches[key] == w {
+				s.removeMultiLocked(key)
+			}
+		})
+	}
+}
+
+// removeMultiLocked forgets the multi-watch key (watchMu held).
+func (s *Store) removeMultiLocked(key string) {
+	delete(s.multiWatches, key)
+	for _, t := range strings.Split(key, "\x00") {
+		if m := s.topicMulti[t]; m != nil {
+			delete(m, key)
+			if len(m) == 0 {
+				delete(s.topicMulti, t)
+			}
+		}
+	}
+}
+
+// Watchers returns the number of topics, topic sets and KV prefixes with waiting watchers
+// (for tests and metrics).
 func (s *Store) Watchers() int {
 	s.watchMu.Lock()
 	defer s.watchMu.Unlock()
-	return len(s.watches) + len(s.prefixWatches)
+	return len(s.watches) + len(s.prefixWatches) + len(s.multiWatches)
 }

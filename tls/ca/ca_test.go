@@ -600,6 +600,81 @@ func TestRotationDue(t *testing.T) {
 	}
 }
 
+// TestRotationDueShortPeriod: a root's NotBefore is backdated by ClockSkew (1m); a
+// RotationPeriod shorter than that must still count from when the root was made, not make
+// every fresh root due at once.
+func TestRotationDueShortPeriod(t *testing.T) {
+	clk := newClock()
+	c := newCA(t, Config{LeafCertTTL: time.Second, RotationPeriod: 10 * time.Second, Now: clk.Now})
+	if c.RotationDue() {
+		t.Fatal("fresh root due for rotation with a 10s period")
+	}
+	clk.Advance(9 * time.Second)
+	if c.RotationDue() {
+		t.Fatal("9s-old root due with a 10s period")
+	}
+	clk.Advance(2 * time.Second)
+	if !c.RotationDue() {
+		t.Fatal("11s-old root not due with a 10s period")
+	}
+	if _, err := c.Rotate(); err != nil {
+		t.Fatal(err)
+	}
+	if c.RotationDue() {
+		t.Fatal("due right after rotation")
+	}
+}
+
+// TestRotateWithKey: the new root is made over the operator's key, cross-signed by the old
+// root, and leaves it signs verify against either root; a key of another curve is refused.
+func TestRotateWithKey(t *testing.T) {
+	clk := newClock()
+	c := newCA(t, Config{LeafCertTTL: time.Hour, Now: clk.Now})
+	oldRoots := c.Roots().Roots
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, err := c.RotateWithKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := c.Roots()
+	if l.ActiveRootID != id || len(l.Roots) != 2 {
+		t.Fatalf("after RotateWithKey: active %s, %d roots", l.ActiveRootID, len(l.Roots))
+	}
+	active := l.Roots[1]
+	if !active.Active || active.ID != id {
+		t.Fatalf("new root %+v not active", active)
+	}
+	if pub, ok := mustCert(t, active.RootCert).PublicKey.(*ecdsa.PublicKey); !ok || !pub.Equal(&key.PublicKey) {
+		t.Fatal("new root is not over the given key")
+	}
+	leaf, err := c.IssueLeaf(c.ServiceID("dc1", "web"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := verify(t, leaf, oldRoots, clk.Now()); err != nil {
+		t.Fatalf("new leaf against the old root only: %v", err)
+	}
+	if err := verify(t, leaf, l.Roots[1:], clk.Now()); err != nil {
+		t.Fatalf("new leaf against the new root: %v", err)
+	}
+	p384, err := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.RotateWithKey(p384); err == nil || !strings.Contains(err.Error(), "P-384") {
+		t.Fatalf("RotateWithKey(P-384) = %v, want an error naming the curve", err)
+	}
+	if _, err := c.RotateWithKey(nil); err == nil {
+		t.Fatal("RotateWithKey(nil) succeeded")
+	}
+	if got := c.ActiveRootID(); got != id {
+		t.Fatalf("a refused rotation changed the active root to %s", got)
+	}
+}
+
 func TestMarshalLoadRoundTrip(t *testing.T) {
 	clk := newClock()
 	c := newCA(t, Config{LeafCertTTL: 2 * time.Hour, RotationPeriod: 48 * time.Hour, Now: clk.Now})
