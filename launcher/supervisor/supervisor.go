@@ -46,8 +46,9 @@ type Config struct {
 	LogPolicy   logs.Policy
 	Exe         string // the launcher binary, re-executed as each pod's init; "" = /proc/self/exe
 	SidecarBin  string // required for meshed services
-	RegistryBin string // started when no registry URL is given
-	// RegistryArgs builds the registry's arguments; default: -addr ADDR -data-dir DIR.
+	RegistryBin string // started when no registry URL is given (cmd/registry)
+	// RegistryArgs builds the registry's arguments; default DefaultRegistryArgs, which suit
+	// cmd/registry: -http ADDR -data DIR.
 	RegistryArgs func(addr, dataDir string) []string
 	RegistryURL  string // use this registry (a Consul agent works) instead of starting one
 	RelayPort    int    // pods reach the registry at http://<gateway>:RelayPort
@@ -67,11 +68,17 @@ func (c *Config) withDefaults() {
 		c.RelayPort = DefaultRelayPort
 	}
 	if c.RegistryArgs == nil {
-		c.RegistryArgs = func(addr, dataDir string) []string { return []string{"-addr", addr, "-data-dir", dataDir} }
+		c.RegistryArgs = DefaultRegistryArgs
 	}
 	if c.Logf == nil {
 		c.Logf = func(string, ...any) {}
 	}
+}
+
+// DefaultRegistryArgs are cmd/registry's arguments to serve the Consul HTTP API on addr
+// with its durable state in dataDir.
+func DefaultRegistryArgs(addr, dataDir string) []string {
+	return []string{"-http", addr, "-data", dataDir}
 }
 
 // CgroupSystem hands out the cgroups of one project.
@@ -224,6 +231,9 @@ func (s *Supervisor) start(ctx context.Context) error {
 	if regURL == "" && s.needsRegistry() {
 		if s.cfg.RegistryBin == "" {
 			return errors.New("supervisor: meshed services need a registry: give -registry URL or a registry binary")
+		}
+		if _, err := os.Stat(s.cfg.RegistryBin); err != nil {
+			return fmt.Errorf("supervisor: meshed services need a registry: no registry program (%w); build it (make build) or give -registry-bin PATH or -registry URL", err)
 		}
 		if s.registry, err = startRegistry(ctx, s.cfg, s.dir, s.state); err != nil {
 			return err
