@@ -145,7 +145,9 @@ func New(cfg Config) *Pod {
 // Name is "<service>-<replica>".
 func (p *Pod) Name() string { return p.name }
 
-// Meshed reports whether the service has a sidecar (its x-podmesh block names a port).
+// Meshed reports whether the service serves through the mesh (its x-podmesh block names a
+// port): its pods are registered. A service with upstreams but no port has a sidecar too
+// (HasSidecar), for its outbound calls only.
 func (p *Pod) Meshed() bool { return p.cfg.Service.Mesh.Port > 0 }
 
 // Info returns the pod's current state.
@@ -313,7 +315,7 @@ func (p *Pod) prepare() error {
 	if err := os.WriteFile(p.hostsPath(), hosts, 0o644); err != nil {
 		return fmt.Errorf("pod %s: write hosts: %w", p.name, err)
 	}
-	if p.Meshed() {
+	if HasSidecar(p.cfg.Service) {
 		sc, err := NewSidecarConfig(p.cfg.Service, p.name, p.cfg.Net.Addr.Addr(), p.cfg.RegistryURL)
 		if err != nil {
 			return err
@@ -419,7 +421,7 @@ func (p *Pod) start(ctx context.Context) (_ *run, err error) {
 	p.update(func() { p.initPid = r.init.Pid() })
 	tInit = time.Since(t0)
 
-	if p.Meshed() {
+	if HasSidecar(p.cfg.Service) {
 		spec := initproc.Spec{
 			Name: "sidecar",
 			Argv: []string{p.cfg.SidecarBin, "-config", p.sidecarConfigPath()},

@@ -141,6 +141,12 @@ func Up(ctx context.Context, cfg Config, project *compose.Project, ready func(er
 	if ready == nil {
 		ready = func(error) {}
 	}
+	// Every sidecar configuration the file leads to must load in the sidecar: checked
+	// before anything is created, so a bad policy value starts nothing.
+	if err := pod.CheckSidecars(project); err != nil {
+		ready(err)
+		return err
+	}
 	dir := projectDir(cfg, project.Name)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		ready(err)
@@ -261,8 +267,9 @@ func (s *Supervisor) start(ctx context.Context) error {
 }
 
 func (s *Supervisor) needsRegistry() bool {
-	for _, svc := range s.project.Services {
-		if svc.Mesh.Port > 0 && svc.Replicas > 0 {
+	for i := range s.project.Services {
+		svc := &s.project.Services[i]
+		if pod.HasSidecar(svc) && svc.Replicas > 0 {
 			return true
 		}
 	}
@@ -324,8 +331,8 @@ func (s *Supervisor) startServices(ctx context.Context) error {
 		return err
 	}
 	for _, sv := range services {
-		if sv.svc.Mesh.Port > 0 && s.cfg.SidecarBin == "" && len(sv.pods) > 0 {
-			return fmt.Errorf("supervisor: service %s is meshed but no sidecar binary is configured", sv.svc.Name)
+		if pod.HasSidecar(sv.svc) && s.cfg.SidecarBin == "" && len(sv.pods) > 0 {
+			return fmt.Errorf("supervisor: service %s has a sidecar but no sidecar binary is configured", sv.svc.Name)
 		}
 	}
 	for _, sv := range services {
