@@ -157,7 +157,8 @@ func (c SidecarConfig) Check() error {
 }
 
 // CheckSidecars checks the sidecar configuration of every service of the project that has
-// one, with placeholder addresses; the errors name the service.
+// one, and the ingress's when a service is exposed, with placeholder addresses; the errors
+// name the service.
 func CheckSidecars(p *compose.Project) error {
 	names := make([]string, 0, len(p.Services))
 	for i := range p.Services {
@@ -175,6 +176,18 @@ func CheckSidecars(p *compose.Project) error {
 		}
 		if err != nil {
 			return &compose.FieldError{File: p.File, Path: "services." + name + ".x-podmesh", Msg: err.Error()}
+		}
+	}
+	var exposed []*compose.Service
+	for i := range p.Services {
+		if p.Services[i].Mesh.Expose.IsValid() {
+			exposed = append(exposed, &p.Services[i])
+		}
+	}
+	if len(exposed) > 0 {
+		c := NewIngressConfig(p.Name, exposed, netip.MustParseAddrPort("127.0.0.1:15000"), "http://127.0.0.1:8500")
+		if err := c.Check(); err != nil {
+			return &compose.FieldError{File: p.File, Path: "services." + exposed[0].Name + ".x-podmesh.expose", Msg: err.Error()}
 		}
 	}
 	return nil

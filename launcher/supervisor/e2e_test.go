@@ -4,8 +4,11 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"log"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
@@ -134,7 +137,8 @@ func startRegistry(t testing.TB) *registry {
 		return nil
 	})
 	target := &url.URL{Scheme: "http", Host: r.addr}
-	proxy := &httputil.ReverseProxy{Rewrite: func(pr *httputil.ProxyRequest) { pr.SetURL(target) }, FlushInterval: -1}
+	proxy := &httputil.ReverseProxy{Rewrite: func(pr *httputil.ProxyRequest) { pr.SetURL(target) }, FlushInterval: -1,
+		ErrorLog: log.New(io.Discard, "", 0)} // blocking queries cut by a stopping sidecar are no news
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		switch {
 		case req.Method == http.MethodPut && req.URL.Path == "/v1/agent/service/register":
@@ -515,21 +519,23 @@ func waitExit(t testing.TB, cmd *exec.Cmd) {
 	}
 }
 
-// TestKilledLauncherThenDown: a SIGKILLed launcher leaves pods, pins and veths behind;
-// `launcher down` removes all of it.
+// TestKilledLauncherThenDown: a SIGKILLed launcher leaves pods, pins, veths and its ingress
+// behind; `launcher down` removes all of it.
 func TestKilledLauncherThenDown(t *testing.T) {
 	e := newEnv(t)
 	before := podtest.Leftovers(t, e.project, e.bridge)
-	file := e.compose(`  web:
+	expose := testutil.FreePort(t)
+	file := e.compose(fmt.Sprintf(`  web:
     command: [APP, -listen, "127.0.0.1:8080"]
     deploy: {replicas: 2}
-    x-podmesh: {port: 8080}
+    x-podmesh: {port: 8080, expose: "%s"}
   worker:
     command: [sleep, "600"]
-`)
+`, expose))
 	launcher := e.start(file)
 	e.waitFor("web-2", 60*time.Second, healthy)
 	e.waitFor("worker-1", 60*time.Second, healthy)
+	e.waitFor("ingress-0", 60*time.Second, healthy)
 	testutil.Eventually(t, 30*time.Second, 20*time.Millisecond, func() error {
 		if e.reg.registered("web-1") == nil || e.reg.registered("web-2") == nil {
 			return fmt.Errorf("not registered yet: %v", e.reg.events())
@@ -553,6 +559,10 @@ func TestKilledLauncherThenDown(t *testing.T) {
 	after := podtest.Leftovers(t, e.project, e.bridge)
 	if strings.Join(before, "\n") != strings.Join(after, "\n") {
 		t.Errorf("left behind after kill and down:\nbefore %v\nafter:\n%s", before, strings.Join(after, "\n"))
+	}
+	if conn, err := net.DialTimeout("tcp", expose, time.Second); err == nil {
+		conn.Close()
+		t.Errorf("the ingress on %s survived the killed launcher and down", expose)
 	}
 }
 
@@ -962,5 +972,114 @@ func TestDetached(t *testing.T) {
 	after := podtest.Leftovers(t, e.project, e.bridge)
 	if strings.Join(before, "\n") != strings.Join(after, "\n") {
 		t.Errorf("left behind:\n%s", strings.Join(after, "\n"))
+	}
+}
+
+// TestIngress: x-podmesh.expose makes the launcher run an ingress sidecar in the host's
+// network namespace, listening on the exposed address and reaching the service's replicas
+// through the mesh; it shows in ps, is restarted when killed, stops before the services on
+// `down`, and leaves nothing behind.
+func TestIngress(t *testing.T) {
+	e := newEnv(t)
+	before := podtest.Leftovers(t, e.project, e.bridge)
+	expose := testutil.FreePort(t)
+	file := e.compose(fmt.Sprintf(`  web:
+    command: [APP, -listen, "127.0.0.1:8080"]
+    deploy: {replicas: 2}
+    x-podmesh: {port: 8080, expose: "%s"}
+`, expose))
+	launcher := e.start(file)
+	e.waitFor("web-1", 60*time.Second, healthy)
+	e.waitFor("web-2", 60*time.Second, healthy)
+	ing := e.waitFor("ingress-0", 30*time.Second, healthy)
+	if ing.Service != "ingress" || ing.Replica != 0 || ing.Pid == 0 || len(ing.Exposes) != 1 || ing.Exposes[0] != expose+" → web" {
+		t.Errorf("ingress row %+v", ing)
+	}
+	// The ingress runs in the host's network namespace, in a cgroup of the project.
+	if a, b := nsOf(t, ing.Pid, "net"), nsOf(t, os.Getpid(), "net"); a != b {
+		t.Errorf("ingress network namespace %s; want the host's %s", a, b)
+	}
+	m, err := cgroups.New(cgroups.Config{Name: supervisor.CgroupName(e.project)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	cg, err := m.Open("podmesh-" + e.project + "-ingress-0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pids, err := cg.MemberPids(cgroups.Sidecar); err != nil || len(pids) != 1 || pids[0] != ing.Pid {
+		t.Errorf("ingress cgroup holds %v (%v); want %d", pids, err, ing.Pid)
+	}
+
+	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	url := "http://" + expose + "/"
+	served := func(n int) map[string]int {
+		t.Helper()
+		seen := map[string]int{}
+		for i := 0; i < n; i++ {
+			resp, err := client.Get(url)
+			if err != nil {
+				t.Fatalf("GET %s: %v", url, err)
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != 200 {
+				t.Fatalf("GET %s: %s %q", url, resp.Status, b)
+			}
+			seen[strings.TrimSpace(string(b))]++
+		}
+		return seen
+	}
+	// Both replicas are registered once healthy; the ingress learns them from the registry.
+	testutil.Eventually(t, 30*time.Second, 50*time.Millisecond, func() error {
+		if ids := e.reg.passing("web"); len(ids) != 2 {
+			return fmt.Errorf("passing web instances %v", ids)
+		}
+		return nil
+	})
+	testutil.Eventually(t, 10*time.Second, 50*time.Millisecond, func() error {
+		if seen := served(20); seen["hello from web-1"] == 0 || seen["hello from web-2"] == 0 {
+			return fmt.Errorf("20 requests through the ingress reached %v", seen)
+		}
+		return nil
+	})
+	if out, err := e.run("ps", "-p", e.project); err != nil || !strings.Contains(out, "exposed on the host: "+expose+" → web (through ingress-0)") {
+		t.Errorf("ps: %v\n%s", err, out)
+	}
+
+	// Killed, it is restarted and serves again.
+	if err := syscall.Kill(ing.Pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	again := e.waitFor("ingress-0", 30*time.Second, func(r supervisor.Row) bool { return healthy(r) && r.Restarts >= 1 && r.Pid != ing.Pid })
+	if !strings.Contains(again.LastExit, "killed") {
+		t.Errorf("ingress last exit %q; want the SIGKILL", again.LastExit)
+	}
+	testutil.Eventually(t, 10*time.Second, 50*time.Millisecond, func() error {
+		if seen := served(10); len(seen) == 0 {
+			return errors.New("no answer")
+		}
+		return nil
+	})
+
+	if out, err := e.run("down", "-p", e.project); err != nil {
+		t.Fatalf("down: %v\n%s", err, out)
+	}
+	waitExit(t, launcher)
+	// The way in closed before the services stopped.
+	closed := logTime(t, filepath.Join(e.logDir, e.project, "ingress-0", "sidecar.log"), "ingress sidecar exited")
+	for _, p := range []string{"web-1", "web-2"} {
+		if drain := logTime(t, filepath.Join(e.logDir, e.project, p, "sidecar.log"), "drain requested"); !closed.Before(drain) {
+			t.Errorf("ingress stopped at %v, after %s began draining at %v", closed, p, drain)
+		}
+	}
+	if conn, err := net.DialTimeout("tcp", expose, time.Second); err == nil {
+		conn.Close()
+		t.Errorf("%s still accepts connections after down", expose)
+	}
+	after := podtest.Leftovers(t, e.project, e.bridge)
+	if strings.Join(before, "\n") != strings.Join(after, "\n") {
+		t.Errorf("left behind after down:\n%s", strings.Join(after, "\n"))
 	}
 }

@@ -111,6 +111,10 @@ type Supervisor struct {
 	relay       *relay
 	regClient   pod.Registry
 	registryURL string // as pods see it
+	hostReg     string // as the host sees it (the ingress)
+
+	ingress     *ingress // nil: nothing exposed
+	stopIngress context.CancelFunc
 
 	mu       sync.Mutex
 	stopping bool // set by teardown: no pod is launched after it
@@ -190,6 +194,10 @@ func Up(ctx context.Context, cfg Config, project *compose.Project, ready func(er
 		ready(err)
 		return err
 	}
+	if err := s.startIngress(ctx); err != nil {
+		ready(err)
+		return err
+	}
 	ready(nil)
 	<-ctx.Done()
 	cfg.Logf("stopping %s", project.Name)
@@ -247,6 +255,7 @@ func (s *Supervisor) start(ctx context.Context) error {
 		regURL = "http://" + s.registry.addr
 	}
 	if regURL != "" {
+		s.hostReg = regURL
 		if err := s.state.update(func(st *State) { st.RegistryURL = regURL }); err != nil {
 			return err
 		}
@@ -286,7 +295,9 @@ func (s *Supervisor) startServices(ctx context.Context) error {
 	s.mu.Lock()
 	for i := range s.project.Services {
 		svc := &s.project.Services[i]
-		sctx, cancel := context.WithCancel(ctx)
+		// Not cancelled with ctx: teardown cancels the services one by one, in reverse
+		// dependency order.
+		sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 		sv := &service{svc: svc, ctx: sctx, cancel: cancel}
 		for r := 1; r <= svc.Replicas; r++ {
 			addr, err := netns.Allocate(st.Network.Subnet, used)
@@ -338,6 +349,26 @@ func (s *Supervisor) startServices(ctx context.Context) error {
 	for _, sv := range services {
 		go s.runService(sv)
 	}
+	return nil
+}
+
+// startIngress starts the ingress sidecar when the project exposes a service; it runs
+// until teardown stops it, before the services.
+func (s *Supervisor) startIngress(ctx context.Context) error {
+	in, err := newIngress(s.cfg, s.project, s.dir, s.cg, s.state, s.hostReg)
+	if err != nil || in == nil {
+		return err
+	}
+	ictx, cancel := context.WithCancel(context.WithoutCancel(ctx)) // teardown stops it first
+	s.mu.Lock()
+	if s.stopping {
+		s.mu.Unlock()
+		cancel()
+		return nil
+	}
+	s.ingress, s.stopIngress = in, cancel
+	s.mu.Unlock()
+	go in.run(ictx)
 	return nil
 }
 
@@ -403,7 +434,17 @@ func (s *Supervisor) teardown() error {
 	s.mu.Lock()
 	s.stopping = true
 	services := s.services
+	in, stopIngress := s.ingress, s.stopIngress
 	s.mu.Unlock()
+	// The way in from the host closes first: no new request while the services stop.
+	if in != nil {
+		stopIngress()
+		<-in.done
+		if err := in.remove(ctx); err != nil {
+			errs = append(errs, err)
+		}
+		_ = s.state.update(func(st *State) { st.Ingress = nil })
+	}
 	for i := len(services) - 1; i >= 0; i-- {
 		sv := services[i]
 		sv.cancel()
@@ -457,6 +498,7 @@ func (s *Supervisor) teardown() error {
 func removeState(dir string) {
 	_ = os.RemoveAll(filepath.Join(dir, "pods"))
 	_ = os.RemoveAll(filepath.Join(dir, "registry"))
+	_ = os.RemoveAll(filepath.Join(dir, "ingress"))
 	for _, f := range []string{"state.json", "control.sock"} {
 		_ = os.Remove(filepath.Join(dir, f))
 	}
@@ -489,6 +531,11 @@ func cleanup(ctx context.Context, cfg Config, st State) error {
 	}
 	if st.Registry != nil {
 		if err := killOrphan(st.Registry.Pid, st.Registry.Exe, 5*time.Second); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if st.Ingress != nil {
+		if err := killOrphan(st.Ingress.Pid, st.Ingress.Exe, 5*time.Second); err != nil {
 			errs = append(errs, err)
 		}
 	}
