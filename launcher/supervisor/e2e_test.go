@@ -597,7 +597,7 @@ func TestRestarts(t *testing.T) {
 	if again.Addr != first.Addr {
 		t.Errorf("restarted web-1 moved from %v to %v", first.Addr, again.Addr)
 	}
-	if !strings.Contains(again.LastExit, "killed by killed") {
+	if !strings.Contains(again.LastExit, "killed by SIGKILL") {
 		t.Errorf("web-1 last exit %q; want the SIGKILL", again.LastExit)
 	}
 

@@ -20,6 +20,7 @@ import (
 	"github.com/podmesh/podmesh/launcher/logs"
 	"github.com/podmesh/podmesh/launcher/netns"
 	"github.com/podmesh/podmesh/launcher/pod"
+	"golang.org/x/sys/unix"
 )
 
 // The ingress is how the host reaches a project's services (compose `ports` are refused):
@@ -271,7 +272,7 @@ func exitString(ps *os.ProcessState) string {
 		return "gone"
 	}
 	if ws, ok := ps.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
-		return "killed by " + ws.Signal().String()
+		return "killed by " + unix.SignalName(ws.Signal())
 	}
 	return fmt.Sprintf("exited %d", ps.ExitCode())
 }
