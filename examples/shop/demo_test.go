@@ -28,7 +28,7 @@ func TestDemo(t *testing.T) {
 	ctx := testutil.Context(t, 3*time.Minute)
 	bin := filepath.Join(t.TempDir(), "bin")
 	for dir, pkgs := range map[string][]string{
-		bin: {"../../cmd/launcher", "../../cmd/sidecar", "../../cmd/registry", "../../launcher/initproc/podmesh-init"},
+		bin:                        {"../../cmd/launcher", "../../cmd/sidecar", "../../cmd/registry", "../../launcher/initproc/podmesh-init"},
 		filepath.Join(bin, "shop"): {"./frontend", "./catalog", "./prices", "./loadgen"},
 	} {
 		args := append([]string{"build", "-o", dir + "/"}, pkgs...)
