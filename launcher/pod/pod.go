@@ -328,14 +328,18 @@ func (p *Pod) prepare() error {
 			return fmt.Errorf("pod %s: write sidecar config: %w", p.name, err)
 		}
 	}
+	t0 := time.Now()
 	cg, err := p.cfg.Cgroups.Pod(netns.PinName(p.cfg.Project, p.cfg.Service.Name, p.cfg.Replica), p.cfg.Service.Limits)
 	if err != nil {
 		return fmt.Errorf("pod %s: cgroup: %w", p.name, err)
 	}
 	p.update(func() { p.cg = cg })
+	t1 := time.Now()
 	if err := netns.Create(p.cfg.Network, p.cfg.Net); err != nil {
 		return fmt.Errorf("pod %s: %w", p.name, err)
 	}
+	p.logApp.Notef("pod cgroup in %v, network (namespace, veth, address, firewall) in %v",
+		t1.Sub(t0).Round(time.Microsecond), time.Since(t1).Round(time.Microsecond))
 	return nil
 }
 
