@@ -114,7 +114,14 @@ func NewIngressConfig(project string, services []*compose.Service, admin netip.A
 	}
 	for _, svc := range services {
 		if svc.Mesh.Expose.IsValid() {
-			c.Upstreams = append(c.Upstreams, SidecarUpstream{Name: svc.Name, Listen: svc.Mesh.Expose.String()})
+			// The protocol is known here: until the registry lists an instance, a request
+			// gets an HTTP 503 rather than a reset connection.
+			proto := svc.Mesh.Protocol
+			if proto == "" {
+				proto = compose.DefaultProtocol
+			}
+			c.Upstreams = append(c.Upstreams, SidecarUpstream{Name: svc.Name, Listen: svc.Mesh.Expose.String(),
+				Policy: map[string]any{"protocol": proto}})
 		}
 	}
 	return c

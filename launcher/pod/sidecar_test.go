@@ -95,7 +95,8 @@ func TestSidecarConfigLoadsInSidecar(t *testing.T) {
 		t.Fatalf("the sidecar rejects the ingress config: %v", err)
 	}
 	if got.Service != "shop-ingress" || got.Admin != "127.0.0.1:39000" || *got.Register || got.Registry != "http://127.0.0.1:8500" ||
-		len(got.Upstreams) != 1 || got.Upstreams[0].Name != "frontend" || got.Upstreams[0].Listen != "127.0.0.1:18080" {
+		len(got.Upstreams) != 1 || got.Upstreams[0].Name != "frontend" || got.Upstreams[0].Listen != "127.0.0.1:18080" ||
+		got.Upstreams[0].Protocol != "http" {
 		t.Errorf("ingress config as the sidecar reads it: %+v", got)
 	}
 	if err := ing.Check(); err != nil {

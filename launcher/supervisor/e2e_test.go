@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"log"
@@ -1014,22 +1013,21 @@ func TestIngress(t *testing.T) {
 
 	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
 	url := "http://" + expose + "/"
-	served := func(n int) map[string]int {
-		t.Helper()
+	served := func(n int) (map[string]int, error) {
 		seen := map[string]int{}
 		for i := 0; i < n; i++ {
 			resp, err := client.Get(url)
 			if err != nil {
-				t.Fatalf("GET %s: %v", url, err)
+				return seen, err
 			}
 			b, _ := io.ReadAll(resp.Body)
 			resp.Body.Close()
 			if resp.StatusCode != 200 {
-				t.Fatalf("GET %s: %s %q", url, resp.Status, b)
+				return seen, fmt.Errorf("GET %s: %s %q", url, resp.Status, b)
 			}
 			seen[strings.TrimSpace(string(b))]++
 		}
-		return seen
+		return seen, nil
 	}
 	// Both replicas are registered once healthy; the ingress learns them from the registry.
 	testutil.Eventually(t, 30*time.Second, 50*time.Millisecond, func() error {
@@ -1039,10 +1037,11 @@ func TestIngress(t *testing.T) {
 		return nil
 	})
 	testutil.Eventually(t, 10*time.Second, 50*time.Millisecond, func() error {
-		if seen := served(20); seen["hello from web-1"] == 0 || seen["hello from web-2"] == 0 {
-			return fmt.Errorf("20 requests through the ingress reached %v", seen)
+		seen, err := served(20)
+		if err == nil && (seen["hello from web-1"] == 0 || seen["hello from web-2"] == 0) {
+			err = fmt.Errorf("20 requests through the ingress reached %v", seen)
 		}
-		return nil
+		return err
 	})
 	if out, err := e.run("ps", "-p", e.project); err != nil || !strings.Contains(out, "exposed on the host: "+expose+" → web (through ingress-0)") {
 		t.Errorf("ps: %v\n%s", err, out)
@@ -1057,10 +1056,8 @@ func TestIngress(t *testing.T) {
 		t.Errorf("ingress last exit %q; want the SIGKILL", again.LastExit)
 	}
 	testutil.Eventually(t, 10*time.Second, 50*time.Millisecond, func() error {
-		if seen := served(10); len(seen) == 0 {
-			return errors.New("no answer")
-		}
-		return nil
+		_, err := served(10)
+		return err
 	})
 
 	if out, err := e.run("down", "-p", e.project); err != nil {
