@@ -28,7 +28,6 @@ import (
 	"github.com/podmesh/podmesh/launcher/cgroups"
 	"github.com/podmesh/podmesh/launcher/initproc"
 	"github.com/podmesh/podmesh/launcher/internal/podtest"
-	"github.com/podmesh/podmesh/launcher/netns"
 	"github.com/podmesh/podmesh/launcher/pod"
 	"github.com/podmesh/podmesh/launcher/supervisor"
 )
@@ -330,6 +329,45 @@ func nsOf(t *testing.T, pid int, kind string) string {
 	return s
 }
 
+// getBody GETs url and returns the body of a 200 answer.
+func getBody(c *http.Client, url string) (string, error) {
+	resp, err := c.Get(url)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err == nil && resp.StatusCode != http.StatusOK {
+		err = fmt.Errorf("GET %s: %s: %s", url, resp.Status, b)
+	}
+	return string(b), err
+}
+
+// throughIngress waits until requests to the ingress at expose have reached every one of
+// wants (answer bodies), within 200 requests each try.
+func throughIngress(t *testing.T, expose string, wants ...string) {
+	t.Helper()
+	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	testutil.Eventually(t, 30*time.Second, 50*time.Millisecond, func() error {
+		seen := map[string]bool{}
+		for i := 0; i < 200 && len(seen) < len(wants); i++ {
+			body, err := getBody(c, "http://"+expose+"/")
+			if err != nil {
+				return err
+			}
+			for _, w := range wants {
+				if body == w {
+					seen[w] = true
+				}
+			}
+		}
+		if len(seen) < len(wants) {
+			return fmt.Errorf("200 requests through the ingress reached only %v of %q", seen, wants)
+		}
+		return nil
+	})
+}
+
 func readFile(t *testing.T, path string) string {
 	t.Helper()
 	b, err := os.ReadFile(path)
@@ -345,14 +383,15 @@ func readFile(t *testing.T, path string) string {
 func TestUpIsolationLimitsDown(t *testing.T) {
 	e := newEnv(t)
 	before := podtest.Leftovers(t, e.project, e.bridge)
-	file := e.compose(`  web:
+	expose := testutil.FreePort(t)
+	file := e.compose(fmt.Sprintf(`  web:
     command: [APP, -listen, "0.0.0.0:8080"]
     deploy:
       replicas: 2
       resources:
         limits: {cpus: '0.5', memory: 512M, pids: 100}
-    x-podmesh: {port: 8080, tags: [v1], meta: {team: shop}}
-`)
+    x-podmesh: {port: 8080, tags: [v1], meta: {team: shop}, expose: "%s"}
+`, expose))
 	launcher := e.start(file)
 	var rows [2]supervisor.Row
 	for i := range rows {
@@ -420,19 +459,9 @@ func TestUpIsolationLimitsDown(t *testing.T) {
 		}
 	}
 
-	// Traffic from the host to the registered address reaches the app through the sidecar.
-	for i, row := range rows {
-		url := fmt.Sprintf("http://%s:%d/", row.Addr, pod.InboundPort)
-		resp, err := http.Get(url)
-		if err != nil {
-			t.Fatalf("GET %s: %v", url, err)
-		}
-		b, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if want := fmt.Sprintf("hello from web-%d\n", i+1); string(b) != want {
-			t.Errorf("GET %s = %q; want %q", url, b, want)
-		}
-	}
+	// Traffic from the host reaches both replicas through the ingress, the mesh and each
+	// pod's sidecar (the pods' inbound listeners are for sidecars, with mutual TLS once on).
+	throughIngress(t, expose, "hello from web-1\n", "hello from web-2\n")
 	// The app listens on 0.0.0.0:8080, yet from outside the pod only the sidecar answers.
 	short := &http.Client{Timeout: 500 * time.Millisecond}
 	if resp, err := short.Get(fmt.Sprintf("http://%s:8080/", r.Addr)); err == nil {
@@ -659,89 +688,6 @@ func TestInvalidFileStartsNothing(t *testing.T) {
 	}
 }
 
-// BenchmarkUp times `launcher up` to the first request served through every pod's sidecar
-// (from the host to POD_IP:15001, the sidecar, the app), for 1 and 20 replicas of a trivial
-// app. Run without -race for numbers that mean anything:
-//
-//	go test -run '^$' -bench BenchmarkUp -benchtime 3x ./launcher/supervisor
-func BenchmarkUp(b *testing.B) {
-	for _, n := range []int{1, 20} {
-		b.Run(fmt.Sprintf("replicas=%d", n), func(b *testing.B) {
-			e := newEnv(b)
-			// The real launcher, not this test binary (whose start-up, with every package of
-			// the test linked in, would dominate); the pods run the real sidecar, podmesh-init
-			// and the test app. make bench (bench/launcher.sh) measures the same beside
-			// processes started by hand.
-			e.bin = filepath.Join(e.dir, "bin", "launcher")
-			if out, err := exec.Command("go", "build", "-o", e.bin, "github.com/podmesh/podmesh/cmd/launcher").CombinedOutput(); err != nil {
-				b.Fatalf("build the launcher: %v\n%s", err, out)
-			}
-			file := e.compose(fmt.Sprintf(`  web:
-    command: [APP, -listen, "127.0.0.1:8080"]
-    deploy: {replicas: %d}
-    x-podmesh: {port: 8080}
-`, n))
-			var addrs, veths []string
-			a := e.subnet.Addr().Next().Next()
-			for i := 0; i < n; i++ {
-				addrs = append(addrs, fmt.Sprintf("http://%s:%d/", a, pod.InboundPort))
-				veths = append(veths, netns.HostIfName(netns.PinName(e.project, "web", i+1)))
-				a = a.Next()
-			}
-			// The bridge exists before the first request, so requests to a pod address
-			// that is not up yet stay on this host (no route would send them out of eth0).
-			network := netns.Network{Bridge: e.bridge, Subnet: e.subnet}
-			if _, err := netns.EnsureBridge(network); err != nil {
-				b.Fatal(err)
-			}
-			client := &http.Client{Timeout: time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
-			var total time.Duration
-			for b.Loop() {
-				t0 := time.Now()
-				cmd := exec.Command(e.bin, e.args("up", "-f", file)...)
-				if err := cmd.Start(); err != nil {
-					b.Fatal(err)
-				}
-				var wg sync.WaitGroup
-				for i, u := range addrs {
-					wg.Add(1)
-					go func() {
-						defer wg.Done()
-						deadline := time.Now().Add(3 * time.Minute)
-						// Ask only once the pod's veth is up (its pod end is set up after
-						// the address): a request to an address nobody holds yet waits out
-						// a failed ARP resolution, about a second, which would be measured
-						// as start-up time. Clients in the mesh never see this: they learn
-						// a pod's address from the registry, after it is healthy.
-						for time.Now().Before(deadline) {
-							if b, err := os.ReadFile("/sys/class/net/" + veths[i] + "/operstate"); err == nil && strings.TrimSpace(string(b)) == "up" {
-								break
-							}
-							time.Sleep(time.Millisecond)
-						}
-						for time.Now().Before(deadline) {
-							if resp, err := client.Get(u); err == nil {
-								resp.Body.Close()
-								if resp.StatusCode == 200 {
-									return
-								}
-							}
-							time.Sleep(5 * time.Millisecond)
-						}
-						b.Errorf("%s never answered", u)
-					}()
-				}
-				wg.Wait()
-				total += time.Since(t0)
-				_ = cmd.Process.Signal(syscall.SIGTERM)
-				_ = cmd.Wait()
-			}
-			b.ReportMetric(float64(total.Milliseconds())/float64(b.N), "ms/up")
-			b.ReportMetric(float64(total.Milliseconds())/float64(b.N)/float64(n), "ms/pod")
-		})
-	}
-}
-
 // TestTrafficDuringRestart sends requests from the host to frontend (through its sidecar),
 // which calls http://catalog/ (its /etc/hosts entry, the sidecar's outbound listener, a
 // passing catalog instance from the registry reached through the launcher's relay), while a
@@ -752,7 +698,8 @@ func BenchmarkUp(b *testing.B) {
 // dead replica before draining and restarting it.
 func TestTrafficDuringRestart(t *testing.T) {
 	e := newEnv(t)
-	file := e.compose(`  catalog:
+	expose := testutil.FreePort(t)
+	file := e.compose(strings.ReplaceAll(`  catalog:
     command: [APP, -listen, "127.0.0.1:8080"]
     deploy: {replicas: 2, restart_policy: {condition: any, delay: 50ms}}
     healthcheck: {test: [CMD, APP, -probe, "http://127.0.0.1:8080/"], interval: 1s, timeout: 2s, retries: 3}
@@ -760,10 +707,10 @@ func TestTrafficDuringRestart(t *testing.T) {
   frontend:
     command: [APP, -listen, "127.0.0.1:8080", -upstream, "http://catalog/"]
     depends_on: {catalog: {condition: service_healthy}}
-    x-podmesh: {port: 8080, upstreams: [catalog]}
-`)
+    x-podmesh: {port: 8080, upstreams: [catalog], expose: "EXPOSE"}
+`, "EXPOSE", expose))
 	e.start(file)
-	front := e.waitFor("frontend-1", 60*time.Second, healthy)
+	e.waitFor("frontend-1", 60*time.Second, healthy)
 	victim := e.waitFor("catalog-1", 60*time.Second, healthy)
 	// depends_on service_healthy: frontend started only once both catalog replicas were healthy.
 	frontStart := logTime(t, filepath.Join(e.logDir, e.project, "frontend-1", "app.log"), "started pid")
@@ -772,23 +719,11 @@ func TestTrafficDuringRestart(t *testing.T) {
 			t.Errorf("frontend started at %v, before %s was healthy at %v", frontStart, c, h)
 		}
 	}
-	url := fmt.Sprintf("http://%s:%d/", front.Addr, pod.InboundPort)
+	// From the host through the ingress to the frontend, which calls the catalog.
+	url := "http://" + expose + "/"
 	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
-	get := func() (string, error) {
-		resp, err := client.Get(url)
-		if err != nil {
-			return "", err
-		}
-		defer resp.Body.Close()
-		b, err := io.ReadAll(resp.Body)
-		if resp.StatusCode != http.StatusOK {
-			return "", fmt.Errorf("%s: %s", resp.Status, b)
-		}
-		return string(b), err
-	}
-	if body, err := get(); err != nil || !strings.Contains(body, "via frontend-1") {
-		t.Fatalf("first request: %q, %v", body, err)
-	}
+	get := func() (string, error) { return getBody(client, url) }
+	throughIngress(t, expose, "hello from catalog-1\n via frontend-1", "hello from catalog-2\n via frontend-1")
 	// Bounded load: at most 2000 requests or 60 s, one at a time.
 	var failures []string
 	seen := map[string]int{}
@@ -842,13 +777,14 @@ func TestTrafficDuringRestart(t *testing.T) {
 func TestOwnRegistry(t *testing.T) {
 	e := newEnv(t)
 	before := podtest.Leftovers(t, e.project, e.bridge)
-	file := e.compose(`  catalog:
+	expose := testutil.FreePort(t)
+	file := e.compose(fmt.Sprintf(`  catalog:
     command: [APP, -listen, "127.0.0.1:8080"]
     x-podmesh: {port: 8080, meta: {version: "2"}}
   frontend:
     command: [APP, -listen, "127.0.0.1:8080", -upstream, "http://catalog/"]
-    x-podmesh: {port: 8080, upstreams: [catalog]}
-`)
+    x-podmesh: {port: 8080, upstreams: [catalog], expose: "%s"}
+`, expose))
 	cmd := exec.Command(e.bin, "-state-dir", e.stateDir, "-log-dir", e.logDir, "-init-bin", smallInit, "-sidecar-bin", e.sidecar,
 		"-registry-bin", registryBin, "up", "-f", file)
 	var out bytes.Buffer
@@ -866,7 +802,7 @@ func TestOwnRegistry(t *testing.T) {
 			t.Logf("launcher output:\n%s", out.String())
 		}
 	})
-	front := e.waitFor("frontend-1", 60*time.Second, healthy)
+	e.waitFor("frontend-1", 60*time.Second, healthy)
 	e.waitFor("catalog-1", 60*time.Second, healthy)
 
 	b, err := os.ReadFile(filepath.Join(e.stateDir, e.project, "state.json"))
@@ -902,19 +838,8 @@ func TestOwnRegistry(t *testing.T) {
 	if s := entries[0].Service; s.ID != "catalog-1" || s.Port != pod.InboundPort || s.Meta["version"] != "2" || s.Meta["pod"] != "catalog-1" {
 		t.Errorf("catalog instance in Consul: %+v", s)
 	}
-	client := &http.Client{Timeout: 5 * time.Second}
-	testutil.Eventually(t, 30*time.Second, 50*time.Millisecond, func() error {
-		resp, err := client.Get(fmt.Sprintf("http://%s:%d/", front.Addr, pod.InboundPort))
-		if err != nil {
-			return err
-		}
-		defer resp.Body.Close()
-		body, _ := io.ReadAll(resp.Body)
-		if !strings.Contains(string(body), "hello from catalog-1\n via frontend-1") {
-			return fmt.Errorf("%s: %q", resp.Status, body)
-		}
-		return nil
-	})
+	// A request crosses the ingress and two sidecars.
+	throughIngress(t, expose, "hello from catalog-1\n via frontend-1")
 
 	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
