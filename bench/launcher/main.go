@@ -13,6 +13,8 @@ package main
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
@@ -29,6 +31,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/hashicorp/consul/api"
 
 	"github.com/podmesh/podmesh/launcher/netns"
 	"github.com/podmesh/podmesh/launcher/pod"
@@ -104,6 +108,7 @@ type bench struct {
 	gateway  netip.Addr
 	registry string // http://GATEWAY:PORT, reachable from the host and from pods
 	client   *http.Client
+	scheme   string // of the probes: http, or https once the sidecars speak mutual TLS
 }
 
 func run(ctx context.Context, c config) (err error) {
@@ -128,7 +133,7 @@ func run(ctx context.Context, c config) (err error) {
 		}
 		counts = append(counts, n)
 	}
-	b := &bench{config: c, client: &http.Client{Timeout: time.Second, Transport: &http.Transport{DisableKeepAlives: true}}}
+	b := &bench{config: c, scheme: "http", client: &http.Client{Timeout: time.Second, Transport: &http.Transport{DisableKeepAlives: true}}}
 	if b.self, err = os.Executable(); err != nil {
 		return err
 	}
@@ -155,6 +160,9 @@ func run(ctx context.Context, c config) (err error) {
 		return err
 	}
 	defer stopRegistry()
+	if err := b.meshClient(); err != nil {
+		return err
+	}
 
 	fmt.Printf("pod start: from the start to the first request served through each pod's sidecar (host → POD_IP:%d → sidecar → app),\n", pod.InboundPort)
 	fmt.Printf("median of %d rounds; the same real sidecar and trivial app in every way; load average %s\n\n", c.rounds, loadavg())
@@ -208,8 +216,8 @@ func run(ctx context.Context, c config) (err error) {
 	fmt.Println()
 	fmt.Println("APP ALONE: the apps exec'd on the host, no namespace, no sidecar (the app's own start).")
 	fmt.Println("BY HAND: per pod, a shell runs ip netns add, ip link add … peer … netns, ip addr/link set, then ip netns exec NS")
-	fmt.Println("  unshare --pid --mount --uts --ipc --fork --mount-proc bash -c: the sidecar, a 5 ms poll until its admin port")
-	fmt.Println("  accepts, the app (the launcher's order: the app starts once its sidecar is ready); all pods at once.")
+	fmt.Println("  unshare --pid --mount --uts --ipc --fork --mount-proc bash -c: the sidecar, a 5 ms poll of its /ready (bash")
+	fmt.Println("  /dev/tcp), the app (the launcher's order: the app starts once its sidecar is ready); all pods at once.")
 	fmt.Println("LAUNCHER: launcher up (foreground) on a compose file with N replicas, using the registry above; it also")
 	fmt.Println("  makes the pod cgroups with limits, runs podmesh-init as each pod's PID 1, a private /proc and /tmp,")
 	fmt.Println("  /etc/hosts, the pod firewall, waits for the sidecar's /ready before the app, and health-checks the app.")
@@ -290,6 +298,65 @@ func (b *bench) startRegistry(ctx context.Context) (func(), error) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// meshClient makes the probes speak mutual TLS when the registry runs a Connect CA (the
+// sidecars then accept only mesh peers on their inbound listeners): a leaf certificate for
+// the identity "pmbench-probe", the CA's roots, ALPN http/1.1, and the pod sidecar's chain
+// checked against the roots (its name is a SPIFFE URI, not a host name).
+func (b *bench) meshClient() error {
+	resp, err := b.client.Get(b.registry + "/v1/agent/connect/ca/roots")
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil // no CA: the sidecars speak plaintext
+	}
+	cfg := api.DefaultConfig()
+	cfg.Address = strings.TrimPrefix(b.registry, "http://")
+	client, err := api.NewClient(cfg)
+	if err != nil {
+		return err
+	}
+	roots, _, err := client.Agent().ConnectCARoots(nil)
+	if err != nil {
+		return fmt.Errorf("connect CA roots: %w", err)
+	}
+	pool := x509.NewCertPool()
+	for _, r := range roots.Roots {
+		pool.AppendCertsFromPEM([]byte(r.RootCertPEM))
+	}
+	leaf, _, err := client.Agent().ConnectCALeaf("pmbench-probe", nil)
+	if err != nil {
+		return fmt.Errorf("connect CA leaf: %w", err)
+	}
+	cert, err := tls.X509KeyPair([]byte(leaf.CertPEM), []byte(leaf.PrivateKeyPEM))
+	if err != nil {
+		return fmt.Errorf("connect CA leaf: %w", err)
+	}
+	tc := &tls.Config{
+		Certificates: []tls.Certificate{cert},
+		NextProtos:   []string{"http/1.1"},
+		MinVersion:   tls.VersionTLS13,
+		// The peer is verified below against the mesh's roots, without a host name.
+		InsecureSkipVerify: true,
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			if len(cs.PeerCertificates) == 0 {
+				return errors.New("no peer certificate")
+			}
+			inter := x509.NewCertPool()
+			for _, c := range cs.PeerCertificates[1:] {
+				inter.AddCert(c)
+			}
+			_, err := cs.PeerCertificates[0].Verify(x509.VerifyOptions{Roots: pool, Intermediates: inter})
+			return err
+		},
+	}
+	b.client = &http.Client{Timeout: time.Second, Transport: &http.Transport{DisableKeepAlives: true, TLSClientConfig: tc}}
+	b.scheme = "https"
+	fmt.Println("the registry runs a Connect CA: the probes speak mutual TLS to the sidecars, as pmbench-probe")
+	return nil
 }
 
 // podAddr is the address of pod i (0-based) in round r: the launcher allocates from the
@@ -432,12 +499,13 @@ ip -n %[1]s link set lo up
 ip -n %[1]s link set eth0 up
 exec ip netns exec %[1]s unshare --pid --mount --uts --ipc --fork --kill-child --mount-proc \
   bash -c '%[6]s -config %[7]s &
-    until (: <>/dev/tcp/127.0.0.1/%[9]d) 2>/dev/null; do sleep 0.005; done
+    ready() { exec 3<>/dev/tcp/127.0.0.1/%[9]d && printf "GET /ready HTTP/1.0\r\n\r\n" >&3 && read -r l <&3 && [[ $l == *" 200 "* ]]; }
+    until (ready) 2>/dev/null; do sleep 0.005; done
     exec %[8]s app -listen 127.0.0.1:8080'
 `, name, veth, b.bridge, addr, prefix, filepath.Join(b.bin, "sidecar"), cfgPath, b.self, pod.AdminPort))
 		names = append(names, name)
 		veths = append(veths, veth)
-		urls = append(urls, fmt.Sprintf("http://%s:%d/", addr, pod.InboundPort))
+		urls = append(urls, fmt.Sprintf("%s://%s:%d/", b.scheme, addr, pod.InboundPort))
 	}
 	logf, err := os.Create(filepath.Join(dir, "pods.log"))
 	if err != nil {
@@ -482,7 +550,7 @@ services:
 		pin := netns.PinName(project, "web", i+1)
 		names = append(names, pin)
 		veths = append(veths, netns.HostIfName(pin))
-		urls = append(urls, fmt.Sprintf("http://%s:%d/", b.podAddr(i, false), pod.InboundPort))
+		urls = append(urls, fmt.Sprintf("%s://%s:%d/", b.scheme, b.podAddr(i, false), pod.InboundPort))
 	}
 	logf, err := os.Create(filepath.Join(dir, "launcher.log"))
 	if err != nil {
