@@ -902,7 +902,8 @@ func TestDetached(t *testing.T) {
 // TestIngress: x-podmesh.expose makes the launcher run an ingress sidecar in the host's
 // network namespace, listening on the exposed address and reaching the service's replicas
 // through the mesh; it shows in ps, is restarted when killed, stops before the services on
-// `down`, and leaves nothing behind.
+// `down`, and leaves nothing behind. A service without a port calls its upstream through a
+// sidecar of its own (outbound only, like the ingress).
 func TestIngress(t *testing.T) {
 	e := newEnv(t)
 	before := podtest.Leftovers(t, e.project, e.bridge)
@@ -911,10 +912,17 @@ func TestIngress(t *testing.T) {
     command: [APP, -listen, "127.0.0.1:8080"]
     deploy: {replicas: 2}
     x-podmesh: {port: 8080, expose: "%s"}
+  client:
+    command: [sleep, "600"]
+    healthcheck: {test: [CMD, APP, -probe, "http://web/"], interval: 200ms, timeout: 2s, start_period: 30s}
+    x-podmesh: {upstreams: [web]}
 `, expose))
 	launcher := e.start(file)
 	e.waitFor("web-1", 60*time.Second, healthy)
 	e.waitFor("web-2", 60*time.Second, healthy)
+	// A service without a port still gets a sidecar for its upstreams: its healthcheck
+	// reaches web by name through it.
+	e.waitFor("client-1", 60*time.Second, healthy)
 	ing := e.waitFor("ingress-0", 30*time.Second, healthy)
 	if ing.Service != "ingress" || ing.Replica != 0 || ing.Pid == 0 || len(ing.Exposes) != 1 || ing.Exposes[0] != expose+" → web" {
 		t.Errorf("ingress row %+v", ing)
