@@ -2,6 +2,10 @@
 // namespace and veth (launcher/netns), its cgroup, an init as PID 1 (launcher/initproc), the
 // sidecar, the app, health checks, registration, restarts.
 //
+// A pod runs a sidecar when its service serves through the mesh (x-podmesh.port) or calls
+// upstreams; without a port the sidecar serves only the app's outbound calls and nothing
+// is registered.
+//
 // Start order: pod network → init → sidecar → sidecar ready (/ready on its admin address,
 // probed from inside the pod) → app → app healthy (the compose healthcheck run inside the
 // pod, or a TCP connect to the app's port) → registered passing (a TTL check the pod keeps

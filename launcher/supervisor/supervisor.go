@@ -6,7 +6,12 @@
 // <StateDir>/<project>/lock for as long as it runs (the kernel drops it when the process
 // dies, however it dies), serves `ps` and `down` on <StateDir>/<project>/control.sock, and
 // records in state.json every host object before it creates it: the bridge, the pod
-// network namespaces and veths, the cgroup directory, the registry process.
+// network namespaces and veths, the cgroup directory, the registry process, the ingress.
+//
+// The registry is cmd/registry, found beside the launcher binary (-registry-bin), started
+// with -http ADDR -data DIR unless -registry names one already running (a Consul agent
+// works). Services with x-podmesh.expose are reached from the host through the project's
+// ingress, a sidecar in the host's network namespace (ingress.go).
 package supervisor
 
 import (
