@@ -601,15 +601,17 @@ func Down(ctx context.Context, cfg Config, project string) error {
 	}
 	lock, err := lockProject(dir)
 	if errors.Is(err, ErrRunning) {
+		running, _ := readState(filepath.Join(dir, "state.json"))
 		if err := controlDo(ctx, dir, http.MethodPost, "/down", nil); err != nil {
 			return err
 		}
-		// The launcher releases the lock when it has stopped everything and exits.
+		// The launcher releases the lock when it has stopped everything, then exits.
 		t := time.NewTicker(50 * time.Millisecond)
 		defer t.Stop()
 		for {
 			if l, err := lockProject(dir); err == nil {
 				l.Close()
+				waitExited(ctx, running.Pid, 10*time.Second)
 				return nil
 			}
 			select {
@@ -631,6 +633,25 @@ func Down(ctx context.Context, cfg Config, project string) error {
 		return err
 	}
 	return cleanup(ctx, cfg, st)
+}
+
+// waitExited waits, at most d, until process pid has exited (gone, or a zombie its parent
+// has not reaped yet), so that `down` returns once the launcher is over, not just its lock.
+func waitExited(ctx context.Context, pid int, d time.Duration) {
+	if pid <= 0 || pid == os.Getpid() {
+		return
+	}
+	deadline := time.Now().Add(d)
+	for time.Now().Before(deadline) && ctx.Err() == nil {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			return
+		}
+		if i := strings.LastIndexByte(string(b), ')'); i >= 0 && strings.HasPrefix(string(b[i:]), ") Z") {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 // hostPort extracts host:port from a registry URL.
