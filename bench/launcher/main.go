@@ -261,6 +261,9 @@ func median(rs []result) result {
 }
 
 func ms(d time.Duration) time.Duration {
+	if d < 0 {
+		return -ms(-d)
+	}
 	if d >= 10*time.Millisecond {
 		return d.Round(time.Millisecond)
 	}
