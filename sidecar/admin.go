@@ -22,6 +22,7 @@ import (
 //	          answer came (or ReadyTimeout passed); 503 before, and while draining
 //	/config   the effective configuration and every upstream's endpoints and state, as JSON
 //	/metrics  Prometheus metrics
+//	/drain    POST: inbound stops accepting and drains, outbound keeps serving (drain.go)
 //	/debug/pprof/  Go profiles
 func (s *Sidecar) adminHandler() http.Handler {
 	mux := http.NewServeMux()
@@ -35,6 +36,7 @@ func (s *Sidecar) adminHandler() http.Handler {
 		}
 		io.WriteString(w, why+"\n")
 	})
+	mux.Handle("POST /drain", s.newInboundDrain())
 	mux.HandleFunc("GET /config", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		enc := json.NewEncoder(w)

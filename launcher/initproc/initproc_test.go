@@ -215,7 +215,7 @@ func TestExitsAndUser(t *testing.T) {
 	}{
 		{sh("ok", "exit 0"), "exited 0", ""},
 		{sh("code", "exit 3"), "exited 3", ""},
-		{sh("killed", "kill -9 $$"), "killed by killed", ""},
+		{sh("killed", "kill -9 $$"), "killed by SIGKILL", ""},
 		{func() initproc.Spec {
 			s := sh("user", "id -u; id -g; id -G")
 			s.User = &initproc.User{UID: 65534, GID: 65534, Groups: []uint32{65534, 100}}

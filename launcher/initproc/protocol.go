@@ -26,6 +26,8 @@ import (
 	"fmt"
 	"net"
 	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // Hidden argv[0] values that make the launcher binary act as init or as the exec shim.
@@ -122,7 +124,7 @@ func (e Exit) String() string {
 	case e.Err != "":
 		return "failed: " + e.Err
 	case e.Signal != 0:
-		return "killed by " + e.Signal.String()
+		return "killed by " + unix.SignalName(e.Signal)
 	default:
 		return fmt.Sprintf("exited %d", e.Code)
 	}

@@ -2,7 +2,9 @@ package pod
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"net/http"
 
 	"github.com/hashicorp/consul/api"
 )
@@ -63,10 +65,15 @@ func (r *ConsulRegistry) SetHealth(ctx context.Context, id, status, output strin
 	return nil
 }
 
-// Deregister removes the instance (and its check).
+// Deregister removes the instance (and its check). An instance the registry does not know
+// (a pod stopped before it was ever healthy) is not an error.
 func (r *ConsulRegistry) Deregister(ctx context.Context, id string) error {
 	q := (&api.QueryOptions{}).WithContext(ctx)
 	if err := r.client.Agent().ServiceDeregisterOpts(id, q); err != nil {
+		var se api.StatusError
+		if errors.As(err, &se) && se.Code == http.StatusNotFound {
+			return nil
+		}
 		return fmt.Errorf("pod: deregister %s: %w", id, err)
 	}
 	return nil

@@ -2,6 +2,10 @@
 // namespace and veth (launcher/netns), its cgroup, an init as PID 1 (launcher/initproc), the
 // sidecar, the app, health checks, registration, restarts.
 //
+// A pod runs a sidecar when its service serves through the mesh (x-podmesh.port) or calls
+// upstreams; without a port the sidecar serves only the app's outbound calls and nothing
+// is registered.
+//
 // Start order: pod network → init → sidecar → sidecar ready (/ready on its admin address,
 // probed from inside the pod) → app → app healthy (the compose healthcheck run inside the
 // pod, or a TCP connect to the app's port) → registered passing (a TTL check the pod keeps
@@ -145,7 +149,9 @@ func New(cfg Config) *Pod {
 // Name is "<service>-<replica>".
 func (p *Pod) Name() string { return p.name }
 
-// Meshed reports whether the service has a sidecar (its x-podmesh block names a port).
+// Meshed reports whether the service serves through the mesh (its x-podmesh block names a
+// port): its pods are registered. A service with upstreams but no port has a sidecar too
+// (HasSidecar), for its outbound calls only.
 func (p *Pod) Meshed() bool { return p.cfg.Service.Mesh.Port > 0 }
 
 // Info returns the pod's current state.
@@ -313,7 +319,7 @@ func (p *Pod) prepare() error {
 	if err := os.WriteFile(p.hostsPath(), hosts, 0o644); err != nil {
 		return fmt.Errorf("pod %s: write hosts: %w", p.name, err)
 	}
-	if p.Meshed() {
+	if HasSidecar(p.cfg.Service) {
 		sc, err := NewSidecarConfig(p.cfg.Service, p.name, p.cfg.Net.Addr.Addr(), p.cfg.RegistryURL)
 		if err != nil {
 			return err
@@ -326,14 +332,18 @@ func (p *Pod) prepare() error {
 			return fmt.Errorf("pod %s: write sidecar config: %w", p.name, err)
 		}
 	}
+	t0 := time.Now()
 	cg, err := p.cfg.Cgroups.Pod(netns.PinName(p.cfg.Project, p.cfg.Service.Name, p.cfg.Replica), p.cfg.Service.Limits)
 	if err != nil {
 		return fmt.Errorf("pod %s: cgroup: %w", p.name, err)
 	}
 	p.update(func() { p.cg = cg })
+	t1 := time.Now()
 	if err := netns.Create(p.cfg.Network, p.cfg.Net); err != nil {
 		return fmt.Errorf("pod %s: %w", p.name, err)
 	}
+	p.logApp.Notef("pod cgroup in %v, network (namespace, veth, address, firewall) in %v",
+		t1.Sub(t0).Round(time.Microsecond), time.Since(t1).Round(time.Microsecond))
 	return nil
 }
 
@@ -419,7 +429,7 @@ func (p *Pod) start(ctx context.Context) (_ *run, err error) {
 	p.update(func() { p.initPid = r.init.Pid() })
 	tInit = time.Since(t0)
 
-	if p.Meshed() {
+	if HasSidecar(p.cfg.Service) {
 		spec := initproc.Spec{
 			Name: "sidecar",
 			Argv: []string{p.cfg.SidecarBin, "-config", p.sidecarConfigPath()},

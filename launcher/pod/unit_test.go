@@ -79,8 +79,8 @@ func TestHosts(t *testing.T) {
 }
 
 func TestSidecarConfig(t *testing.T) {
-	svc := &compose.Service{Name: "frontend", Mesh: compose.Mesh{Port: 8080, Protocol: "grpc", Upstreams: []compose.Upstream{
-		{Name: "catalog", Policy: map[string]any{"retries": 2}},
+	svc := &compose.Service{Name: "frontend", StopGracePeriod: 3 * time.Second, Mesh: compose.Mesh{Port: 8080, Protocol: "grpc", Upstreams: []compose.Upstream{
+		{Name: "catalog", Policy: map[string]any{"retries": 2, "breakers": map[string]any{"max_requests": 10}}},
 		{Name: "prices"},
 	}}}
 	c, err := NewSidecarConfig(svc, "frontend-1", netip.MustParseAddr("10.89.0.2"), "http://10.89.0.1:8500")
@@ -100,11 +100,13 @@ admin: 127.0.0.1:15000
 metrics: 10.89.0.2:15090
 registry: http://10.89.0.1:8500
 register: false
+drain_timeout: 3s
 upstreams:
     - name: catalog
       listen: 127.0.0.2:80
-      policy:
-        retries: 2
+      breakers:
+        max_requests: 10
+      retries: 2
     - name: prices
       listen: 127.0.0.3:80
 `

@@ -42,7 +42,7 @@ func CLI(ctx context.Context, args []string, stdout io.Writer) error {
 		initBin = "" // the launcher binary itself plays init
 	}
 	fs.StringVar(&cfg.Exe, "init-bin", initBin, "binary run as each pod's init and exec shim (podmesh-init, which starts much faster than the launcher; empty: the launcher itself)")
-	registryArgs := fs.String("registry-args", "-addr {addr} -data-dir {data}", "arguments of the registry program; {addr} is its host:port, {port} the port alone, {data} its data directory")
+	registryArgs := fs.String("registry-args", "-http {addr} -data {data}", "arguments of the registry program (those of cmd/registry by default; a Consul agent needs others); {addr} is its host:port, {port} the port alone, {data} its data directory")
 	fs.StringVar(&cfg.RegistryURL, "registry", "", "use the registry (or Consul agent) at this URL instead of starting one")
 	fs.IntVar(&cfg.RelayPort, "relay-port", DefaultRelayPort, "port on the bridge's gateway address where pods reach the registry")
 	fs.Int64Var(&cfg.LogPolicy.MaxSize, "log-max-size", 0, "bytes per log file before rotation (default 10 MiB)")

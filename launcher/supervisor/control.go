@@ -27,6 +27,9 @@ type Row struct {
 	CPUPercent float64 `json:"cpu_percent"`
 	CPUTime    string  `json:"cpu_time"`
 	Memory     uint64  `json:"memory"`
+	// Exposes lists the ingress's host addresses and the service each reaches ("ADDR →
+	// service"); empty on pod rows.
+	Exposes []string `json:"exposes,omitempty"`
 }
 
 func (s *Supervisor) serveControl() (*http.Server, error) {
@@ -57,8 +60,12 @@ func (s *Supervisor) serveControl() (*http.Server, error) {
 func (s *Supervisor) rows() []Row {
 	s.mu.Lock()
 	services := s.services
+	in := s.ingress
 	s.mu.Unlock()
 	var out []Row
+	if in != nil {
+		out = append(out, in.row())
+	}
 	now := time.Now()
 	for _, sv := range services {
 		for _, p := range sv.pods {
@@ -175,7 +182,17 @@ func WritePS(w io.Writer, rows []Row) error {
 		}
 		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%d\t%s\t%.1f%%\t%s\t%s\n", r.Service, r.Replica, addr, pid, r.State, r.Restarts, health, r.CPUPercent, bytesString(r.Memory), last)
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	for _, r := range rows {
+		for _, e := range r.Exposes {
+			if _, err := fmt.Fprintf(w, "exposed on the host: %s (through %s)\n", e, r.Name); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 func bytesString(n uint64) string {

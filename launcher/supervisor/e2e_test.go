@@ -6,13 +6,18 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log"
+	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httputil"
 	"net/netip"
+	"net/url"
 	"os"
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"sort"
 	"strings"
 	"sync"
 	"syscall"
@@ -23,20 +28,16 @@ import (
 	"github.com/podmesh/podmesh/launcher/cgroups"
 	"github.com/podmesh/podmesh/launcher/initproc"
 	"github.com/podmesh/podmesh/launcher/internal/podtest"
-	"github.com/podmesh/podmesh/launcher/internal/standin"
-	"github.com/podmesh/podmesh/launcher/netns"
 	"github.com/podmesh/podmesh/launcher/pod"
 	"github.com/podmesh/podmesh/launcher/supervisor"
 )
 
 // TestMain lets this test binary be, depending on argv[0], the launcher itself (so tests can
-// run it as a separate process and SIGKILL it), a pod's init and exec shim, the stand-in
-// sidecar, or the stand-in app.
+// run it as a separate process and SIGKILL it) or a pod's init and exec shim; it builds the
+// real programs the pods run: the sidecar (cmd/sidecar), the registry (cmd/registry),
+// podmesh-init and the test app.
 func TestMain(m *testing.M) {
 	if ok, code := initproc.Main(); ok {
-		os.Exit(code)
-	}
-	if ok, code := standin.Main(context.Background()); ok {
 		os.Exit(code)
 	}
 	if filepath.Base(os.Args[0]) == "launcher" {
@@ -56,7 +57,7 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	code := 1
-	if err := buildSmall(dir); err != nil {
+	if err := buildPrograms(dir); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 	} else {
 		code = m.Run()
@@ -65,99 +66,144 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// smallInit and smallStandin are podmesh-init and the stand-ins built as programs of their
-// own (without -race): each pod runs four of them, and the test binary, race-enabled and with
-// every package of the tests linked in, starts several times slower. The launcher itself is
-// this test binary, so the supervisor's code runs under the race detector.
-var smallInit, smallStandin string
+// The programs the pods and the registry run, built once without -race: each pod runs
+// three of them, and the race-enabled test binary starts several times slower. The
+// launcher itself is this test binary, so the supervisor's code runs under the race
+// detector.
+var smallInit, testApp, sidecarBin, registryBin string
 
-func buildSmall(dir string) error {
+func buildPrograms(dir string) error {
 	smallInit = filepath.Join(dir, "podmesh-init")
-	smallStandin = filepath.Join(dir, "standin")
-	for pkg, out := range map[string]string{
-		"github.com/podmesh/podmesh/launcher/initproc/podmesh-init":    smallInit,
-		"github.com/podmesh/podmesh/launcher/internal/standin/standin": smallStandin,
-	} {
-		cmd := exec.Command("go", "build", "-o", out, pkg)
-		if b, err := cmd.CombinedOutput(); err != nil {
-			return fmt.Errorf("build %s: %v\n%s", pkg, err, b)
-		}
+	testApp = filepath.Join(dir, "testapp")
+	sidecarBin = filepath.Join(dir, "sidecar")
+	registryBin = filepath.Join(dir, "registry")
+	progs := map[string]string{
+		"github.com/podmesh/podmesh/launcher/initproc/podmesh-init": smallInit,
+		"github.com/podmesh/podmesh/launcher/internal/testapp":      testApp,
+		"github.com/podmesh/podmesh/cmd/sidecar":                    sidecarBin,
+		"github.com/podmesh/podmesh/cmd/registry":                   registryBin,
+	}
+	if bin := os.Getenv("PODMESH_SIDECAR_BIN"); bin != "" {
+		sidecarBin = bin // a sidecar built elsewhere
+		delete(progs, "github.com/podmesh/podmesh/cmd/sidecar")
+	}
+	args := []string{"build", "-o", dir + "/"}
+	for pkg := range progs {
+		args = append(args, pkg)
+	}
+	cmd := exec.Command("go", args...)
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("go %s: %v\n%s", strings.Join(args, " "), err, b)
 	}
 	return nil
 }
 
-// fakeRegistry is the agent API a launcher registers pods with, recording what it is told.
-type fakeRegistry struct {
-	srv *httptest.Server
-	mu  sync.Mutex
-	reg map[string]map[string]any // live registrations by ID
-	ttl map[string]string         // check ID → last status
-	log []string
+// registry is a real registry (cmd/registry) behind a recording proxy: launchers are given
+// the proxy's URL, and the test reads what they registered and when they deregistered.
+type registry struct {
+	url  string // the proxy
+	addr string // the registry itself
+	mu   sync.Mutex
+	log  []string
 
 	deregistered map[string]time.Time
 }
 
-func newFakeRegistry(t testing.TB) *fakeRegistry {
-	f := &fakeRegistry{reg: map[string]map[string]any{}, ttl: map[string]string{}, deregistered: map[string]time.Time{}}
-	mux := http.NewServeMux()
-	mux.HandleFunc("PUT /v1/agent/service/register", func(w http.ResponseWriter, r *http.Request) {
-		var body map[string]any
-		if err := json.NewDecoder(r.Body).Decode(&body); err != nil {
-			http.Error(w, err.Error(), 400)
-			return
+func startRegistry(t testing.TB) *registry {
+	t.Helper()
+	r := &registry{addr: testutil.FreePort(t), deregistered: map[string]time.Time{}}
+	cmd := exec.Command(registryBin, "-http", r.addr, "-data", filepath.Join(t.TempDir(), "registry"),
+		"-node", "e2e", "-log-level", "warn")
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		_ = cmd.Wait()
+		if t.Failed() {
+			t.Logf("registry output:\n%s", out.String())
 		}
-		f.mu.Lock()
-		defer f.mu.Unlock()
-		id, _ := body["ID"].(string)
-		f.reg[id] = body
-		f.log = append(f.log, "register "+id)
 	})
-	mux.HandleFunc("PUT /v1/agent/service/deregister/{id}", func(w http.ResponseWriter, r *http.Request) {
-		f.mu.Lock()
-		defer f.mu.Unlock()
-		delete(f.reg, r.PathValue("id"))
-		f.log = append(f.log, "deregister "+r.PathValue("id"))
-		f.deregistered[r.PathValue("id")] = time.Now()
-	})
-	mux.HandleFunc("PUT /v1/agent/check/update/{id}", func(w http.ResponseWriter, r *http.Request) {
-		var body struct{ Status string }
-		_ = json.NewDecoder(r.Body).Decode(&body)
-		f.mu.Lock()
-		defer f.mu.Unlock()
-		f.ttl[r.PathValue("id")] = body.Status
-	})
-	mux.HandleFunc("GET /v1/health/service/{name}", func(w http.ResponseWriter, r *http.Request) {
-		f.mu.Lock()
-		defer f.mu.Unlock()
-		out := []map[string]any{}
-		for id, reg := range f.reg {
-			if reg["Name"] != r.PathValue("name") {
-				continue
-			}
-			if st, ok := f.ttl["podmesh:"+id]; ok && st != "passing" {
-				continue
-			}
-			out = append(out, map[string]any{"Service": map[string]any{"ID": id, "Address": reg["Address"], "Port": reg["Port"]}})
+	testutil.Eventually(t, 10*time.Second, 10*time.Millisecond, func() error {
+		resp, err := http.Get("http://" + r.addr + "/v1/status/leader")
+		if err != nil {
+			return err
 		}
-		_ = json.NewEncoder(w).Encode(out)
+		resp.Body.Close()
+		return nil
 	})
-	mux.HandleFunc("GET /v1/status/leader", func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, `"127.0.0.1:8300"`) })
-	f.srv = httptest.NewServer(mux)
-	t.Cleanup(f.srv.Close)
-	return f
+	target := &url.URL{Scheme: "http", Host: r.addr}
+	proxy := &httputil.ReverseProxy{Rewrite: func(pr *httputil.ProxyRequest) { pr.SetURL(target) }, FlushInterval: -1,
+		ErrorLog: log.New(io.Discard, "", 0)} // blocking queries cut by a stopping sidecar are no news
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		switch {
+		case req.Method == http.MethodPut && req.URL.Path == "/v1/agent/service/register":
+			body, _ := io.ReadAll(req.Body)
+			req.Body = io.NopCloser(bytes.NewReader(body))
+			var reg struct{ ID string }
+			_ = json.Unmarshal(body, &reg)
+			r.record("register "+reg.ID, "")
+		case req.Method == http.MethodPut && strings.HasPrefix(req.URL.Path, "/v1/agent/service/deregister/"):
+			id := strings.TrimPrefix(req.URL.Path, "/v1/agent/service/deregister/")
+			r.record("deregister "+id, id)
+		}
+		proxy.ServeHTTP(w, req)
+	}))
+	t.Cleanup(srv.Close)
+	r.url = srv.URL
+	return r
 }
 
-// events is what the registry was told, in order.
-func (f *fakeRegistry) events() []string {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return append([]string(nil), f.log...)
+func (r *registry) record(event, deregistered string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.log = append(r.log, event)
+	if deregistered != "" {
+		r.deregistered[deregistered] = time.Now()
+	}
 }
 
-func (f *fakeRegistry) registered(id string) map[string]any {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.reg[id]
+// events is what the registry was told through the proxy, in order.
+func (r *registry) events() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]string(nil), r.log...)
+}
+
+// registered returns the agent's view of a service instance, or nil.
+func (r *registry) registered(id string) map[string]any {
+	resp, err := http.Get("http://" + r.addr + "/v1/agent/service/" + id)
+	if err != nil {
+		return nil
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil
+	}
+	var out map[string]any
+	if json.NewDecoder(resp.Body).Decode(&out) != nil {
+		return nil
+	}
+	return out
+}
+
+// passing lists the IDs of the passing instances of a service.
+func (r *registry) passing(service string) []string {
+	resp, err := http.Get("http://" + r.addr + "/v1/health/service/" + service + "?passing=1")
+	if err != nil {
+		return nil
+	}
+	defer resp.Body.Close()
+	var entries []struct{ Service struct{ ID string } }
+	_ = json.NewDecoder(resp.Body).Decode(&entries)
+	var ids []string
+	for _, e := range entries {
+		ids = append(ids, e.Service.ID)
+	}
+	sort.Strings(ids)
+	return ids
 }
 
 type env struct {
@@ -168,7 +214,7 @@ type env struct {
 	app      string
 	stateDir string
 	logDir   string
-	reg      *fakeRegistry
+	reg      *registry
 	project  string
 	bridge   string
 	subnet   netip.Prefix
@@ -179,20 +225,15 @@ var projectSeq int
 func newEnv(t testing.TB) *env {
 	testutil.RequirePrivileged(t)
 	dir := t.TempDir()
-	e := &env{t: t, dir: dir, stateDir: filepath.Join(dir, "state"), logDir: filepath.Join(dir, "logs"), reg: newFakeRegistry(t)}
-	var err error
-	if e.bin, err = standin.Link(dir, "launcher"); err != nil {
+	e := &env{t: t, dir: dir, stateDir: filepath.Join(dir, "state"), logDir: filepath.Join(dir, "logs"),
+		sidecar: sidecarBin, app: testApp, reg: startRegistry(t)}
+	exe, err := os.Executable()
+	if err != nil {
 		t.Fatal(err)
 	}
-	e.sidecar, e.app = filepath.Join(dir, standin.SidecarName), filepath.Join(dir, standin.AppName)
-	for _, l := range []string{e.sidecar, e.app} {
-		if err := os.Symlink(smallStandin, l); err != nil {
-			t.Fatal(err)
-		}
-	}
-	// The real sidecar replaces the stand-in when given.
-	if real := os.Getenv("PODMESH_SIDECAR_BIN"); real != "" {
-		e.sidecar = real
+	e.bin = filepath.Join(dir, "launcher")
+	if err := os.Symlink(exe, e.bin); err != nil {
+		t.Fatal(err)
 	}
 	projectSeq++
 	e.project = fmt.Sprintf("t%d%c", os.Getpid()%100000, 'a'+rune(projectSeq))
@@ -201,7 +242,7 @@ func newEnv(t testing.TB) *env {
 }
 
 func (e *env) args(args ...string) []string {
-	return append([]string{"-state-dir", e.stateDir, "-log-dir", e.logDir, "-init-bin", smallInit, "-sidecar-bin", e.sidecar, "-registry", e.reg.srv.URL}, args...)
+	return append([]string{"-state-dir", e.stateDir, "-log-dir", e.logDir, "-init-bin", smallInit, "-sidecar-bin", e.sidecar, "-registry", e.reg.url}, args...)
 }
 
 func (e *env) cfg() supervisor.Config {
@@ -288,6 +329,45 @@ func nsOf(t *testing.T, pid int, kind string) string {
 	return s
 }
 
+// getBody GETs url and returns the body of a 200 answer.
+func getBody(c *http.Client, url string) (string, error) {
+	resp, err := c.Get(url)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err == nil && resp.StatusCode != http.StatusOK {
+		err = fmt.Errorf("GET %s: %s: %s", url, resp.Status, b)
+	}
+	return string(b), err
+}
+
+// throughIngress waits until requests to the ingress at expose have reached every one of
+// wants (answer bodies), within 200 requests each try.
+func throughIngress(t *testing.T, expose string, wants ...string) {
+	t.Helper()
+	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	testutil.Eventually(t, 30*time.Second, 50*time.Millisecond, func() error {
+		seen := map[string]bool{}
+		for i := 0; i < 200 && len(seen) < len(wants); i++ {
+			body, err := getBody(c, "http://"+expose+"/")
+			if err != nil {
+				return err
+			}
+			for _, w := range wants {
+				if body == w {
+					seen[w] = true
+				}
+			}
+		}
+		if len(seen) < len(wants) {
+			return fmt.Errorf("200 requests through the ingress reached only %v of %q", seen, wants)
+		}
+		return nil
+	})
+}
+
 func readFile(t *testing.T, path string) string {
 	t.Helper()
 	b, err := os.ReadFile(path)
@@ -303,14 +383,15 @@ func readFile(t *testing.T, path string) string {
 func TestUpIsolationLimitsDown(t *testing.T) {
 	e := newEnv(t)
 	before := podtest.Leftovers(t, e.project, e.bridge)
-	file := e.compose(`  web:
+	expose := testutil.FreePort(t)
+	file := e.compose(fmt.Sprintf(`  web:
     command: [APP, -listen, "0.0.0.0:8080"]
     deploy:
       replicas: 2
       resources:
         limits: {cpus: '0.5', memory: 512M, pids: 100}
-    x-podmesh: {port: 8080, tags: [v1], meta: {team: shop}}
-`)
+    x-podmesh: {port: 8080, tags: [v1], meta: {team: shop}, expose: "%s"}
+`, expose))
 	launcher := e.start(file)
 	var rows [2]supervisor.Row
 	for i := range rows {
@@ -378,19 +459,9 @@ func TestUpIsolationLimitsDown(t *testing.T) {
 		}
 	}
 
-	// Traffic from the host to the registered address reaches the app through the sidecar.
-	for i, row := range rows {
-		url := fmt.Sprintf("http://%s:%d/", row.Addr, pod.InboundPort)
-		resp, err := http.Get(url)
-		if err != nil {
-			t.Fatalf("GET %s: %v", url, err)
-		}
-		b, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if want := fmt.Sprintf("hello from web-%d\n", i+1); string(b) != want {
-			t.Errorf("GET %s = %q; want %q", url, b, want)
-		}
-	}
+	// Traffic from the host reaches both replicas through the ingress, the mesh and each
+	// pod's sidecar (the pods' inbound listeners are for sidecars, with mutual TLS once on).
+	throughIngress(t, expose, "hello from web-1\n", "hello from web-2\n")
 	// The app listens on 0.0.0.0:8080, yet from outside the pod only the sidecar answers.
 	short := &http.Client{Timeout: 500 * time.Millisecond}
 	if resp, err := short.Get(fmt.Sprintf("http://%s:8080/", r.Addr)); err == nil {
@@ -403,7 +474,7 @@ func TestUpIsolationLimitsDown(t *testing.T) {
 		t.Fatalf("web-1 not registered; registry log %v", e.reg.events())
 	}
 	meta, _ := reg["Meta"].(map[string]any)
-	if reg["Name"] != "web" || reg["Address"] != r.Addr.String() || reg["Port"] != float64(pod.InboundPort) ||
+	if reg["Service"] != "web" || reg["Address"] != r.Addr.String() || reg["Port"] != float64(pod.InboundPort) ||
 		meta["team"] != "shop" || meta["protocol"] != "http" || meta["pod"] != "web-1" || meta["metrics_port"] != "15090" {
 		t.Errorf("registration %v", reg)
 	}
@@ -435,7 +506,7 @@ func TestUpIsolationLimitsDown(t *testing.T) {
 	e.reg.mu.Unlock()
 	drain := logTime(t, filepath.Join(e.logDir, e.project, "web-1", "sidecar.log"), "drain requested")
 	appStop := logTime(t, filepath.Join(e.logDir, e.project, "web-1", "app.log"), "stopping on signal")
-	exit := logTime(t, filepath.Join(e.logDir, e.project, "web-1", "sidecar.log"), "stand-in sidecar: exiting")
+	exit := logTime(t, filepath.Join(e.logDir, e.project, "web-1", "sidecar.log"), "sidecar stopped")
 	if dereg.IsZero() || !dereg.Before(drain) || !drain.Before(appStop) || !appStop.Before(exit) {
 		t.Errorf("stop order: deregistered %v, drain %v, app stop %v, sidecar exit %v; want that order",
 			dereg.Format(time.StampMicro), drain.Format(time.StampMicro), appStop.Format(time.StampMicro), exit.Format(time.StampMicro))
@@ -476,21 +547,23 @@ func waitExit(t testing.TB, cmd *exec.Cmd) {
 	}
 }
 
-// TestKilledLauncherThenDown: a SIGKILLed launcher leaves pods, pins and veths behind;
-// `launcher down` removes all of it.
+// TestKilledLauncherThenDown: a SIGKILLed launcher leaves pods, pins, veths and its ingress
+// behind; `launcher down` removes all of it.
 func TestKilledLauncherThenDown(t *testing.T) {
 	e := newEnv(t)
 	before := podtest.Leftovers(t, e.project, e.bridge)
-	file := e.compose(`  web:
+	expose := testutil.FreePort(t)
+	file := e.compose(fmt.Sprintf(`  web:
     command: [APP, -listen, "127.0.0.1:8080"]
     deploy: {replicas: 2}
-    x-podmesh: {port: 8080}
+    x-podmesh: {port: 8080, expose: "%s"}
   worker:
     command: [sleep, "600"]
-`)
+`, expose))
 	launcher := e.start(file)
 	e.waitFor("web-2", 60*time.Second, healthy)
 	e.waitFor("worker-1", 60*time.Second, healthy)
+	e.waitFor("ingress-0", 60*time.Second, healthy)
 	testutil.Eventually(t, 30*time.Second, 20*time.Millisecond, func() error {
 		if e.reg.registered("web-1") == nil || e.reg.registered("web-2") == nil {
 			return fmt.Errorf("not registered yet: %v", e.reg.events())
@@ -515,6 +588,10 @@ func TestKilledLauncherThenDown(t *testing.T) {
 	if strings.Join(before, "\n") != strings.Join(after, "\n") {
 		t.Errorf("left behind after kill and down:\nbefore %v\nafter:\n%s", before, strings.Join(after, "\n"))
 	}
+	if conn, err := net.DialTimeout("tcp", expose, time.Second); err == nil {
+		conn.Close()
+		t.Errorf("the ingress on %s survived the killed launcher and down", expose)
+	}
 }
 
 // TestRestarts covers acceptance 2: a killed app and an exiting app are restarted with
@@ -522,7 +599,6 @@ func TestKilledLauncherThenDown(t *testing.T) {
 // its memory limit is OOM-killed, reported as such, and restarted.
 func TestRestarts(t *testing.T) {
 	e := newEnv(t)
-	testutil.Tool(t, "curl") // sick's healthcheck
 	file := e.compose(`  web:
     command: [APP, -listen, "127.0.0.1:8080"]
     deploy: {restart_policy: {condition: any, delay: 50ms}}
@@ -532,7 +608,7 @@ func TestRestarts(t *testing.T) {
     deploy: {restart_policy: {condition: on-failure, delay: 50ms, window: 1m}}
   sick:
     command: [APP, -listen, "127.0.0.1:8080", -fail-after, 1s]
-    healthcheck: {test: [CMD, curl, -sf, -o, /dev/null, "http://127.0.0.1:8080/"], interval: 300ms, timeout: 2s, retries: 2}
+    healthcheck: {test: [CMD, APP, -probe, "http://127.0.0.1:8080/"], interval: 300ms, timeout: 2s, retries: 2}
     deploy: {restart_policy: {condition: on-failure, delay: 50ms}}
   hog:
     command: [APP, -alloc-mib, "1024"]
@@ -549,7 +625,7 @@ func TestRestarts(t *testing.T) {
 	if again.Addr != first.Addr {
 		t.Errorf("restarted web-1 moved from %v to %v", first.Addr, again.Addr)
 	}
-	if !strings.Contains(again.LastExit, "killed by killed") {
+	if !strings.Contains(again.LastExit, "killed by SIGKILL") {
 		t.Errorf("web-1 last exit %q; want the SIGKILL", again.LastExit)
 	}
 
@@ -612,126 +688,29 @@ func TestInvalidFileStartsNothing(t *testing.T) {
 	}
 }
 
-// BenchmarkUp times `launcher up` to the first request served through every pod's sidecar
-// (from the host to POD_IP:15001, the sidecar, the app), for 1 and 20 replicas of a trivial
-// app. Run without -race for numbers that mean anything:
-//
-//	go test -run '^$' -bench BenchmarkUp -benchtime 3x ./launcher/supervisor
-func BenchmarkUp(b *testing.B) {
-	for _, n := range []int{1, 20} {
-		b.Run(fmt.Sprintf("replicas=%d", n), func(b *testing.B) {
-			e := newEnv(b)
-			// Real binaries, not this test binary (whose start-up, with every package of the
-			// test linked in, would dominate): the launcher, podmesh-init beside it, and the
-			// stand-ins as a small program of their own.
-			bin := filepath.Join(e.dir, "bin")
-			for pkg, name := range map[string]string{
-				"github.com/podmesh/podmesh/cmd/launcher":                      "launcher",
-				"github.com/podmesh/podmesh/launcher/initproc/podmesh-init":    "podmesh-init",
-				"github.com/podmesh/podmesh/launcher/internal/standin/standin": "standin",
-			} {
-				if out, err := exec.Command("go", "build", "-o", filepath.Join(bin, name), pkg).CombinedOutput(); err != nil {
-					b.Fatalf("build %s: %v\n%s", pkg, err, out)
-				}
-			}
-			e.bin = filepath.Join(bin, "launcher")
-			for _, l := range []*string{&e.sidecar, &e.app} {
-				if err := os.Remove(*l); err != nil {
-					b.Fatal(err)
-				}
-				if err := os.Symlink(filepath.Join(bin, "standin"), *l); err != nil {
-					b.Fatal(err)
-				}
-			}
-			file := e.compose(fmt.Sprintf(`  web:
-    command: [APP, -listen, "127.0.0.1:8080"]
-    deploy: {replicas: %d}
-    x-podmesh: {port: 8080}
-`, n))
-			var addrs, veths []string
-			a := e.subnet.Addr().Next().Next()
-			for i := 0; i < n; i++ {
-				addrs = append(addrs, fmt.Sprintf("http://%s:%d/", a, pod.InboundPort))
-				veths = append(veths, netns.HostIfName(netns.PinName(e.project, "web", i+1)))
-				a = a.Next()
-			}
-			// The bridge exists before the first request, so requests to a pod address
-			// that is not up yet stay on this host (no route would send them out of eth0).
-			network := netns.Network{Bridge: e.bridge, Subnet: e.subnet}
-			if _, err := netns.EnsureBridge(network); err != nil {
-				b.Fatal(err)
-			}
-			client := &http.Client{Timeout: time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
-			var total time.Duration
-			for b.Loop() {
-				t0 := time.Now()
-				cmd := exec.Command(e.bin, e.args("up", "-f", file)...)
-				if err := cmd.Start(); err != nil {
-					b.Fatal(err)
-				}
-				var wg sync.WaitGroup
-				for i, u := range addrs {
-					wg.Add(1)
-					go func() {
-						defer wg.Done()
-						deadline := time.Now().Add(3 * time.Minute)
-						// Ask only once the pod's veth is up (its pod end is set up after
-						// the address): a request to an address nobody holds yet waits out
-						// a failed ARP resolution, about a second, which would be measured
-						// as start-up time. Clients in the mesh never see this: they learn
-						// a pod's address from the registry, after it is healthy.
-						for time.Now().Before(deadline) {
-							if b, err := os.ReadFile("/sys/class/net/" + veths[i] + "/operstate"); err == nil && strings.TrimSpace(string(b)) == "up" {
-								break
-							}
-							time.Sleep(time.Millisecond)
-						}
-						for time.Now().Before(deadline) {
-							if resp, err := client.Get(u); err == nil {
-								resp.Body.Close()
-								if resp.StatusCode == 200 {
-									return
-								}
-							}
-							time.Sleep(5 * time.Millisecond)
-						}
-						b.Errorf("%s never answered", u)
-					}()
-				}
-				wg.Wait()
-				total += time.Since(t0)
-				_ = cmd.Process.Signal(syscall.SIGTERM)
-				_ = cmd.Wait()
-			}
-			b.ReportMetric(float64(total.Milliseconds())/float64(b.N), "ms/up")
-			b.ReportMetric(float64(total.Milliseconds())/float64(b.N)/float64(n), "ms/pod")
-		})
-	}
-}
-
 // TestTrafficDuringRestart sends requests from the host to frontend (through its sidecar),
 // which calls http://catalog/ (its /etc/hosts entry, the sidecar's outbound listener, a
 // passing catalog instance from the registry reached through the launcher's relay), while a
 // catalog replica is SIGKILLed and restarted.
 //
-// With the real sidecar (PODMESH_SIDECAR_BIN) no request may fail: it retries elsewhere. The
-// stand-in does not retry a request whose instance died under it, so then the test only
-// reports failures and checks that traffic recovers and reaches both replicas again.
+// Acceptance 2: no request may fail. The frontend's sidecar retries a request whose
+// catalog instance died under it on the other replica, and the launcher deregisters the
+// dead replica before draining and restarting it.
 func TestTrafficDuringRestart(t *testing.T) {
 	e := newEnv(t)
-	file := e.compose(`  catalog:
+	expose := testutil.FreePort(t)
+	file := e.compose(strings.ReplaceAll(`  catalog:
     command: [APP, -listen, "127.0.0.1:8080"]
     deploy: {replicas: 2, restart_policy: {condition: any, delay: 50ms}}
-    healthcheck: {test: [CMD, curl, -sf, -o, /dev/null, "http://127.0.0.1:8080/"], interval: 1s, timeout: 2s, retries: 3}
+    healthcheck: {test: [CMD, APP, -probe, "http://127.0.0.1:8080/"], interval: 1s, timeout: 2s, retries: 3}
     x-podmesh: {port: 8080}
   frontend:
     command: [APP, -listen, "127.0.0.1:8080", -upstream, "http://catalog/"]
     depends_on: {catalog: {condition: service_healthy}}
-    x-podmesh: {port: 8080, upstreams: [catalog]}
-`)
-	testutil.Tool(t, "curl") // the catalog's healthcheck
+    x-podmesh: {port: 8080, upstreams: [catalog], expose: "EXPOSE"}
+`, "EXPOSE", expose))
 	e.start(file)
-	front := e.waitFor("frontend-1", 60*time.Second, healthy)
+	e.waitFor("frontend-1", 60*time.Second, healthy)
 	victim := e.waitFor("catalog-1", 60*time.Second, healthy)
 	// depends_on service_healthy: frontend started only once both catalog replicas were healthy.
 	frontStart := logTime(t, filepath.Join(e.logDir, e.project, "frontend-1", "app.log"), "started pid")
@@ -740,23 +719,11 @@ func TestTrafficDuringRestart(t *testing.T) {
 			t.Errorf("frontend started at %v, before %s was healthy at %v", frontStart, c, h)
 		}
 	}
-	url := fmt.Sprintf("http://%s:%d/", front.Addr, pod.InboundPort)
+	// From the host through the ingress to the frontend, which calls the catalog.
+	url := "http://" + expose + "/"
 	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
-	get := func() (string, error) {
-		resp, err := client.Get(url)
-		if err != nil {
-			return "", err
-		}
-		defer resp.Body.Close()
-		b, err := io.ReadAll(resp.Body)
-		if resp.StatusCode != http.StatusOK {
-			return "", fmt.Errorf("%s: %s", resp.Status, b)
-		}
-		return string(b), err
-	}
-	if body, err := get(); err != nil || !strings.Contains(body, "via frontend-1") {
-		t.Fatalf("first request: %q, %v", body, err)
-	}
+	get := func() (string, error) { return getBody(client, url) }
+	throughIngress(t, expose, "hello from catalog-1\n via frontend-1", "hello from catalog-2\n via frontend-1")
 	// Bounded load: at most 2000 requests or 60 s, one at a time.
 	var failures []string
 	seen := map[string]int{}
@@ -797,36 +764,29 @@ func TestTrafficDuringRestart(t *testing.T) {
 	if after := e.waitFor("catalog-1", time.Second, healthy); after.Addr != victim.Addr {
 		t.Errorf("catalog-1 moved from %v to %v", victim.Addr, after.Addr)
 	}
-	if os.Getenv("PODMESH_SIDECAR_BIN") != "" && len(failures) > 0 {
+	if len(failures) > 0 {
 		t.Errorf("%d requests failed through the real sidecar: %v", len(failures), failures)
 	}
 }
 
-// TestOwnRegistry: without -registry the launcher starts the registry program itself (here a
-// Consul agent in dev mode, the stand-in for cmd/registry until it exists), pods reach it
-// through the relay on the bridge's gateway, instances show up passing with their meta, a
-// request crosses two sidecars, and after a SIGKILLed launcher `down` also ends the
-// registry it had started.
+// TestOwnRegistry: without -registry the launcher starts the registry program itself
+// (cmd/registry, with its default arguments -http ADDR -data DIR), pods reach it through the
+// relay on the bridge's gateway, instances show up passing with their meta, a request
+// crosses two sidecars, and after a SIGKILLed launcher `down` also ends the registry it had
+// started.
 func TestOwnRegistry(t *testing.T) {
 	e := newEnv(t)
-	consul := testutil.Tool(t, "consul")
 	before := podtest.Leftovers(t, e.project, e.bridge)
-	file := e.compose(`  catalog:
+	expose := testutil.FreePort(t)
+	file := e.compose(fmt.Sprintf(`  catalog:
     command: [APP, -listen, "127.0.0.1:8080"]
     x-podmesh: {port: 8080, meta: {version: "2"}}
   frontend:
     command: [APP, -listen, "127.0.0.1:8080", -upstream, "http://catalog/"]
-    x-podmesh: {port: 8080, upstreams: [catalog]}
-`)
-	ports := make([]string, 3)
-	for i := range ports {
-		_, ports[i], _ = strings.Cut(testutil.FreePort(t), ":")
-	}
-	// The node name carries the project, so the leftover listing sees the agent process.
-	args := fmt.Sprintf("agent -dev -bind 127.0.0.1 -client 127.0.0.1 -http-port {port} -dns-port -1 -grpc-port -1 "+
-		"-server-port %s -serf-lan-port %s -serf-wan-port %s -node podmesh-%s -log-level warn", ports[0], ports[1], ports[2], e.project)
+    x-podmesh: {port: 8080, upstreams: [catalog], expose: "%s"}
+`, expose))
 	cmd := exec.Command(e.bin, "-state-dir", e.stateDir, "-log-dir", e.logDir, "-init-bin", smallInit, "-sidecar-bin", e.sidecar,
-		"-registry-bin", consul, "-registry-args", args, "up", "-f", file)
+		"-registry-bin", registryBin, "up", "-f", file)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
@@ -842,7 +802,7 @@ func TestOwnRegistry(t *testing.T) {
 			t.Logf("launcher output:\n%s", out.String())
 		}
 	})
-	front := e.waitFor("frontend-1", 60*time.Second, healthy)
+	e.waitFor("frontend-1", 60*time.Second, healthy)
 	e.waitFor("catalog-1", 60*time.Second, healthy)
 
 	b, err := os.ReadFile(filepath.Join(e.stateDir, e.project, "state.json"))
@@ -878,19 +838,8 @@ func TestOwnRegistry(t *testing.T) {
 	if s := entries[0].Service; s.ID != "catalog-1" || s.Port != pod.InboundPort || s.Meta["version"] != "2" || s.Meta["pod"] != "catalog-1" {
 		t.Errorf("catalog instance in Consul: %+v", s)
 	}
-	client := &http.Client{Timeout: 5 * time.Second}
-	testutil.Eventually(t, 30*time.Second, 50*time.Millisecond, func() error {
-		resp, err := client.Get(fmt.Sprintf("http://%s:%d/", front.Addr, pod.InboundPort))
-		if err != nil {
-			return err
-		}
-		defer resp.Body.Close()
-		body, _ := io.ReadAll(resp.Body)
-		if !strings.Contains(string(body), "hello from catalog-1\n via frontend-1") {
-			return fmt.Errorf("%s: %q", resp.Status, body)
-		}
-		return nil
-	})
+	// A request crosses the ingress and two sidecars.
+	throughIngress(t, expose, "hello from catalog-1\n via frontend-1")
 
 	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
@@ -947,5 +896,120 @@ func TestDetached(t *testing.T) {
 	after := podtest.Leftovers(t, e.project, e.bridge)
 	if strings.Join(before, "\n") != strings.Join(after, "\n") {
 		t.Errorf("left behind:\n%s", strings.Join(after, "\n"))
+	}
+}
+
+// TestIngress: x-podmesh.expose makes the launcher run an ingress sidecar in the host's
+// network namespace, listening on the exposed address and reaching the service's replicas
+// through the mesh; it shows in ps, is restarted when killed, stops before the services on
+// `down`, and leaves nothing behind. A service without a port calls its upstream through a
+// sidecar of its own (outbound only, like the ingress).
+func TestIngress(t *testing.T) {
+	e := newEnv(t)
+	before := podtest.Leftovers(t, e.project, e.bridge)
+	expose := testutil.FreePort(t)
+	file := e.compose(fmt.Sprintf(`  web:
+    command: [APP, -listen, "127.0.0.1:8080"]
+    deploy: {replicas: 2}
+    x-podmesh: {port: 8080, expose: "%s"}
+  client:
+    command: [sleep, "600"]
+    healthcheck: {test: [CMD, APP, -probe, "http://web/"], interval: 200ms, timeout: 2s, start_period: 30s}
+    x-podmesh: {upstreams: [web]}
+`, expose))
+	launcher := e.start(file)
+	e.waitFor("web-1", 60*time.Second, healthy)
+	e.waitFor("web-2", 60*time.Second, healthy)
+	// A service without a port still gets a sidecar for its upstreams: its healthcheck
+	// reaches web by name through it.
+	e.waitFor("client-1", 60*time.Second, healthy)
+	ing := e.waitFor("ingress-0", 30*time.Second, healthy)
+	if ing.Service != "ingress" || ing.Replica != 0 || ing.Pid == 0 || len(ing.Exposes) != 1 || ing.Exposes[0] != expose+" → web" {
+		t.Errorf("ingress row %+v", ing)
+	}
+	// The ingress runs in the host's network namespace, in a cgroup of the project.
+	if a, b := nsOf(t, ing.Pid, "net"), nsOf(t, os.Getpid(), "net"); a != b {
+		t.Errorf("ingress network namespace %s; want the host's %s", a, b)
+	}
+	m, err := cgroups.New(cgroups.Config{Name: supervisor.CgroupName(e.project)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	cg, err := m.Open("podmesh-" + e.project + "-ingress-0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pids, err := cg.MemberPids(cgroups.Sidecar); err != nil || len(pids) != 1 || pids[0] != ing.Pid {
+		t.Errorf("ingress cgroup holds %v (%v); want %d", pids, err, ing.Pid)
+	}
+
+	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	url := "http://" + expose + "/"
+	served := func(n int) (map[string]int, error) {
+		seen := map[string]int{}
+		for i := 0; i < n; i++ {
+			resp, err := client.Get(url)
+			if err != nil {
+				return seen, err
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != 200 {
+				return seen, fmt.Errorf("GET %s: %s %q", url, resp.Status, b)
+			}
+			seen[strings.TrimSpace(string(b))]++
+		}
+		return seen, nil
+	}
+	// Both replicas are registered once healthy; the ingress learns them from the registry.
+	testutil.Eventually(t, 30*time.Second, 50*time.Millisecond, func() error {
+		if ids := e.reg.passing("web"); len(ids) != 2 {
+			return fmt.Errorf("passing web instances %v", ids)
+		}
+		return nil
+	})
+	testutil.Eventually(t, 10*time.Second, 50*time.Millisecond, func() error {
+		seen, err := served(20)
+		if err == nil && (seen["hello from web-1"] == 0 || seen["hello from web-2"] == 0) {
+			err = fmt.Errorf("20 requests through the ingress reached %v", seen)
+		}
+		return err
+	})
+	if out, err := e.run("ps", "-p", e.project); err != nil || !strings.Contains(out, "exposed on the host: "+expose+" → web (through ingress-0)") {
+		t.Errorf("ps: %v\n%s", err, out)
+	}
+
+	// Killed, it is restarted and serves again.
+	if err := syscall.Kill(ing.Pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	again := e.waitFor("ingress-0", 30*time.Second, func(r supervisor.Row) bool { return healthy(r) && r.Restarts >= 1 && r.Pid != ing.Pid })
+	if !strings.Contains(again.LastExit, "killed") {
+		t.Errorf("ingress last exit %q; want the SIGKILL", again.LastExit)
+	}
+	testutil.Eventually(t, 10*time.Second, 50*time.Millisecond, func() error {
+		_, err := served(10)
+		return err
+	})
+
+	if out, err := e.run("down", "-p", e.project); err != nil {
+		t.Fatalf("down: %v\n%s", err, out)
+	}
+	waitExit(t, launcher)
+	// The way in closed before the services stopped.
+	closed := logTime(t, filepath.Join(e.logDir, e.project, "ingress-0", "sidecar.log"), "ingress sidecar exited")
+	for _, p := range []string{"web-1", "web-2"} {
+		if drain := logTime(t, filepath.Join(e.logDir, e.project, p, "sidecar.log"), "drain requested"); !closed.Before(drain) {
+			t.Errorf("ingress stopped at %v, after %s began draining at %v", closed, p, drain)
+		}
+	}
+	if conn, err := net.DialTimeout("tcp", expose, time.Second); err == nil {
+		conn.Close()
+		t.Errorf("%s still accepts connections after down", expose)
+	}
+	after := podtest.Leftovers(t, e.project, e.bridge)
+	if strings.Join(before, "\n") != strings.Join(after, "\n") {
+		t.Errorf("left behind after down:\n%s", strings.Join(after, "\n"))
 	}
 }

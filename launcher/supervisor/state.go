@@ -29,6 +29,15 @@ type State struct {
 	RegistryURL string      `json:"registry_url,omitempty"`
 	Instances   []string    `json:"instances,omitempty"`
 	Pods        []netns.Pod `json:"pods"`
+	// Ingress is the ingress sidecar's current process, if the project exposes a service.
+	// It also sits in the project's cgroups; the pid is a second way to find it.
+	Ingress *Proc `json:"ingress,omitempty"`
+}
+
+// Proc identifies a process the launcher started outside a pod.
+type Proc struct {
+	Pid int    `json:"pid"`
+	Exe string `json:"exe"`
 }
 
 // RegistryProc identifies a registry the launcher started.

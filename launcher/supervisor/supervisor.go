@@ -6,7 +6,12 @@
 // <StateDir>/<project>/lock for as long as it runs (the kernel drops it when the process
 // dies, however it dies), serves `ps` and `down` on <StateDir>/<project>/control.sock, and
 // records in state.json every host object before it creates it: the bridge, the pod
-// network namespaces and veths, the cgroup directory, the registry process.
+// network namespaces and veths, the cgroup directory, the registry process, the ingress.
+//
+// The registry is cmd/registry, found beside the launcher binary (-registry-bin), started
+// with -http ADDR -data DIR unless -registry names one already running (a Consul agent
+// works). Services with x-podmesh.expose are reached from the host through the project's
+// ingress, a sidecar in the host's network namespace (ingress.go).
 package supervisor
 
 import (
@@ -46,8 +51,9 @@ type Config struct {
 	LogPolicy   logs.Policy
 	Exe         string // the launcher binary, re-executed as each pod's init; "" = /proc/self/exe
 	SidecarBin  string // required for meshed services
-	RegistryBin string // started when no registry URL is given
-	// RegistryArgs builds the registry's arguments; default: -addr ADDR -data-dir DIR.
+	RegistryBin string // started when no registry URL is given (cmd/registry)
+	// RegistryArgs builds the registry's arguments; default DefaultRegistryArgs, which suit
+	// cmd/registry: -http ADDR -data DIR.
 	RegistryArgs func(addr, dataDir string) []string
 	RegistryURL  string // use this registry (a Consul agent works) instead of starting one
 	RelayPort    int    // pods reach the registry at http://<gateway>:RelayPort
@@ -67,11 +73,17 @@ func (c *Config) withDefaults() {
 		c.RelayPort = DefaultRelayPort
 	}
 	if c.RegistryArgs == nil {
-		c.RegistryArgs = func(addr, dataDir string) []string { return []string{"-addr", addr, "-data-dir", dataDir} }
+		c.RegistryArgs = DefaultRegistryArgs
 	}
 	if c.Logf == nil {
 		c.Logf = func(string, ...any) {}
 	}
+}
+
+// DefaultRegistryArgs are cmd/registry's arguments to serve the Consul HTTP API on addr
+// with its durable state in dataDir.
+func DefaultRegistryArgs(addr, dataDir string) []string {
+	return []string{"-http", addr, "-data", dataDir}
 }
 
 // CgroupSystem hands out the cgroups of one project.
@@ -104,6 +116,10 @@ type Supervisor struct {
 	relay       *relay
 	regClient   pod.Registry
 	registryURL string // as pods see it
+	hostReg     string // as the host sees it (the ingress)
+
+	ingress     *ingress // nil: nothing exposed
+	stopIngress context.CancelFunc
 
 	mu       sync.Mutex
 	stopping bool // set by teardown: no pod is launched after it
@@ -133,6 +149,12 @@ func Up(ctx context.Context, cfg Config, project *compose.Project, ready func(er
 	cfg.withDefaults()
 	if ready == nil {
 		ready = func(error) {}
+	}
+	// Every sidecar configuration the file leads to must load in the sidecar: checked
+	// before anything is created, so a bad policy value starts nothing.
+	if err := pod.CheckSidecars(project); err != nil {
+		ready(err)
+		return err
 	}
 	dir := projectDir(cfg, project.Name)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -174,6 +196,10 @@ func Up(ctx context.Context, cfg Config, project *compose.Project, ready func(er
 	}
 	go s.sample(ctx)
 	if err := s.startServices(ctx); err != nil {
+		ready(err)
+		return err
+	}
+	if err := s.startIngress(ctx); err != nil {
 		ready(err)
 		return err
 	}
@@ -225,12 +251,16 @@ func (s *Supervisor) start(ctx context.Context) error {
 		if s.cfg.RegistryBin == "" {
 			return errors.New("supervisor: meshed services need a registry: give -registry URL or a registry binary")
 		}
+		if _, err := os.Stat(s.cfg.RegistryBin); err != nil {
+			return fmt.Errorf("supervisor: meshed services need a registry: no registry program (%w); build it (make build) or give -registry-bin PATH or -registry URL", err)
+		}
 		if s.registry, err = startRegistry(ctx, s.cfg, s.dir, s.state); err != nil {
 			return err
 		}
 		regURL = "http://" + s.registry.addr
 	}
 	if regURL != "" {
+		s.hostReg = regURL
 		if err := s.state.update(func(st *State) { st.RegistryURL = regURL }); err != nil {
 			return err
 		}
@@ -251,8 +281,9 @@ func (s *Supervisor) start(ctx context.Context) error {
 }
 
 func (s *Supervisor) needsRegistry() bool {
-	for _, svc := range s.project.Services {
-		if svc.Mesh.Port > 0 && svc.Replicas > 0 {
+	for i := range s.project.Services {
+		svc := &s.project.Services[i]
+		if pod.HasSidecar(svc) && svc.Replicas > 0 {
 			return true
 		}
 	}
@@ -269,7 +300,9 @@ func (s *Supervisor) startServices(ctx context.Context) error {
 	s.mu.Lock()
 	for i := range s.project.Services {
 		svc := &s.project.Services[i]
-		sctx, cancel := context.WithCancel(ctx)
+		// Not cancelled with ctx: teardown cancels the services one by one, in reverse
+		// dependency order.
+		sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 		sv := &service{svc: svc, ctx: sctx, cancel: cancel}
 		for r := 1; r <= svc.Replicas; r++ {
 			addr, err := netns.Allocate(st.Network.Subnet, used)
@@ -314,13 +347,33 @@ func (s *Supervisor) startServices(ctx context.Context) error {
 		return err
 	}
 	for _, sv := range services {
-		if sv.svc.Mesh.Port > 0 && s.cfg.SidecarBin == "" && len(sv.pods) > 0 {
-			return fmt.Errorf("supervisor: service %s is meshed but no sidecar binary is configured", sv.svc.Name)
+		if pod.HasSidecar(sv.svc) && s.cfg.SidecarBin == "" && len(sv.pods) > 0 {
+			return fmt.Errorf("supervisor: service %s has a sidecar but no sidecar binary is configured", sv.svc.Name)
 		}
 	}
 	for _, sv := range services {
 		go s.runService(sv)
 	}
+	return nil
+}
+
+// startIngress starts the ingress sidecar when the project exposes a service; it runs
+// until teardown stops it, before the services.
+func (s *Supervisor) startIngress(ctx context.Context) error {
+	in, err := newIngress(s.cfg, s.project, s.dir, s.cg, s.state, s.hostReg)
+	if err != nil || in == nil {
+		return err
+	}
+	ictx, cancel := context.WithCancel(context.WithoutCancel(ctx)) // teardown stops it first
+	s.mu.Lock()
+	if s.stopping {
+		s.mu.Unlock()
+		cancel()
+		return nil
+	}
+	s.ingress, s.stopIngress = in, cancel
+	s.mu.Unlock()
+	go in.run(ictx)
 	return nil
 }
 
@@ -386,7 +439,17 @@ func (s *Supervisor) teardown() error {
 	s.mu.Lock()
 	s.stopping = true
 	services := s.services
+	in, stopIngress := s.ingress, s.stopIngress
 	s.mu.Unlock()
+	// The way in from the host closes first: no new request while the services stop.
+	if in != nil {
+		stopIngress()
+		<-in.done
+		if err := in.remove(ctx); err != nil {
+			errs = append(errs, err)
+		}
+		_ = s.state.update(func(st *State) { st.Ingress = nil })
+	}
 	for i := len(services) - 1; i >= 0; i-- {
 		sv := services[i]
 		sv.cancel()
@@ -440,6 +503,7 @@ func (s *Supervisor) teardown() error {
 func removeState(dir string) {
 	_ = os.RemoveAll(filepath.Join(dir, "pods"))
 	_ = os.RemoveAll(filepath.Join(dir, "registry"))
+	_ = os.RemoveAll(filepath.Join(dir, "ingress"))
 	for _, f := range []string{"state.json", "control.sock"} {
 		_ = os.Remove(filepath.Join(dir, f))
 	}
@@ -472,6 +536,11 @@ func cleanup(ctx context.Context, cfg Config, st State) error {
 	}
 	if st.Registry != nil {
 		if err := killOrphan(st.Registry.Pid, st.Registry.Exe, 5*time.Second); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if st.Ingress != nil {
+		if err := killOrphan(st.Ingress.Pid, st.Ingress.Exe, 5*time.Second); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -532,15 +601,17 @@ func Down(ctx context.Context, cfg Config, project string) error {
 	}
 	lock, err := lockProject(dir)
 	if errors.Is(err, ErrRunning) {
+		running, _ := readState(filepath.Join(dir, "state.json"))
 		if err := controlDo(ctx, dir, http.MethodPost, "/down", nil); err != nil {
 			return err
 		}
-		// The launcher releases the lock when it has stopped everything and exits.
+		// The launcher releases the lock when it has stopped everything, then exits.
 		t := time.NewTicker(50 * time.Millisecond)
 		defer t.Stop()
 		for {
 			if l, err := lockProject(dir); err == nil {
 				l.Close()
+				waitExited(ctx, running.Pid, 10*time.Second)
 				return nil
 			}
 			select {
@@ -562,6 +633,25 @@ func Down(ctx context.Context, cfg Config, project string) error {
 		return err
 	}
 	return cleanup(ctx, cfg, st)
+}
+
+// waitExited waits, at most d, until process pid has exited (gone, or a zombie its parent
+// has not reaped yet), so that `down` returns once the launcher is over, not just its lock.
+func waitExited(ctx context.Context, pid int, d time.Duration) {
+	if pid <= 0 || pid == os.Getpid() {
+		return
+	}
+	deadline := time.Now().Add(d)
+	for time.Now().Before(deadline) && ctx.Err() == nil {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			return
+		}
+		if i := strings.LastIndexByte(string(b), ')'); i >= 0 && strings.HasPrefix(string(b[i:]), ") Z") {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 // hostPort extracts host:port from a registry URL.
