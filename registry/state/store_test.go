@@ -574,3 +574,60 @@ func TestInstanceChecksIndex(t *testing.T) {
 		t.Fatalf("after reopen InstanceChecks(a) = %q", got)
 	}
 }
+
+// A service renamed under the same ID keeps its other checks, whose stored ServiceName still
+// says the old name (as in Consul). Changes to those checks must raise the topics of the name
+// the service has now, or watchers of the new name never see them and its index stays put.
+func TestRenamedServiceChecksRaiseCurrentName(t *testing.T) {
+	s := openStore(t, t.TempDir())
+	c := ctx(t)
+	reg := func(name string, checks ...*Check) {
+		t.Helper()
+		err := s.CatalogRegister(c, &CatalogRegistration{Node: Node{Node: "n1", Address: "10.0.0.1"},
+			Service: &Service{ID: "s1", Service: name, Port: 80}, Checks: checks})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	reg("a", &Check{CheckID: "c1", ServiceID: "s1", Status: HealthPassing})
+	reg("b")
+	before := topicIndex(s, TopicHealthService("b"))
+	var ch <-chan struct{}
+	var release func()
+	s.View(func(v *View) { ch, release = v.Watch(TopicHealthService("b")) })
+	defer release()
+	if err := s.CatalogDeregister(c, "n1", "", "c1"); err != nil {
+		t.Fatal(err)
+	}
+	if after := topicIndex(s, TopicHealthService("b")); after <= before {
+		t.Errorf("deleting a check of the renamed service left %s at %d", TopicHealthService("b"), after)
+	}
+	select {
+	case <-ch:
+	default:
+		t.Error("deleting a check of the renamed service did not wake its watchers")
+	}
+
+	// An agent service renamed through the catalog: a TTL update of its check shows under the
+	// new name, and the rewritten check carries the service's current name, as Consul's
+	// check writes do.
+	regWeb(t, s, "w1", "old", &Check{CheckID: "ttl1", Name: "ttl1", Type: CheckTypeTTL, Managed: true,
+		Definition: CheckDefinition{TTL: time.Minute}})
+	err := s.CatalogRegister(c, &CatalogRegistration{Node: Node{Node: "node1", Address: "127.0.0.1"}, SkipNodeUpdate: true,
+		Service: &Service{ID: "w1", Service: "new", Port: 8080}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	before = topicIndex(s, TopicHealthService("new"))
+	if err := s.UpdateCheck(c, "node1", "ttl1", HealthPassing, "ok"); err != nil {
+		t.Fatal(err)
+	}
+	if after := topicIndex(s, TopicHealthService("new")); after <= before {
+		t.Errorf("a TTL pass of the renamed service left %s at %d", TopicHealthService("new"), after)
+	}
+	s.View(func(v *View) {
+		if ck := v.Check("node1", "ttl1"); ck.ServiceName != "new" || ck.Status != HealthPassing {
+			t.Errorf("check after the update: %+v", ck)
+		}
+	})
+}

@@ -322,19 +322,35 @@ func (tx *Txn) deleteService(node, id string) bool {
 	return true
 }
 
+// bumpCheck raises the topics whose results include check c. A service check is part of the
+// health results of the name its service has now: the ServiceName stored on the check may be
+// older, because renaming a service through the catalog leaves its other checks as they are
+// (as in Consul).
 func (tx *Txn) bumpCheck(c *Check) {
 	tx.bump(TopicNode(c.Node))
 	tx.bump(TopicChecks("any"))
 	tx.bump(TopicChecks(c.Status))
-	if c.ServiceID != "" {
-		tx.bump(TopicHealthService(c.ServiceName))
-	} else {
+	if c.ServiceID == "" {
 		tx.bumpNodeServices(c.Node, false)
+		return
 	}
+	name := c.ServiceName
+	if sv := tx.getService(c.Node, c.ServiceID); sv != nil {
+		name = sv.Service
+	}
+	tx.bump(TopicHealthService(name))
 }
 
+// putCheck stores c (a fresh value the caller no longer mutates); it reports whether
+// anything changed. A service check gets its service's current name and tags, as Consul's
+// check writes do.
 func (tx *Txn) putCheck(c *Check) bool {
 	k := checkKey{c.Node, c.CheckID}
+	if c.ServiceID != "" {
+		if sv := tx.getService(c.Node, c.ServiceID); sv != nil {
+			c.ServiceName, c.ServiceTags = sv.Service, sv.Tags
+		}
+	}
 	old := tx.getCheck(c.Node, c.CheckID)
 	if old != nil && old.equalContent(c) {
 		return false
