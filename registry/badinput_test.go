@@ -58,6 +58,9 @@ func TestBadInput(t *testing.T) {
 		{"second check invalid", "PUT", "/v1/agent/service/register", `{"Name":"newsvc","Checks":[{"TTL":"10s"},{"TTL":"soon"}]}`, 400, "Checks[1].TTL"},
 		{"duplicate check IDs", "PUT", "/v1/agent/service/register", `{"Name":"x","Checks":[{"CheckID":"c","TTL":"10s"},{"CheckID":"c","TTL":"10s"}]}`, 400, "Checks[1].CheckID"},
 		{"reserved check ID", "PUT", "/v1/agent/service/register", `{"Name":"x","Check":{"CheckID":"serfHealth","TTL":"10s"}}`, 400, "CheckID"},
+		{"control character in service name", "PUT", "/v1/agent/service/register", `{"Name":"a\u0001b"}`, 400, "Name"},
+		{"NUL in service ID", "PUT", "/v1/agent/service/register", `{"Name":"x","ID":"x\u0000"}`, 400, "ID"},
+		{"control character in check name", "PUT", "/v1/agent/check/register", `{"ID":"c","Name":"c\u007f","TTL":"10s"}`, 400, "Name"},
 		{"bad replace flag", "PUT", "/v1/agent/service/register?replace-existing-checks=maybe", `{"Name":"x"}`, 400, "replace-existing-checks"},
 		{"oversized body", "PUT", "/v1/agent/service/register", big, 413, "body"},
 		// Check registration and TTL updates.
@@ -83,6 +86,9 @@ func TestBadInput(t *testing.T) {
 		{"catalog checks wrong type", "PUT", "/v1/catalog/register", `{"Node":"n","Address":"a","Checks":{}}`, 400, "Checks"},
 		{"catalog other dc", "PUT", "/v1/catalog/register", `{"Node":"n","Address":"a","Datacenter":"dc9"}`, 500, "Datacenter"},
 		{"catalog serfHealth", "PUT", "/v1/catalog/register", `{"Node":"node1","Address":"127.0.0.1","Check":{"CheckID":"serfHealth","Status":"critical"}}`, 400, "Check.CheckID"},
+		{"catalog NUL in node", "PUT", "/v1/catalog/register", `{"Node":"a\u0000b","Address":"10.0.0.1","Service":{"ID":"c","Service":"s1"}}`, 400, "Node"},
+		{"catalog NUL in service ID", "PUT", "/v1/catalog/register", `{"Node":"a","Address":"10.0.0.2","Service":{"ID":"b\u0000c","Service":"s2"}}`, 400, "Service.ID"},
+		{"catalog control character in check ID", "PUT", "/v1/catalog/register", `{"Node":"a","Address":"10.0.0.2","Check":{"CheckID":"c\n"}}`, 400, "Check.CheckID"},
 		{"deregister without node", "PUT", "/v1/catalog/deregister", `{"ServiceID":"x"}`, 400, "Node"},
 		{"deregister own node", "PUT", "/v1/catalog/deregister", `{"Node":"node1"}`, 400, "Node"},
 		// KV.

@@ -7,6 +7,8 @@ import (
 	"maps"
 	"slices"
 	"strings"
+	"unicode"
+	"unicode/utf8"
 )
 
 // InvalidError is a write rejected because of its content; Field names the offending field.
@@ -32,6 +34,33 @@ func invalid(field, format string, args ...any) error {
 	return &InvalidError{Field: field, Msg: fmt.Sprintf(format, args...)}
 }
 
+// ValidateName rejects a node name, service name or ID, or check name or ID that the store
+// cannot keep: one that is not valid UTF-8 or holds a control character. Rows are stored
+// under their node and ID joined by a NUL, so a NUL in either would let two rows share a key
+// (and one vanish at the next restart); other control characters have no place in a name
+// either. Consul accepts them; this is one of the registry's documented differences.
+func ValidateName(field, v string) error {
+	if !utf8.ValidString(v) {
+		return invalid(field, "%q is not valid UTF-8", v)
+	}
+	for _, r := range v {
+		if unicode.IsControl(r) {
+			return invalid(field, "%q contains the control character %U; names and IDs must be printable", v, r)
+		}
+	}
+	return nil
+}
+
+// validateNames runs ValidateName over field/value pairs.
+func validateNames(pairs ...string) error {
+	for i := 0; i+1 < len(pairs); i += 2 {
+		if err := ValidateName(pairs[i], pairs[i+1]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 func reservedCheckID(id string) bool {
 	return id == SerfCheckID || id == NodeMaintCheckID || strings.HasPrefix(id, ServiceMaintPrefix)
 }
@@ -45,10 +74,17 @@ func (s *Store) RegisterAgentService(ctx context.Context, svc *Service, checks [
 	if svc.ID == "" || svc.Service == "" {
 		return invalid("Name", "service name and ID must not be empty")
 	}
+	if err := validateNames("Name", svc.Service, "ID", svc.ID); err != nil {
+		return err
+	}
 	seen := map[string]bool{}
 	for i, c := range checks {
+		field := fmt.Sprintf("Checks[%d]", i)
 		if c.CheckID == "" {
-			return invalid(fmt.Sprintf("Checks[%d].CheckID", i), "must not be empty")
+			return invalid(field+".CheckID", "must not be empty")
+		}
+		if err := validateNames(field+".CheckID", c.CheckID, field+".Name", c.Name); err != nil {
+			return err
 		}
 		if reservedCheckID(c.CheckID) {
 			return invalid(fmt.Sprintf("Checks[%d].CheckID", i), "%q is reserved", c.CheckID)
@@ -118,6 +154,9 @@ func (s *Store) RegisterAgentCheck(ctx context.Context, c *Check) error {
 	}
 	if reservedCheckID(c.CheckID) {
 		return invalid("CheckID", "%q is reserved", c.CheckID)
+	}
+	if err := validateNames("CheckID", c.CheckID, "Name", c.Name, "ServiceID", c.ServiceID); err != nil {
+		return err
 	}
 	return s.write(ctx, func(tx *Txn) error {
 		nc := *c
@@ -316,6 +355,23 @@ func (s *Store) CatalogRegister(ctx context.Context, r *CatalogRegistration) err
 	}
 	if r.Node.Address == "" {
 		return invalid("Address", "must not be empty")
+	}
+	if err := ValidateName("Node", r.Node.Node); err != nil {
+		return err
+	}
+	if sv := r.Service; sv != nil {
+		if err := validateNames("Service.Service", sv.Service, "Service.ID", sv.ID); err != nil {
+			return err
+		}
+	}
+	for i, c := range r.Checks {
+		field := fmt.Sprintf("Checks[%d]", i)
+		if i < len(r.CheckFields) {
+			field = r.CheckFields[i]
+		}
+		if err := validateNames(field+".CheckID", c.CheckID, field+".Name", c.Name, field+".ServiceID", c.ServiceID); err != nil {
+			return err
+		}
 	}
 	return s.write(ctx, func(tx *Txn) error {
 		name := r.Node.Node

@@ -109,6 +109,9 @@ func (o Options) validate() error {
 	case o.NodeName == "":
 		return errors.New("state: Options.NodeName is empty")
 	}
+	if err := ValidateName("NodeName", o.NodeName); err != nil {
+		return fmt.Errorf("state: Options.%w", err)
+	}
 	return nil
 }
 

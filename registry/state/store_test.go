@@ -631,3 +631,55 @@ func TestRenamedServiceChecksRaiseCurrentName(t *testing.T) {
 		}
 	})
 }
+
+// Rows are stored under node+"\x00"+id, so a NUL (or any control character) in a node name or
+// an ID would let two acknowledged rows share one key and one of them vanish at the next
+// restart. Such names are rejected, naming the field; the rows that were accepted survive a
+// reopen intact.
+func TestControlCharactersInNamesRejected(t *testing.T) {
+	dir := t.TempDir()
+	s := openStore(t, dir)
+	c := ctx(t)
+	node := func(name string) Node { return Node{Node: name, Address: "10.0.0.1"} }
+	ttl := func(id, name string) *Check {
+		return &Check{CheckID: id, Name: name, Type: CheckTypeTTL, Managed: true, Definition: CheckDefinition{TTL: time.Minute}}
+	}
+	cases := []struct {
+		field string
+		err   error
+	}{
+		{"Node", s.CatalogRegister(c, &CatalogRegistration{Node: node("a\x00b"), Service: &Service{ID: "c", Service: "s1"}})},
+		{"Service.ID", s.CatalogRegister(c, &CatalogRegistration{Node: node("a"), Service: &Service{ID: "b\x00c", Service: "s2"}})},
+		{"Service.Service", s.CatalogRegister(c, &CatalogRegistration{Node: node("a"), Service: &Service{ID: "x", Service: "s\n"}})},
+		{"Checks[0].CheckID", s.CatalogRegister(c, &CatalogRegistration{Node: node("a"), Checks: []*Check{{CheckID: "c\x7f", Name: "c"}}})},
+		{"Checks[0].Name", s.CatalogRegister(c, &CatalogRegistration{Node: node("a"), Checks: []*Check{{CheckID: "c", Name: "c\x1b[31m"}}})},
+		{"Checks[0].ServiceID", s.CatalogRegister(c, &CatalogRegistration{Node: node("a"), Checks: []*Check{{CheckID: "c", Name: "c", ServiceID: "x\x00"}}})},
+		{"ID", s.RegisterAgentService(c, &Service{ID: "w\x00", Service: "web"}, nil, false)},
+		{"Name", s.RegisterAgentService(c, &Service{ID: "w", Service: "w\u0085eb"}, nil, false)},
+		{"Checks[0].CheckID", s.RegisterAgentService(c, &Service{ID: "w", Service: "web"}, []*Check{ttl("t\x00", "t")}, false)},
+		{"Checks[0].Name", s.RegisterAgentService(c, &Service{ID: "w", Service: "web"}, []*Check{ttl("t", "t\r")}, false)},
+		{"CheckID", s.RegisterAgentCheck(c, ttl("t\x00", "t"))},
+		{"Name", s.RegisterAgentCheck(c, ttl("t", "\xff"))},
+	}
+	for i, tc := range cases {
+		var ie *InvalidError
+		if !errors.As(tc.err, &ie) || ie.Field != tc.field {
+			t.Errorf("case %d: err %v, want an InvalidError for %s", i, tc.err, tc.field)
+		}
+	}
+	if _, err := Open(c, Options{Dir: t.TempDir(), NodeName: "n\x00"}); err == nil {
+		t.Error("Open accepted a node name with a NUL")
+	}
+
+	// Names that are merely unusual are kept, and survive a restart.
+	if err := s.CatalogRegister(c, &CatalogRegistration{Node: node("a b"), Service: &Service{ID: "c:d/é", Service: "s 1"}}); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	s2 := openStore(t, dir)
+	s2.View(func(v *View) {
+		if sv := v.Service("a b", "c:d/é"); sv == nil || sv.Service != "s 1" {
+			t.Fatalf("after reopen: %+v", v.AllServices())
+		}
+	})
+}
