@@ -61,6 +61,9 @@ type Config struct {
 	// ("passing", "warning", "critical"), for metrics.
 	OnRun  func(kind, result string)
 	Logger *slog.Logger
+
+	// hook, when set (tests), is called at named points of the runners' work.
+	hook func(point string)
 }
 
 func (c Config) withDefaults() Config {
@@ -81,6 +84,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.OnRun == nil {
 		c.OnRun = func(string, string) {}
+	}
+	if c.hook == nil {
+		c.hook = func(string) {}
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
@@ -272,9 +278,12 @@ type runner struct {
 	cancel context.CancelFunc
 	done   chan struct{}
 
-	// TTL checks.
+	// TTL checks. mu is held across the store writes of setTTL and expire, so that they
+	// reach the store in the order they were decided: an expiry can never land after a pass
+	// that was acknowledged. deadline is when the current TTL runs out.
 	mu         sync.Mutex
 	timer      *time.Timer
+	deadline   time.Time
 	lastOutput string
 
 	// Threshold counters (HTTP, TCP), touched only by the runner's goroutine.
@@ -289,6 +298,7 @@ func (m *Manager) start(c *state.Check) *runner {
 	r.successes = c.Definition.SuccessBeforePassing
 	r.failures = c.Definition.FailuresBeforeCritical
 	if c.Type == state.CheckTypeTTL {
+		r.deadline = time.Now().Add(c.Definition.TTL)
 		r.timer = time.AfterFunc(c.Definition.TTL, r.expire)
 		close(r.done)
 		return r
@@ -325,27 +335,36 @@ func truncate(output string, max int) string {
 func (r *runner) setTTL(ctx context.Context, status, output string) error {
 	output = truncate(output, r.m.cfg.OutputMaxSize)
 	r.m.cfg.OnRun(state.CheckTypeTTL, status)
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	if err := r.m.store.UpdateCheck(ctx, r.check.Node, r.check.CheckID, status, output); err != nil {
 		return err
 	}
-	r.mu.Lock()
 	r.lastOutput = output
+	r.deadline = time.Now().Add(r.check.Definition.TTL)
 	r.timer.Reset(r.check.Definition.TTL)
-	r.mu.Unlock()
 	return nil
 }
 
-// expire runs when a TTL passes without an update.
+// expire runs when a TTL passes without an update. An update that arrives while it runs
+// either waits for its write (and then overwrites it) or, having come first, moved the
+// deadline, and expire then does nothing: the timer it re-armed will call expire again.
 func (r *runner) expire() {
+	r.m.cfg.hook("expire")
+	defer r.m.cfg.hook("expire-end")
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	if r.ctx.Err() != nil {
 		return // stopped: the check was removed or replaced
 	}
-	r.mu.Lock()
+	if time.Now().Before(r.deadline) {
+		return // an update arrived after the timer fired
+	}
 	out := "TTL expired"
 	if r.lastOutput != "" {
 		out = "TTL expired (last output before timeout follows): " + r.lastOutput
 	}
-	r.mu.Unlock()
+	r.m.cfg.hook("expire-write")
 	r.m.cfg.OnRun(state.CheckTypeTTL, state.HealthCritical)
 	r.update(r.ctx, state.HealthCritical, out)
 }

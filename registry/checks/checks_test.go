@@ -389,3 +389,74 @@ func TestTruncate(t *testing.T) {
 		t.Fatal(got)
 	}
 }
+
+// An acknowledged TTL update is never undone by the expiry it was meant to prevent: not when
+// it arrives while the expiry is writing "critical" (it is written after it), and not when
+// it arrives just as the timer fires (the expiry then writes nothing).
+func TestTTLPassNotUndoneByExpiry(t *testing.T) {
+	const ttl = 300 * time.Millisecond
+	check := func() *state.Check {
+		return &state.Check{CheckID: "t", Type: state.CheckTypeTTL, Definition: state.CheckDefinition{TTL: ttl}}
+	}
+	t.Run("while the expiry writes", func(t *testing.T) {
+		var once sync.Once
+		var e *env
+		passed := make(chan error, 1)
+		expired := make(chan struct{})
+		var endOnce sync.Once
+		e = start(t, func(c *Config) {
+			c.hook = func(point string) {
+				if point == "expire-end" {
+					endOnce.Do(func() { close(expired) })
+				}
+				if point != "expire-write" {
+					return
+				}
+				once.Do(func() {
+					go func() { passed <- e.mgr.SetTTL(context.Background(), "t", state.HealthPassing, "alive") }()
+					timer := time.NewTimer(100 * time.Millisecond)
+					defer timer.Stop()
+					select { // the pass may not be answered before the expiry is written
+					case err := <-passed:
+						passed <- err
+					case <-timer.C:
+					}
+				})
+			}
+		})
+		e.register(t, "a", check())
+		if err := <-passed; err != nil {
+			t.Fatal(err)
+		}
+		<-expired
+		if c := e.check("t"); c.Status != state.HealthPassing {
+			t.Fatalf("after an acknowledged pass the check is %s %q", c.Status, c.Output)
+		}
+	})
+	t.Run("as the timer fires", func(t *testing.T) {
+		var once sync.Once
+		var e *env
+		after := make(chan *state.Check, 1)
+		e = start(t, func(c *Config) {
+			c.hook = func(point string) {
+				switch point {
+				case "expire": // the timer fired; the pass comes first
+					once.Do(func() {
+						if err := e.mgr.SetTTL(context.Background(), "t", state.HealthPassing, "alive"); err != nil {
+							t.Error(err)
+						}
+					})
+				case "expire-end":
+					select {
+					case after <- e.check("t"):
+					default:
+					}
+				}
+			}
+		})
+		e.register(t, "a", check())
+		if c := <-after; c.Status != state.HealthPassing {
+			t.Fatalf("after an acknowledged pass the check is %s %q", c.Status, c.Output)
+		}
+	})
+}

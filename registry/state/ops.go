@@ -196,41 +196,20 @@ func (s *Store) DeregisterAgentCheck(ctx context.Context, id string) error {
 // (as Consul's check_update_interval): until then it is held in memory and only the latest one
 // is written, so a check whose output carries a timestamp does not raise indexes and wake
 // watchers at every run.
+//
+// Whether the update changes anything is decided in the committer, against the state that
+// includes every write queued before it: an update that returns nil is never undone by a
+// write that was already on its way (a TTL expiry committing while a pass arrives).
 func (s *Store) UpdateCheck(ctx context.Context, node, id, status, output string) error {
 	if !ValidStatus(status) {
 		return invalid("Status", "%q is not one of passing, warning, critical", status)
 	}
 	k := checkKey{node, id}
-	var cur *Check
-	s.View(func(v *View) { cur = v.Check(node, id) })
-	if cur == nil {
-		return &NotFoundError{Kind: "check", ID: id}
-	}
-	if cur.Status == status {
-		s.outMu.Lock()
-		if cur.Output == output {
-			s.dropDeferredLocked(k)
-			s.outMu.Unlock()
-			return nil
-		}
-		interval := s.opts.CheckUpdateInterval
-		last, now := s.lastOut[k], s.opts.Clock.Now()
-		if interval > 0 && !last.IsZero() && now.Sub(last) < interval {
-			d := s.deferred[k]
-			if d == nil {
-				d = &deferredOut{}
-				s.deferred[k] = d
-				d.stop = s.opts.Clock.AfterFunc(last.Add(interval).Sub(now), func() { s.flushDeferred(k) })
-			}
-			d.status, d.output = status, output
-			s.outMu.Unlock()
-			return nil
-		}
-		s.outMu.Unlock()
-	}
-	return s.writeCheck(ctx, k, status, output, false)
+	return s.write(ctx, func(tx *Txn) error { return s.updateCheckTx(tx, k, status, output, nil) })
 }
 
+// deferredOut is an output-only change waiting for CheckUpdateInterval. Its fields are
+// guarded by Store.outMu.
 type deferredOut struct {
 	status, output string
 	stop           func() bool
@@ -243,46 +222,59 @@ func (s *Store) dropDeferredLocked(k checkKey) {
 	}
 }
 
-// writeCheck writes status and output. With onlySameStatus (a deferred output flush) it
-// writes only if the stored status is still status.
-func (s *Store) writeCheck(ctx context.Context, k checkKey, status, output string, onlySameStatus bool) error {
-	if !onlySameStatus {
-		s.outMu.Lock()
-		s.dropDeferredLocked(k)
-		s.outMu.Unlock()
-	}
-	err := s.write(ctx, func(tx *Txn) error {
-		c := tx.getCheck(k.Node, k.ID)
-		if c == nil {
-			return &NotFoundError{Kind: "check", ID: k.ID}
+// updateCheckTx applies an update of check k inside a write. flush is the deferred output
+// being written (the timer's call), or nil for an update from UpdateCheck. Deferring, and
+// dropping a deferred output that a newer update supersedes, happen here too, so that every
+// decision about a check's status and output is taken in commit order.
+func (s *Store) updateCheckTx(tx *Txn, k checkKey, status, output string, flush *deferredOut) error {
+	c := tx.getCheck(k.Node, k.ID)
+	s.outMu.Lock()
+	defer s.outMu.Unlock()
+	if flush != nil {
+		if s.deferred[k] != flush {
+			return nil // superseded by a later update, or dropped
 		}
-		if onlySameStatus && c.Status != status {
+		delete(s.deferred, k)
+		status, output = flush.status, flush.output
+		if c == nil || c.Status != status {
+			return nil // the status changed meanwhile; that write carried its own output
+		}
+	}
+	if c == nil {
+		s.dropDeferredLocked(k)
+		delete(s.lastOut, k)
+		return &NotFoundError{Kind: "check", ID: k.ID}
+	}
+	if c.Status == status && c.Output == output {
+		s.dropDeferredLocked(k)
+		return nil
+	}
+	if c.Status == status && flush == nil {
+		interval := s.opts.CheckUpdateInterval
+		last, now := s.lastOut[k], s.opts.Clock.Now()
+		if interval > 0 && !last.IsZero() && now.Sub(last) < interval {
+			d := s.deferred[k]
+			if d == nil {
+				d = &deferredOut{}
+				s.deferred[k] = d
+				d.stop = s.opts.Clock.AfterFunc(last.Add(interval).Sub(now), func() { s.flushDeferred(k, d) })
+			}
+			d.status, d.output = status, output
 			return nil
 		}
-		nc := *c
-		nc.Status, nc.Output = status, output
-		tx.putCheck(&nc)
-		return nil
-	})
-	s.outMu.Lock()
-	if err == nil {
-		s.lastOut[k] = s.opts.Clock.Now()
-	} else if errors.Is(err, ErrNotFound) {
-		delete(s.lastOut, k)
 	}
-	s.outMu.Unlock()
-	return err
+	s.dropDeferredLocked(k)
+	nc := *c
+	nc.Status, nc.Output = status, output
+	tx.putCheck(&nc)
+	s.lastOut[k] = s.opts.Clock.Now()
+	return nil
 }
 
-func (s *Store) flushDeferred(k checkKey) {
-	s.outMu.Lock()
-	d := s.deferred[k]
-	delete(s.deferred, k)
-	s.outMu.Unlock()
-	if d == nil {
-		return
-	}
-	if err := s.writeCheck(s.ctx, k, d.status, d.output, true); err != nil && !errors.Is(err, ErrNotFound) && !errors.Is(err, ErrClosed) {
+// flushDeferred writes the deferred output d of check k, unless a later update superseded it.
+func (s *Store) flushDeferred(k checkKey, d *deferredOut) {
+	err := s.write(s.ctx, func(tx *Txn) error { return s.updateCheckTx(tx, k, "", "", d) })
+	if err != nil && !errors.Is(err, ErrClosed) {
 		s.log.Warn("writing deferred check output failed", "node", k.Node, "check", k.ID, "err", err)
 	}
 }

@@ -683,3 +683,51 @@ func TestControlCharactersInNamesRejected(t *testing.T) {
 		}
 	})
 }
+
+// An update that changes nothing as far as the committed state shows may still change
+// something once the writes queued before it are applied: a TTL pass arriving while the
+// check's expiry ("critical") is being committed must leave the check passing, whether its
+// output is the same (no-op) or new (an output-only change, normally held back).
+func TestCheckUpdateOrderedAfterQueuedWrites(t *testing.T) {
+	for _, tc := range []struct{ name, output string }{{"same output", "ok"}, {"new output", "ok again"}} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := openStore(t, t.TempDir(), func(o *Options) { o.CheckUpdateInterval = time.Minute })
+			c := ctx(t)
+			regWeb(t, s, "web1", "web", &Check{CheckID: "ttl", Name: "ttl", Type: CheckTypeTTL, Managed: true,
+				Definition: CheckDefinition{TTL: time.Minute}})
+			if err := s.UpdateCheck(c, "node1", "ttl", HealthPassing, "ok"); err != nil {
+				t.Fatal(err)
+			}
+			// Hold the next commit (the expiry's) until the pass has been sent.
+			entered, gate := make(chan struct{}), make(chan struct{})
+			var once sync.Once
+			s.commitHook = func() error {
+				once.Do(func() { close(entered); <-gate })
+				return nil
+			}
+			expired := make(chan error, 1)
+			go func() { expired <- s.UpdateCheck(c, "node1", "ttl", HealthCritical, "TTL expired") }()
+			<-entered
+			passed := make(chan error, 1)
+			go func() { passed <- s.UpdateCheck(c, "node1", "ttl", HealthPassing, tc.output) }()
+			timer := time.NewTimer(100 * time.Millisecond)
+			select {
+			case err := <-passed:
+				passed <- err // answered before the expiry committed: the bug, unless it is ordered
+			case <-timer.C:
+			}
+			close(gate)
+			if err := <-expired; err != nil {
+				t.Fatal(err)
+			}
+			if err := <-passed; err != nil {
+				t.Fatal(err)
+			}
+			s.View(func(v *View) {
+				if ck := v.Check("node1", "ttl"); ck.Status != HealthPassing {
+					t.Fatalf("after an acknowledged pass the check is %s %q", ck.Status, ck.Output)
+				}
+			})
+		})
+	}
+}
