@@ -6,7 +6,6 @@ import (
 	"net/url"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -219,28 +218,54 @@ func (s *Server) writeRendered(w http.ResponseWriter, r *http.Request, res *rend
 	return nil
 }
 
-// cacheKey builds a query's render-cache key from its path and the parameters that change
-// its output, in a fixed order.
-func cacheKey(r *http.Request, params ...string) string {
-	var b strings.Builder
-	b.WriteString(r.URL.Path)
-	q := queryOf(r)
-	for _, p := range params {
-		vals, ok := q[p]
-		if !ok {
-			continue
-		}
-		vals = slices.Clone(vals)
-		slices.Sort(vals)
-		for _, v := range vals {
-			b.WriteString("\x00")
-			b.WriteString(p)
-			b.WriteString("=")
-			b.WriteString(v)
-		}
+// keyParam is one parameter of a render-cache key: its name and the values the handler
+// actually uses.
+type keyParam struct {
+	name string
+	vals []string
+}
+
+// param is a keyParam with the values in the order given.
+func param(name string, vals ...string) keyParam { return keyParam{name, vals} }
+
+// setParam is a keyParam for a parameter whose values are a set (?tag: every one must
+// match), sorted so that their order does not matter.
+func setParam(name string, vals []string) keyParam {
+	vals = slices.Clone(vals)
+	slices.Sort(vals)
+	return keyParam{name, vals}
+}
+
+func boolParamKey(name string, v bool) keyParam {
+	return keyParam{name, []string{strconv.FormatBool(v)}}
+}
+
+// filterKey is the key of ?filter: the first value, the one parseFilter uses.
+func filterKey(r *http.Request) keyParam { return param("filter", queryOf(r).Get("filter")) }
+
+// cacheKey builds a query's render-cache key from its path, ?pretty, and the effective
+// values of the parameters that change its output, as the handler parsed them (the first
+// ?filter, the last ?node-meta of each key, ...): two requests get the same key only if they
+// must get the same answer. Every name and value is length-prefixed, so no value can pass
+// itself off as another parameter.
+func cacheKey(r *http.Request, params ...keyParam) string {
+	b := make([]byte, 0, 64)
+	add := func(s string) {
+		b = strconv.AppendInt(b, int64(len(s)), 10)
+		b = append(b, ':')
+		b = append(b, s...)
 	}
+	add(r.URL.Path)
 	if wantPretty(r) {
-		b.WriteString("\x00pretty")
+		add("pretty")
 	}
-	return b.String()
+	for _, p := range params {
+		add(p.name)
+		b = strconv.AppendInt(b, int64(len(p.vals)), 10)
+		b = append(b, '#')
+		for _, v := range p.vals {
+			add(v)
+		}
+	}
+	return string(b)
 }

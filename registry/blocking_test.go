@@ -1,10 +1,12 @@
 package registry_test
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -329,4 +331,49 @@ func TestAgentServiceHashBlocking(t *testing.T) {
 	if got.svc.Port != 81 || got.svc.ContentHash == hash || got.at.Sub(ack) > 100*time.Millisecond {
 		t.Fatalf("after the change: port %d hash %s (was %s) after %v", got.svc.Port, got.svc.ContentHash, hash, got.at.Sub(ack))
 	}
+}
+
+// The render cache shares a rendering between queries that must give the same answer, and
+// only those: each query is answered as if it were the only one. Parameters that take their
+// first value (?filter, ?passing) or their last per key (?node-meta) are keyed by that value,
+// not by the set of values, and a value cannot pass itself off as another parameter. The
+// reads use ?index=1, the path that goes through the cache.
+func TestRenderCacheKeyedByEffectiveParameters(t *testing.T) {
+	r := startRegistry(t)
+	code, _, body := r.do(t, "PUT", "/v1/catalog/register", `{"Node":"n1","Address":"10.0.0.1","NodeMeta":{"rack":"a"},
+		"Service":{"Service":"web","Tags":["v1"],"Port":80},"Check":{"CheckID":"c","ServiceID":"web","Status":"critical"}}`)
+	if code != 200 {
+		t.Fatal(code, body)
+	}
+	q := url.QueryEscape
+	pairs := []struct {
+		name                string
+		first, then         string
+		wantFirst, wantThen int
+	}{
+		{"node-meta last wins", "node-meta=rack:b&node-meta=rack:a", "node-meta=rack:a&node-meta=rack:b", 1, 0},
+		{"filter first wins", "filter=" + q("Service.Port == 80") + "&filter=" + q("Service.Port == 81"),
+			"filter=" + q("Service.Port == 81") + "&filter=" + q("Service.Port == 80"), 1, 0},
+		{"passing first wins", "passing=false&passing=true", "passing=true&passing=false", 1, 0},
+		{"NUL in a value", "tag=" + q("v1\x00node-meta=rack:a"), "tag=v1&node-meta=rack:a", 0, 1},
+	}
+	for _, p := range pairs {
+		t.Run(p.name, func(t *testing.T) {
+			_, _, b1 := r.do(t, "GET", "/v1/health/service/web?index=1&"+p.first, "")
+			_, _, b2 := r.do(t, "GET", "/v1/health/service/web?index=1&"+p.then, "")
+			if n1, n2 := countEntries(t, b1), countEntries(t, b2); n1 != p.wantFirst || n2 != p.wantThen {
+				t.Fatalf("?%s: %d entries, want %d; then ?%s: %d entries, want %d", p.first, n1, p.wantFirst, p.then, n2, p.wantThen)
+			}
+		})
+	}
+}
+
+// countEntries returns the length of a JSON array body.
+func countEntries(t *testing.T, body string) int {
+	t.Helper()
+	var out []json.RawMessage
+	if err := json.Unmarshal([]byte(body), &out); err != nil {
+		t.Fatalf("decode %q: %v", body, err)
+	}
+	return len(out)
 }

@@ -27,7 +27,7 @@ func (s *Server) caRoots(w http.ResponseWriter, r *http.Request) error {
 	}
 	pretty := wantPretty(r)
 	return s.serveQuery(w, r, &query{
-		key:   cacheKey(r, "pem"),
+		key:   cacheKey(r, boolParamKey("pem", pem)),
 		index: func(v *state.View) uint64 { return v.TopicIndex(state.TopicCARoots) },
 		watch: func(v *state.View) (<-chan struct{}, func()) { return v.Watch(state.TopicCARoots) },
 		read: func(v *state.View) func() (*rendered, error) {

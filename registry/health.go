@@ -47,7 +47,7 @@ func (s *Server) healthService(w http.ResponseWriter, r *http.Request) error {
 		checks []*state.Check
 	}
 	return s.serveQuery(w, r, &query{
-		key:   cacheKey(r, "passing", "tag", "node-meta", "filter"),
+		key:   cacheKey(r, boolParamKey("passing", passing), setParam("tag", tags), nm.key(), filterKey(r)),
 		index: func(v *state.View) uint64 { return v.TopicIndex(topic) },
 		watch: func(v *state.View) (<-chan struct{}, func()) { return v.Watch(topic) },
 		read: func(v *state.View) func() (*rendered, error) {
@@ -88,7 +88,7 @@ func (s *Server) checksQuery(w http.ResponseWriter, r *http.Request, topic strin
 	}
 	pretty := wantPretty(r)
 	return s.serveQuery(w, r, &query{
-		key:   cacheKey(r, "node-meta", "filter"),
+		key:   cacheKey(r, nm.key(), filterKey(r)),
 		index: func(v *state.View) uint64 { return v.TopicIndex(topic) },
 		watch: func(v *state.View) (<-chan struct{}, func()) { return v.Watch(topic) },
 		read: func(v *state.View) func() (*rendered, error) {
