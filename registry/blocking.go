@@ -1,6 +1,7 @@
 package registry
 
 import (
+	"container/list"
 	"math/rand/v2"
 	"net/http"
 	"net/url"
@@ -41,25 +42,40 @@ func jsonResponse(v any, pretty bool) (*rendered, error) {
 	return &rendered{status: http.StatusOK, contentType: "application/json", body: b}, nil
 }
 
-// renderCache keeps the last rendering of each query key with the index it was rendered at.
-// When a change wakes a thousand watchers of one service, the first to re-run the query
-// renders it and the others wait for and reuse its bytes instead of each re-encoding. The same
-// index means the same body, because the index covers everything the query reads.
+// renderCache keeps recent renderings of blocking queries with the index each was rendered
+// at. When a change wakes a thousand watchers of one service, the first to re-run the query
+// renders it and the others wait for and reuse its bytes instead of each re-encoding. The
+// same index means the same body, because the index covers everything the query reads.
+//
+// Only blocking queries that are about to answer use it (a plain read renders for itself, a
+// query about to wait renders nothing), a key keeps only its latest index, and what it holds
+// is bounded by maxBytes and maxEntries, least recently used first out: distinct queries
+// (every ?filter is a key) cannot make it grow without limit.
 type renderCache struct {
-	mu  sync.Mutex
-	m   map[string]*cacheEntry
-	max int
+	mu         sync.Mutex
+	m          map[string]*list.Element // of *cacheEntry
+	lru        list.List                // front: most recently used
+	bytes      int64                    // sizes of the finished entries in m
+	maxBytes   int64
+	maxEntries int
 }
 
 type cacheEntry struct {
+	key   string
 	index uint64
 	done  chan struct{} // closed when res/err are set
 	res   *rendered
 	err   error
+	size  int64 // counted in renderCache.bytes once finished
 }
 
-func newRenderCache(max int) *renderCache {
-	return &renderCache{m: map[string]*cacheEntry{}, max: max}
+// DefaultRenderCacheBytes bounds the render cache (Config.RenderCacheBytes).
+const DefaultRenderCacheBytes = 32 << 20
+
+const maxRenderCacheEntries = 4096
+
+func newRenderCache(maxEntries int, maxBytes int64) *renderCache {
+	return &renderCache{m: map[string]*list.Element{}, maxEntries: maxEntries, maxBytes: maxBytes}
 }
 
 // lookup returns the entry for (key, index); owner is true if the caller created it and must
@@ -67,30 +83,54 @@ func newRenderCache(max int) *renderCache {
 func (c *renderCache) lookup(key string, index uint64) (e *cacheEntry, owner bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if e := c.m[key]; e != nil && e.index == index {
-		return e, false
-	}
-	if len(c.m) >= c.max {
-		for k := range c.m { // evict an arbitrary entry; map iteration order is random
-			delete(c.m, k)
-			break
+	if el := c.m[key]; el != nil {
+		if e := el.Value.(*cacheEntry); e.index == index {
+			c.lru.MoveToFront(el)
+			return e, false
 		}
+		c.removeLocked(el)
 	}
-	e = &cacheEntry{index: index, done: make(chan struct{})}
-	c.m[key] = e
+	e = &cacheEntry{key: key, index: index, done: make(chan struct{})}
+	c.m[key] = c.lru.PushFront(e)
+	for c.lru.Len() > c.maxEntries {
+		c.removeLocked(c.lru.Back())
+	}
 	return e, true
 }
 
+// finish records the owner's rendering and wakes those waiting for it. A failed rendering is
+// dropped at once, so the next caller tries again.
 func (c *renderCache) finish(key string, e *cacheEntry, res *rendered, err error) {
 	e.res, e.err = res, err
 	close(e.done)
-	if err != nil {
-		c.mu.Lock()
-		if c.m[key] == e {
-			delete(c.m, key)
-		}
-		c.mu.Unlock()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	el := c.m[key]
+	if el == nil || el.Value.(*cacheEntry) != e {
+		return // evicted or replaced meanwhile
 	}
+	if err != nil {
+		c.removeLocked(el)
+		return
+	}
+	e.size = int64(len(res.body) + len(key) + 256) // 256: the entry, its list element and map slot
+	c.bytes += e.size
+	for c.bytes > c.maxBytes && c.lru.Len() > 0 {
+		c.removeLocked(c.lru.Back())
+	}
+}
+
+func (c *renderCache) removeLocked(el *list.Element) {
+	e := c.lru.Remove(el).(*cacheEntry)
+	delete(c.m, e.key)
+	c.bytes -= e.size
+}
+
+// stats returns how many renderings the cache holds and their size in bytes.
+func (c *renderCache) stats() (entries int, bytes int64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.lru.Len(), c.bytes
 }
 
 // blockingOpts are a read's ?index and ?wait.
@@ -127,9 +167,11 @@ func parseBlocking(q url.Values) (blockingOpts, error) {
 	return o, nil
 }
 
-// run runs q once: inside one view it reads the index, registers a watch when the caller
-// will have to wait (watch set and the index not above minIndex), and either finds the
-// rendering in the cache or gathers the rows to render.
+// run runs q once: inside one view it reads the index and, when the caller will have to wait
+// (watch set and the index not above minIndex), registers a watch and returns without
+// rendering anything (res nil). Otherwise it renders the result: a blocking query (minIndex
+// above 0) through the render cache, shared with the watchers woken with it; a plain read for
+// itself.
 func (s *Server) run(q *query, watch bool, minIndex uint64) (res *rendered, index uint64, ch <-chan struct{}, release func(), err error) {
 	var entry *cacheEntry
 	var owner bool
@@ -139,19 +181,30 @@ func (s *Server) run(q *query, watch bool, minIndex uint64) (res *rendered, inde
 		index = q.index(v)
 		if watch && index <= minIndex {
 			ch, release = q.watch(v)
+			return
+		}
+		if minIndex == 0 {
+			build = q.read(v)
+			return
 		}
 		entry, owner = s.cache.lookup(q.key, index)
 		if owner {
 			build = q.read(v)
 		}
 	})
-	if owner {
+	switch {
+	case ch != nil:
+		return nil, index, ch, release, nil
+	case entry == nil:
+		res, err = build()
+		return res, index, nil, release, err
+	case owner:
 		res, err = build()
 		s.cache.finish(q.key, entry, res, err)
-		return res, index, ch, release, err
+		return res, index, nil, release, err
 	}
 	<-entry.done
-	return entry.res, index, ch, release, entry.err
+	return entry.res, index, nil, release, entry.err
 }
 
 // serveQuery answers a read, blocking as Consul does when ?index is set: it runs the query,
