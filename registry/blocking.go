@@ -254,6 +254,20 @@ func (s *Server) serveQuery(w http.ResponseWriter, r *http.Request, q *query) er
 			return nil
 		}
 		release()
+		if s.storeClosed() {
+			return state.ErrClosed
+		}
+	}
+}
+
+// storeClosed reports whether the store has been closed: its watches then fire at once, so
+// a blocked query ends (503) rather than spin until its wait runs out.
+func (s *Server) storeClosed() bool {
+	select {
+	case <-s.store.Closed():
+		return true
+	default:
+		return false
 	}
 }
 

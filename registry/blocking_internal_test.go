@@ -1,6 +1,8 @@
 package registry
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -148,5 +150,78 @@ func TestRenderCacheEvictsLeastRecentlyUsed(t *testing.T) {
 	big.finish("big", e, &rendered{status: 200, body: body}, nil)
 	if n, b := big.stats(); n != 0 || b != 0 {
 		t.Errorf("oversized rendering kept: %d entries, %d bytes", n, b)
+	}
+}
+
+// A store closed under blocked queries ends them at once with a 503, and the background
+// loop with state.ErrClosed, instead of spinning on the closed store's watch channels until
+// their wait runs out.
+func TestStoreCloseEndsBlockedQueries(t *testing.T) {
+	srv, store, base := newTestServer(t)
+	ctx := testutil.Context(t, 10*time.Second)
+	if err := store.RegisterAgentService(ctx, &state.Service{ID: "web", Service: "web", Weights: state.Weights{Passing: 1, Warning: 1}}, nil, false); err != nil {
+		t.Fatal(err)
+	}
+	var idx, leafIdx uint64
+	store.View(func(v *state.View) { idx = v.TopicIndex(state.TopicHealthService("web")) })
+	_, body := get(t, base+"/v1/agent/service/web")
+	hash := body[strings.Index(body, `"ContentHash":"`)+len(`"ContentHash":"`):]
+	hash = hash[:strings.IndexByte(hash, '"')]
+	resp, err := http.Get(base + "/v1/agent/connect/ca/leaf/web")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	fmt.Sscan(resp.Header.Get("X-Consul-Index"), &leafIdx)
+	runDone := make(chan error, 1)
+	go func() { runDone <- srv.Run(context.Background()) }()
+
+	paths := []string{
+		fmt.Sprintf("/v1/health/service/web?index=%d&wait=5s", idx),
+		"/v1/agent/service/web?hash=" + hash + "&wait=5s",
+		fmt.Sprintf("/v1/agent/connect/ca/leaf/web?index=%d&wait=5s", leafIdx),
+	}
+	type result struct {
+		path string
+		code int
+		d    time.Duration
+	}
+	results := make(chan result, len(paths))
+	for _, p := range paths {
+		go func() {
+			start := time.Now()
+			resp, err := http.Get(base + p)
+			if err != nil {
+				results <- result{p, 0, time.Since(start)}
+				return
+			}
+			resp.Body.Close()
+			results <- result{p, resp.StatusCode, time.Since(start)}
+		}()
+	}
+	testutil.Eventually(t, 5*time.Second, time.Millisecond, func() error {
+		// The three queries' topics (service, local node, roots) and Server.Run's.
+		if n := store.Watchers(); n < 4 {
+			return fmt.Errorf("%d topics watched", n)
+		}
+		return nil
+	})
+	closed := time.Now()
+	store.Close()
+	for range paths {
+		r := <-results
+		if r.code != http.StatusServiceUnavailable || time.Since(closed) > 2*time.Second {
+			t.Errorf("%s: %d after %v, want 503 at once when the store closes", r.path, r.code, r.d)
+		}
+	}
+	timer := time.NewTimer(2 * time.Second)
+	defer timer.Stop()
+	select {
+	case err := <-runDone:
+		if !errors.Is(err, state.ErrClosed) {
+			t.Errorf("Server.Run: %v, want ErrClosed", err)
+		}
+	case <-timer.C:
+		t.Error("Server.Run still running 2s after the store closed")
 	}
 }

@@ -256,6 +256,9 @@ func (s *Server) agentLeaf(w http.ResponseWriter, r *http.Request) error {
 		}
 		renew.Stop()
 		releaseRoots()
+		if s.storeClosed() {
+			return state.ErrClosed
+		}
 	}
 }
 
@@ -281,7 +284,7 @@ func (s *Server) writeLeaf(w http.ResponseWriter, r *http.Request, cur *issuedLe
 // RotationPeriod has passed, prunes roots no leaf can chain to any more, and forgets the
 // leaves of services that stopped asking. It looks a tenth of the shorter of LeafCertTTL and
 // RotationPeriod apart (at least 100ms, at most a minute), and at once after a configuration
-// change.
+// change. It returns nil when ctx ends, state.ErrClosed if the store is closed first.
 func (s *Server) Run(ctx context.Context) error {
 	var changed <-chan struct{}
 	release := func() {}
@@ -299,11 +302,17 @@ func (s *Server) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			timer.Stop()
 			return nil
+		case <-s.store.Closed():
+			timer.Stop()
+			return state.ErrClosed
 		case <-timer.C:
 		case <-changed:
 			timer.Stop()
 			release()
 			changed, release = nil, func() {}
+		}
+		if s.storeClosed() {
+			return state.ErrClosed
 		}
 		rotated, removed, err := s.store.MaintainCA(ctx)
 		switch {

@@ -116,6 +116,7 @@ func New(cfg Config) (*Manager, error) {
 }
 
 // Run runs the checks and the reaper until ctx ends, then stops every check and returns nil.
+// If the store is closed first, it stops every check and returns state.ErrClosed.
 func (m *Manager) Run(ctx context.Context) error {
 	m.mu.Lock()
 	if m.ctx != nil || m.stopped {
@@ -140,8 +141,16 @@ func (m *Manager) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			release()
 			return nil
+		case <-m.store.Closed():
+			release()
+			return state.ErrClosed
 		}
 		release()
+		select {
+		case <-m.store.Closed(): // its watches now fire at once
+			return state.ErrClosed
+		default:
+		}
 	}
 }
 

@@ -460,3 +460,38 @@ func TestTTLPassNotUndoneByExpiry(t *testing.T) {
 		}
 	})
 }
+
+// A store closed under the Manager ends Run with state.ErrClosed (and stops the checks)
+// instead of leaving it spinning on the closed store's watch, which fires at once.
+func TestRunEndsWhenStoreCloses(t *testing.T) {
+	testutil.CheckGoroutines(t)
+	store, err := state.Open(testutil.Context(t, 5*time.Second), state.Options{Dir: t.TempDir(), NodeName: "n1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mgr, err := New(Config{Store: store})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- mgr.Run(ctx) }()
+	testutil.Eventually(t, 5*time.Second, time.Millisecond, func() error {
+		if store.Watchers() != 1 {
+			return errors.New("manager not watching yet")
+		}
+		return nil
+	})
+	store.Close()
+	timer := time.NewTimer(2 * time.Second)
+	defer timer.Stop()
+	select {
+	case err := <-done:
+		if !errors.Is(err, state.ErrClosed) {
+			t.Fatalf("Run: %v, want ErrClosed", err)
+		}
+	case <-timer.C:
+		t.Fatal("Run still running 2s after the store closed")
+	}
+}

@@ -305,6 +305,10 @@ func (s *Store) Close() error {
 	return err
 }
 
+// Closed returns a channel that is closed when Close begins. Watches registered after that
+// fire at once, so a loop that waits on a watch must also stop when this is closed.
+func (s *Store) Closed() <-chan struct{} { return s.quit }
+
 // Now is the store's clock, which also stamps View.CriticalSince.
 func (s *Store) Now() time.Time { return s.opts.Clock.Now() }
 
