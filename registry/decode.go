@@ -375,6 +375,15 @@ func (c *checkRequest) toAgentCheck(field string) (*state.Check, error) {
 	}, nil
 }
 
+// validName is state.ValidateName as a *RequestError.
+func validName(field, v string) error {
+	var ie *state.InvalidError
+	if err := state.ValidateName(field, v); errors.As(err, &ie) {
+		return badRequest(ie.Field, "%s", ie.Msg)
+	}
+	return nil
+}
+
 func validMethod(m string) bool {
 	if len(m) > 32 {
 		return false
@@ -506,6 +515,7 @@ func decodeServiceRegistration(body []byte) (*state.Service, []*state.Check, err
 		}
 	}
 	checks := make([]*state.Check, 0, len(reqs))
+	seen := make(map[string]bool, len(reqs))
 	for i, ic := range reqs {
 		c, err := ic.c.toAgentCheck(ic.field)
 		if err != nil {
@@ -522,6 +532,21 @@ func decodeServiceRegistration(body []byte) (*state.Service, []*state.Check, err
 		}
 		if c.Name == "" {
 			c.Name = fmt.Sprintf("Service '%s' check", r.Name)
+		}
+		// The store checks these too, but counts only the checks that reach it (an empty
+		// "Check" or "Checks" entry is dropped): name the field as the request did.
+		if state.ReservedCheckID(c.CheckID) {
+			return nil, nil, badRequest(ic.field+".CheckID", "%q is reserved", c.CheckID)
+		}
+		if seen[c.CheckID] {
+			return nil, nil, badRequest(ic.field+".CheckID", "duplicate check ID %q", c.CheckID)
+		}
+		seen[c.CheckID] = true
+		if err := validName(ic.field+".CheckID", c.CheckID); err != nil {
+			return nil, nil, err
+		}
+		if err := validName(ic.field+".Name", c.Name); err != nil {
+			return nil, nil, err
 		}
 		if ic.c.ServiceID != "" && ic.c.ServiceID != r.ID {
 			return nil, nil, badRequest(ic.field+".ServiceID", "%q differs from the service being registered %q", ic.c.ServiceID, r.ID)

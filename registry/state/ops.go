@@ -61,7 +61,9 @@ func validateNames(pairs ...string) error {
 	return nil
 }
 
-func reservedCheckID(id string) bool {
+// ReservedCheckID reports whether id belongs to a check the registry owns (serfHealth and
+// the maintenance checks), which registrations may not use.
+func ReservedCheckID(id string) bool {
 	return id == SerfCheckID || id == NodeMaintCheckID || strings.HasPrefix(id, ServiceMaintPrefix)
 }
 
@@ -86,7 +88,7 @@ func (s *Store) RegisterAgentService(ctx context.Context, svc *Service, checks [
 		if err := validateNames(field+".CheckID", c.CheckID, field+".Name", c.Name); err != nil {
 			return err
 		}
-		if reservedCheckID(c.CheckID) {
+		if ReservedCheckID(c.CheckID) {
 			return invalid(fmt.Sprintf("Checks[%d].CheckID", i), "%q is reserved", c.CheckID)
 		}
 		if seen[c.CheckID] {
@@ -152,7 +154,7 @@ func (s *Store) RegisterAgentCheck(ctx context.Context, c *Check) error {
 	if c.CheckID == "" {
 		return invalid("CheckID", "must not be empty")
 	}
-	if reservedCheckID(c.CheckID) {
+	if ReservedCheckID(c.CheckID) {
 		return invalid("CheckID", "%q is reserved", c.CheckID)
 	}
 	if err := validateNames("CheckID", c.CheckID, "Name", c.Name, "ServiceID", c.ServiceID); err != nil {
