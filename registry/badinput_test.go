@@ -103,6 +103,7 @@ func TestBadInput(t *testing.T) {
 		{"kv sessions", "PUT", "/v1/kv/k?acquire=abc", "v", 400, "acquire"},
 		{"kv oversized value", "PUT", "/v1/kv/k", strings.Repeat("v", 2000), 413, "body"},
 		{"kv put without key", "PUT", "/v1/kv/", "v", 400, "key"},
+		{"kv key not UTF-8", "PUT", "/v1/kv/a%ff%fe", "v", 400, "key"},
 		{"kv delete without key", "DELETE", "/v1/kv/", "", 400, "key"},
 		{"kv delete bad cas", "DELETE", "/v1/kv/k?cas=x", "", 400, "cas"},
 		{"kv delete recurse with cas", "DELETE", "/v1/kv/k?recurse&cas=1", "", 400, "cas"},

@@ -463,6 +463,11 @@ func (s *Store) KVPut(ctx context.Context, key string, value []byte, flags uint6
 	if key == "" {
 		return false, invalid("key", "must not be empty")
 	}
+	if !utf8.ValidString(key) {
+		// JSON cannot carry it: every listing would show U+FFFD instead, a key no one can
+		// address again.
+		return false, invalid("key", "%q is not valid UTF-8", key)
+	}
 	value = slices.Clone(value)
 	err = s.write(ctx, func(tx *Txn) error {
 		old := tx.getKV(key)
