@@ -245,7 +245,9 @@ func (m *Manager) Running() []string {
 }
 
 // reap deregisters every agent service with a check that has been critical for longer than
-// its DeregisterCriticalServiceAfter (at least MinDeregisterAfter).
+// its DeregisterCriticalServiceAfter (at least MinDeregisterAfter). It picks candidates from a
+// view; the store decides again inside the write (state.Store.ReapAgentService), so a check
+// that recovers meanwhile saves its service.
 func (m *Manager) reap() {
 	now := m.store.Now()
 	var victims []string
@@ -253,28 +255,28 @@ func (m *Manager) reap() {
 	m.store.View(func(v *state.View) {
 		node := v.LocalNode()
 		v.ManagedChecks(node, func(c *state.Check) {
-			after := c.Definition.DeregisterCriticalServiceAfter
-			if after <= 0 || c.ServiceID == "" || c.Status != state.HealthCritical || seen[c.ServiceID] {
-				return
-			}
-			after = max(after, m.cfg.MinDeregisterAfter)
-			since := v.CriticalSince(node, c.CheckID)
-			if !since.IsZero() && now.Sub(since) > after {
+			if !seen[c.ServiceID] && state.Reapable(c, v.CriticalSince(node, c.CheckID), now, m.cfg.MinDeregisterAfter) {
 				seen[c.ServiceID] = true
 				victims = append(victims, c.ServiceID)
 			}
 		})
 	})
+	if len(victims) > 0 {
+		m.cfg.hook("reap-decided")
+	}
+	defer m.cfg.hook("reap-done")
+	reaped := false
 	for _, id := range victims {
-		err := m.store.DeregisterAgentService(m.ctx, id)
+		ok, err := m.store.ReapAgentService(m.ctx, id, m.cfg.MinDeregisterAfter)
 		switch {
-		case err == nil:
-			m.log.Info("deregistered service whose check stayed critical", "service", id)
-		case !errors.Is(err, state.ErrNotFound):
+		case err != nil:
 			m.log.Warn("reaping critical service failed", "service", id, "err", err)
+		case ok:
+			reaped = true
+			m.log.Info("deregistered service whose check stayed critical", "service", id)
 		}
 	}
-	if len(victims) > 0 {
+	if reaped {
 		m.Sync()
 	}
 }

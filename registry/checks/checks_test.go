@@ -495,3 +495,42 @@ func TestRunEndsWhenStoreCloses(t *testing.T) {
 		t.Fatal("Run still running 2s after the store closed")
 	}
 }
+
+// The reaper decides from a view, then deregisters: a check that turns passing in between
+// saves its service. The decision is taken again inside the write.
+func TestReaperRechecksInsideTheWrite(t *testing.T) {
+	var decided atomic.Bool
+	var e *env
+	done := make(chan struct{})
+	var doneOnce sync.Once
+	e = start(t, func(c *Config) {
+		c.hook = func(point string) {
+			switch point {
+			case "reap-decided": // the service looked reapable; now it recovers
+				if decided.CompareAndSwap(false, true) {
+					if err := e.mgr.SetTTL(context.Background(), "doomed-ttl", state.HealthPassing, "back"); err != nil {
+						t.Error(err)
+					}
+				}
+			case "reap-done":
+				if decided.Load() {
+					doneOnce.Do(func() { close(done) })
+				}
+			}
+		}
+	})
+	e.register(t, "doomed", &state.Check{CheckID: "doomed-ttl", Type: state.CheckTypeTTL,
+		Definition: state.CheckDefinition{TTL: time.Hour, DeregisterCriticalServiceAfter: 20 * time.Millisecond}})
+	timer := time.NewTimer(5 * time.Second)
+	defer timer.Stop()
+	select {
+	case <-done:
+	case <-timer.C:
+		t.Fatal("the reaper never chose the critical service")
+	}
+	e.store.View(func(v *state.View) {
+		if v.Service("n1", "doomed") == nil {
+			t.Fatal("the reaper removed a service whose check had turned passing before the removal")
+		}
+	})
+}

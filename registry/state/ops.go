@@ -7,6 +7,7 @@ import (
 	"maps"
 	"slices"
 	"strings"
+	"time"
 	"unicode"
 	"unicode/utf8"
 )
@@ -146,6 +147,50 @@ func (s *Store) DeregisterAgentService(ctx context.Context, id string) error {
 		tx.deleteService(tx.local, id)
 		return nil
 	})
+}
+
+// Reapable reports whether check c, critical since since (zero: not critical), makes its
+// service due for removal at now: it is a managed service check with a
+// DeregisterCriticalServiceAfter, and has been critical for longer than that (at least
+// minAfter), as Consul's agent reaps.
+func Reapable(c *Check, since, now time.Time, minAfter time.Duration) bool {
+	after := c.Definition.DeregisterCriticalServiceAfter
+	if !c.Managed || after <= 0 || c.ServiceID == "" || c.Status != HealthCritical || since.IsZero() {
+		return false
+	}
+	return now.Sub(since) > max(after, minAfter)
+}
+
+// ReapAgentService removes the local service id and its checks, as DeregisterAgentService
+// does, but only if one of its checks is Reapable at the time of the write: a check that
+// turned passing after the caller looked saves the service. reaped reports whether it was
+// removed.
+func (s *Store) ReapAgentService(ctx context.Context, id string, minAfter time.Duration) (reaped bool, err error) {
+	err = s.write(ctx, func(tx *Txn) error {
+		reaped = false
+		if tx.getService(tx.local, id) == nil {
+			return nil
+		}
+		now := s.opts.Clock.Now()
+		due := false
+		cs := tx.checksOfService(tx.local, id)
+		for _, c := range cs {
+			if Reapable(c, tx.criticalSince(c, now), now, minAfter) {
+				due = true
+				break
+			}
+		}
+		if !due {
+			return nil
+		}
+		for _, c := range cs {
+			tx.deleteCheck(tx.local, c.CheckID)
+		}
+		tx.deleteService(tx.local, id)
+		reaped = true
+		return nil
+	})
+	return reaped, err
 }
 
 // RegisterAgentCheck registers (or replaces) a check on the local node, bound to the service

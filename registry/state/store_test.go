@@ -731,3 +731,34 @@ func TestCheckUpdateOrderedAfterQueuedWrites(t *testing.T) {
 		})
 	}
 }
+
+func TestReapAgentService(t *testing.T) {
+	clk := &fakeClock{now: time.Unix(1000, 0)}
+	s := openStore(t, t.TempDir(), func(o *Options) { o.Clock = clk })
+	c := ctx(t)
+	ttl := func(id string) *Check {
+		return &Check{CheckID: id, Name: id, Type: CheckTypeTTL, Managed: true,
+			Definition: CheckDefinition{TTL: time.Hour, DeregisterCriticalServiceAfter: time.Minute}}
+	}
+	regWeb(t, s, "a", "web", ttl("a-ttl"))
+	regWeb(t, s, "b", "web", ttl("b-ttl"))
+	clk.Advance(2 * time.Minute)
+	if err := s.UpdateCheck(c, "node1", "b-ttl", HealthPassing, "back"); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		id       string
+		minAfter time.Duration
+		want     bool
+	}{{"b", 0, false}, {"a", time.Hour, false}, {"a", 0, true}, {"a", 0, false}} {
+		got, err := s.ReapAgentService(c, tc.id, tc.minAfter)
+		if err != nil || got != tc.want {
+			t.Fatalf("ReapAgentService(%s, min %v) = %v, %v; want %v", tc.id, tc.minAfter, got, err, tc.want)
+		}
+	}
+	s.View(func(v *View) {
+		if v.Service("node1", "a") != nil || v.Check("node1", "a-ttl") != nil || v.Service("node1", "b") == nil {
+			t.Fatal("reaped the wrong services")
+		}
+	})
+}

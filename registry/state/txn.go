@@ -3,6 +3,7 @@ package state
 import (
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/podmesh/podmesh/tls/authz"
 )
@@ -208,6 +209,20 @@ func (tx *Txn) checksOfService(node, id string) []*Check {
 	}
 	slices.SortFunc(out, func(a, b *Check) int { return strings.Compare(a.CheckID, b.CheckID) })
 	return out
+}
+
+// criticalSince returns when check c (as this transaction sees it) turned critical, zero if
+// it is not critical: the committed time, unless this group of writes made it critical, in
+// which case now.
+func (tx *Txn) criticalSince(c *Check, now time.Time) time.Time {
+	if c.Status != HealthCritical {
+		return time.Time{}
+	}
+	k := checkKey{c.Node, c.CheckID}
+	if base := tx.base.checks[k]; base == nil || base.Status != HealthCritical {
+		return now
+	}
+	return tx.base.criticalSince[k]
 }
 
 // kvKeysWithPrefix returns the live keys under prefix, sorted.
