@@ -2,9 +2,12 @@ package registry
 
 import (
 	"container/list"
+	"context"
+	"fmt"
 	"math/rand/v2"
 	"net/http"
 	"net/url"
+	"runtime/debug"
 	"slices"
 	"strconv"
 	"sync"
@@ -171,8 +174,9 @@ func parseBlocking(q url.Values) (blockingOpts, error) {
 // (watch set and the index not above minIndex), registers a watch and returns without
 // rendering anything (res nil). Otherwise it renders the result: a blocking query (minIndex
 // above 0) through the render cache, shared with the watchers woken with it; a plain read for
-// itself.
-func (s *Server) run(q *query, watch bool, minIndex uint64) (res *rendered, index uint64, ch <-chan struct{}, release func(), err error) {
+// itself. A rendering that panics is an error for its request and for every request waiting
+// for it; a request waiting for another's rendering gives up when ctx ends.
+func (s *Server) run(ctx context.Context, q *query, watch bool, minIndex uint64) (res *rendered, index uint64, ch <-chan struct{}, release func(), err error) {
 	var entry *cacheEntry
 	var owner bool
 	var build func() (*rendered, error)
@@ -196,15 +200,31 @@ func (s *Server) run(q *query, watch bool, minIndex uint64) (res *rendered, inde
 	case ch != nil:
 		return nil, index, ch, release, nil
 	case entry == nil:
-		res, err = build()
+		res, err = s.render(q, build)
 		return res, index, nil, release, err
 	case owner:
-		res, err = build()
+		res, err = s.render(q, build)
 		s.cache.finish(q.key, entry, res, err)
 		return res, index, nil, release, err
 	}
-	<-entry.done
-	return entry.res, index, nil, release, entry.err
+	select {
+	case <-entry.done:
+		return entry.res, index, nil, release, entry.err
+	case <-ctx.Done():
+		return nil, index, nil, release, ctx.Err()
+	}
+}
+
+// render runs build, turning a panic into an error (a 500) so that the requests waiting for
+// this rendering are answered too.
+func (s *Server) render(q *query, build func() (*rendered, error)) (res *rendered, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			s.log.Error("rendering a response panicked", "query", q.key, "panic", p, "stack", string(debug.Stack()))
+			res, err = nil, fmt.Errorf("registry: rendering the response panicked: %v", p)
+		}
+	}()
+	return build()
 }
 
 // serveQuery answers a read, blocking as Consul does when ?index is set: it runs the query,
@@ -222,7 +242,7 @@ func (s *Server) serveQuery(w http.ResponseWriter, r *http.Request, q *query) er
 		return err
 	}
 	if opts.minIndex == 0 {
-		res, index, _, _, err := s.run(q, false, 0)
+		res, index, _, _, err := s.run(r.Context(), q, false, 0)
 		if err != nil {
 			return err
 		}
@@ -234,7 +254,7 @@ func (s *Server) serveQuery(w http.ResponseWriter, r *http.Request, q *query) er
 	defer s.metrics.blocking.Dec()
 	last := false
 	for {
-		res, index, ch, release, err := s.run(q, !last, opts.minIndex)
+		res, index, ch, release, err := s.run(r.Context(), q, !last, opts.minIndex)
 		if err != nil {
 			release()
 			return err

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -24,7 +25,7 @@ func newTestServer(t *testing.T) (*Server, *state.Store, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := New(Config{Store: store})
+	srv, err := New(Config{Store: store, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -106,7 +107,7 @@ func TestRenderCacheMemoryBounded(t *testing.T) {
 			}
 		},
 	}
-	_, _, ch, release, err := srv.run(q, true, idx)
+	_, _, ch, release, err := srv.run(context.Background(), q, true, idx)
 	defer release()
 	if err != nil || ch == nil {
 		t.Fatalf("run: %v, watch %v", err, ch)
@@ -223,5 +224,75 @@ func TestStoreCloseEndsBlockedQueries(t *testing.T) {
 		}
 	case <-timer.C:
 		t.Error("Server.Run still running 2s after the store closed")
+	}
+}
+
+// A rendering that panics fails its own request and every request waiting for it (500), and
+// a waiting request whose client goes away stops waiting: no request hangs on a rendering
+// that will never come.
+func TestRenderPanicReleasesWaiters(t *testing.T) {
+	srv, _, _ := newTestServer(t)
+	gate := make(chan struct{})
+	q := &query{
+		key:   "panics",
+		index: func(*state.View) uint64 { return 5 },
+		watch: func(v *state.View) (<-chan struct{}, func()) { return v.Watch("unused") },
+		read: func(*state.View) func() (*rendered, error) {
+			return func() (*rendered, error) {
+				<-gate
+				panic("rendering bug")
+			}
+		},
+	}
+	run := func(ctx context.Context) <-chan error {
+		ch := make(chan error, 1)
+		go func() {
+			defer func() {
+				if p := recover(); p != nil {
+					ch <- fmt.Errorf("the panic escaped run: %v", p)
+				}
+			}()
+			_, _, _, release, err := srv.run(ctx, q, false, 1)
+			release()
+			ch <- err
+		}()
+		return ch
+	}
+	owner := run(context.Background())
+	testutil.Eventually(t, 5*time.Second, time.Millisecond, func() error {
+		if n, _ := srv.cache.stats(); n != 1 {
+			return errors.New("owner not rendering yet")
+		}
+		return nil
+	})
+	gone, cancel := context.WithCancel(context.Background())
+	leaving := run(gone)
+	waiter := run(context.Background())
+	time.Sleep(20 * time.Millisecond) // both wait for the owner's rendering now
+	cancel()
+	wait := func(name string, ch <-chan error) error {
+		t.Helper()
+		timer := time.NewTimer(2 * time.Second)
+		defer timer.Stop()
+		select {
+		case err := <-ch:
+			return err
+		case <-timer.C:
+			t.Fatalf("%s still waiting", name)
+			return nil
+		}
+	}
+	if err := wait("request whose client left", leaving); !errors.Is(err, context.Canceled) {
+		t.Errorf("request whose client left: %v, want context.Canceled", err)
+	}
+	close(gate)
+	for name, ch := range map[string]<-chan error{"owner": owner, "waiter": waiter} {
+		if err := wait(name, ch); err == nil || !strings.Contains(err.Error(), "rendering bug") ||
+			strings.Contains(err.Error(), "escaped") {
+			t.Errorf("%s: %v, want the rendering's panic as an error", name, err)
+		}
+	}
+	if n, _ := srv.cache.stats(); n != 0 {
+		t.Errorf("a failed rendering stayed in the cache")
 	}
 }
