@@ -233,6 +233,37 @@ func TestCatalogServicesNotWokenByChecks(t *testing.T) {
 	expectReturn(t, ch, time.Now(), 100*time.Millisecond)
 }
 
+// /v1/catalog/node/NAME shows the node and its services, not their checks: a check status
+// change must not wake its watchers (nor move its index), as it does not in Consul.
+// /v1/health/node/NAME shows the checks and wakes.
+func TestCatalogNodeNotWokenByChecks(t *testing.T) {
+	r := startRegistry(t)
+	a := r.Client.Agent()
+	must(t, a.ServiceRegister(&api.AgentServiceRegistration{ID: "web1", Name: "web", Check: &api.AgentServiceCheck{CheckID: "t", TTL: "1m"}}))
+	catIdx := r.index(t, "/v1/catalog/node/node1")
+	healthIdx := r.index(t, "/v1/health/node/node1")
+	cat := r.block(t, "/v1/catalog/node/node1", catIdx, "10s")
+	health := r.block(t, "/v1/health/node/node1", healthIdx, "10s")
+	testutil.Eventually(t, 5*time.Second, time.Millisecond, func() error {
+		_, _, m := r.do(t, "GET", "/metrics", "")
+		if !strings.Contains(m, "\npodmesh_registry_blocking_queries 2\n") {
+			return errors.New("queries not blocked yet")
+		}
+		return nil
+	})
+	must(t, a.PassTTL("t", "")) // a status change: the node and its services are the same
+	ack := time.Now()
+	if res := expectReturn(t, health, ack, 100*time.Millisecond); res.index <= healthIdx {
+		t.Fatalf("health/node index %d after a check change, was %d", res.index, healthIdx)
+	}
+	expectNoReturn(t, cat, 200*time.Millisecond, "a check status change")
+	if got := r.index(t, "/v1/catalog/node/node1"); got != catIdx {
+		t.Fatalf("catalog/node index moved on a check change: %d -> %d", catIdx, got)
+	}
+	must(t, a.ServiceRegister(&api.AgentServiceRegistration{ID: "api1", Name: "api"}))
+	expectReturn(t, cat, time.Now(), 100*time.Millisecond)
+}
+
 func TestManyWatchersOneService(t *testing.T) {
 	r := startRegistry(t)
 	must(t, r.Client.Agent().ServiceRegister(&api.AgentServiceRegistration{ID: "web1", Name: "web"}))

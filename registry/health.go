@@ -146,7 +146,7 @@ func (s *Server) healthState(w http.ResponseWriter, r *http.Request) error {
 // healthNode is GET /v1/health/node/NAME: every check on the node.
 func (s *Server) healthNode(w http.ResponseWriter, r *http.Request) error {
 	name := r.PathValue("name")
-	return s.checksQuery(w, r, state.TopicNode(name), func(v *state.View) []*state.Check {
+	return s.checksQuery(w, r, state.TopicNodeChecks(name), func(v *state.View) []*state.Check {
 		return v.NodeChecks(name)
 	})
 }

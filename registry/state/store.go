@@ -820,6 +820,15 @@ func (s *Store) load() (*memState, error) {
 		return nil, fmt.Errorf("state: load %q: %w", s.db.Path(), err)
 	}
 	slices.Sort(st.kvTopicKeys) // "kv:" prefix keeps byte order, but be explicit
+	// Stores written before TopicNodeChecks existed raised TopicNode for check changes: a
+	// node's missing checks topic starts from its node topic, so no index a client holds
+	// goes back.
+	for t, idx := range st.topics {
+		name, ok := strings.CutPrefix(t, nodeTopicPrefix)
+		if _, has := st.topics[TopicNodeChecks(name)]; ok && !has {
+			st.topics[TopicNodeChecks(name)] = idx
+		}
+	}
 	return st, nil
 }
 

@@ -4,9 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
+
+	bolt "go.etcd.io/bbolt"
 
 	"github.com/podmesh/podmesh/internal/testutil"
 )
@@ -761,4 +764,52 @@ func TestReapAgentService(t *testing.T) {
 			t.Fatal("reaped the wrong services")
 		}
 	})
+}
+
+// A check change raises the node's checks topic (health/node), not its node topic
+// (catalog/node: the node and its services). A store written before the checks topic
+// existed starts it from the node topic, so health/node's index does not go back.
+func TestNodeTopicsSplit(t *testing.T) {
+	dir := t.TempDir()
+	s := openStore(t, dir)
+	c := ctx(t)
+	regWeb(t, s, "web1", "web", &Check{CheckID: "ttl", Name: "ttl", Type: CheckTypeTTL, Managed: true,
+		Definition: CheckDefinition{TTL: time.Minute}})
+	node, checks := topicIndex(s, TopicNode("node1")), topicIndex(s, TopicNodeChecks("node1"))
+	if err := s.UpdateCheck(c, "node1", "ttl", HealthPassing, "ok"); err != nil {
+		t.Fatal(err)
+	}
+	if got := topicIndex(s, TopicNode("node1")); got != node {
+		t.Errorf("a check change raised %s: %d -> %d", TopicNode("node1"), node, got)
+	}
+	if got := topicIndex(s, TopicNodeChecks("node1")); got <= checks {
+		t.Errorf("a check change left %s at %d", TopicNodeChecks("node1"), got)
+	}
+	regWeb(t, s, "web2", "web")
+	if got := topicIndex(s, TopicNode("node1")); got <= node {
+		t.Errorf("a new service left %s at %d", TopicNode("node1"), got)
+	}
+
+	// An older store: no checks topic, its node topic carries the check changes.
+	want := topicIndex(s, TopicNodeChecks("node1"))
+	s.Close()
+	db, err := bolt.Open(filepath.Join(dir, DBFile), 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = db.Update(func(b *bolt.Tx) error {
+		tb := b.Bucket(bucketTopics)
+		if err := tb.Put([]byte(TopicNode("node1")), u64(want)); err != nil {
+			return err
+		}
+		return tb.Delete([]byte(TopicNodeChecks("node1")))
+	})
+	db.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s2 := openStore(t, dir)
+	if got := topicIndex(s2, TopicNodeChecks("node1")); got < want {
+		t.Fatalf("after upgrading, %s = %d, was %d", TopicNodeChecks("node1"), got, want)
+	}
 }

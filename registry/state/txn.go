@@ -276,6 +276,7 @@ func (tx *Txn) putNode(n *Node) bool {
 	set(tx, tx.nodes, n.Node, n)
 	tx.bump(TopicNodes)
 	tx.bump(TopicNode(n.Node))
+	tx.bump(TopicNodeChecks(n.Node))
 	tx.bump(TopicServices)
 	tx.bumpAllCheckStates()
 	tx.bumpNodeServices(n.Node, true)
@@ -296,6 +297,7 @@ func (tx *Txn) deleteNode(name string) bool {
 	set(tx, tx.nodes, name, nil)
 	tx.bump(TopicNodes)
 	tx.bump(TopicNode(name))
+	tx.bump(TopicNodeChecks(name))
 	tx.bump(TopicServices)
 	tx.bumpAllCheckStates()
 	return true
@@ -342,7 +344,7 @@ func (tx *Txn) deleteService(node, id string) bool {
 // older, because renaming a service through the catalog leaves its other checks as they are
 // (as in Consul).
 func (tx *Txn) bumpCheck(c *Check) {
-	tx.bump(TopicNode(c.Node))
+	tx.bump(TopicNodeChecks(c.Node))
 	tx.bump(TopicChecks("any"))
 	tx.bump(TopicChecks(c.Status))
 	if c.ServiceID == "" {
