@@ -813,3 +813,29 @@ func TestNodeTopicsSplit(t *testing.T) {
 		t.Fatalf("after upgrading, %s = %d, was %d", TopicNodeChecks("node1"), got, want)
 	}
 }
+
+// Creating the database file (and the data directory) is made durable too: the directories
+// whose entries changed are fsynced, so a crash right after the first acknowledged write
+// cannot lose the file itself.
+func TestCreationSyncsDirectories(t *testing.T) {
+	var synced []string
+	prev := syncDir
+	syncDir = func(dir string) error {
+		synced = append(synced, dir)
+		return prev(dir)
+	}
+	t.Cleanup(func() { syncDir = prev })
+	root := t.TempDir()
+	dir := filepath.Join(root, "a", "data")
+	s := openStore(t, dir)
+	want := []string{dir, filepath.Join(root, "a"), root}
+	if fmt.Sprint(synced) != fmt.Sprint(want) {
+		t.Fatalf("synced %q, want %q", synced, want)
+	}
+	s.Close()
+	synced = nil
+	openStore(t, dir)
+	if len(synced) != 0 {
+		t.Fatalf("reopening an existing store synced %q", synced)
+	}
+}
