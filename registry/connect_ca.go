@@ -191,7 +191,7 @@ func (s *Server) currentLeaf(ctx context.Context, e *leafEntry, service string) 
 	if err != nil {
 		return nil, nil, false, err
 	}
-	cur = &issuedLeaf{leaf: leaf, body: body, renewAt: ca.RenewalTime(leaf.ValidAfter, leaf.ValidBefore, nil)}
+	cur = &issuedLeaf{leaf: leaf, body: body, renewAt: ca.RenewalTime(leaf.IssuedAt, leaf.ValidBefore, nil)}
 	next := make(chan struct{})
 	e.mu.Lock()
 	e.cur = cur
