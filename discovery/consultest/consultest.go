@@ -114,20 +114,6 @@ func StartMainConsul(dir string) (*Agent, string, error) {
 	return a, "", err
 }
 
-// Start is StartRegistry.
-//
-// Deprecated: say which registry the test needs, with StartRegistry or StartConsul.
-func Start(t testing.TB) *Agent { return StartRegistry(t) }
-
-// StartMain is StartMainRegistry with StartMainConsul's results.
-//
-// Deprecated: say which registry the package needs, with StartMainRegistry or
-// StartMainConsul.
-func StartMain(dir string) (*Agent, string, error) {
-	a, err := StartMainRegistry(dir)
-	return a, "", err
-}
-
 var built struct {
 	once sync.Once
 	dir  string
@@ -146,7 +132,8 @@ func RegistryBinary() (string, error) {
 		return bin, nil
 	}
 	built.once.Do(func() {
-		built.dir, built.err = os.MkdirTemp("", "consultest-registry-")
+		removeStaleBuilds()
+		built.dir, built.err = os.MkdirTemp("", builtPrefix)
 		if built.err != nil {
 			return
 		}
@@ -164,6 +151,19 @@ func RegistryBinary() (string, error) {
 func RemoveBuilt() {
 	if built.dir != "" {
 		os.RemoveAll(built.dir)
+	}
+}
+
+const builtPrefix = "consultest-registry-"
+
+// removeStaleBuilds removes the builds of test binaries that did not get to RemoveBuilt
+// (killed by a timeout, say): any older than a test run can last.
+func removeStaleBuilds() {
+	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), builtPrefix+"*"))
+	for _, d := range dirs {
+		if fi, err := os.Stat(d); err == nil && time.Since(fi.ModTime()) > 2*time.Hour {
+			os.RemoveAll(d)
+		}
 	}
 }
 
