@@ -119,9 +119,12 @@ func TestWatchFollowsRegistrations(t *testing.T) {
 	a := needAgent(t)
 	w, rec := startWatch(t, Config{Client: a.Client(), Service: "web"})
 	rec.next(t, "the empty first answer", func(eps []lb.Endpoint) bool { return len(eps) == 0 })
+	// Ready is closed right after the listener has the first answer.
+	timer := time.NewTimer(5 * time.Second)
+	defer timer.Stop()
 	select {
 	case <-w.Ready():
-	default:
+	case <-timer.C:
 		t.Fatal("not ready after the first answer")
 	}
 
