@@ -38,6 +38,8 @@ TOOL_ENV := PODMESH_CONSUL_BIN=$(CONSUL) PODMESH_PROMETHEUS_BIN=$(PROMETHEUS) \
             PODMESH_JAEGER_BIN=$(JAEGER) PODMESH_VEGETA_BIN=$(VEGETA) PODMESH_REQUIRE_TOOLS=1
 
 PROGRAMS := registry sidecar launcher
+# The shop demo (examples/shop): its three services and the demo's load generator, in $(BIN)/shop.
+SHOP     := frontend catalog prices loadgen
 
 .PHONY: all build test lint vet fmt-check staticcheck unit demo bench tools apt-deps clean help
 
@@ -46,11 +48,10 @@ all: build
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
-build: ## build the three programs into ./bin
-	@mkdir -p $(BIN)
-	@for p in $(PROGRAMS); do \
-	  if [ -d cmd/$$p ]; then $(GO) build -o $(BIN)/$$p ./cmd/$$p; fi; \
-	done
+build: ## build the three programs, podmesh-init and the shop demo into ./bin
+	@mkdir -p $(BIN)/shop
+	$(GO) build -o $(BIN)/ $(addprefix ./cmd/,$(PROGRAMS)) ./launcher/initproc/podmesh-init
+	$(GO) build -o $(BIN)/shop/ $(addprefix ./examples/shop/,$(SHOP))
 
 # ---------------------------------------------------------------------------------------------
 # Dependencies

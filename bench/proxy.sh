@@ -32,11 +32,13 @@ set -euo pipefail
 # is skipped with a message. The tracing scenario's sidecars also get
 # OTEL_EXPORTER_OTLP_ENDPOINT={otlp} and OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf.
 
-# For both sidecars in every sidecar scenario.
-: "${SIDECAR_FLAGS:=}"
-# mTLS between the sidecars (issue 4), e.g. the flag that turns on Connect certificates from
-# the registry. Empty: sidecar-mtls is skipped.
-: "${SIDECAR_MTLS_FLAGS:=}"
+# For both sidecars in every sidecar scenario. mTLS is on by default in the sidecar (leaf and
+# roots from the registry's Connect CA), so the plain `sidecar` (and tracing) scenarios turn it
+# off; the scenario flags below come after these, and the last -tls wins.
+: "${SIDECAR_FLAGS:=-tls=false}"
+# mTLS between the sidecars (issue 4): TLS 1.3 with Connect certificates from the registry,
+# callers authorized by intentions. Empty: sidecar-mtls is skipped.
+: "${SIDECAR_MTLS_FLAGS:=-tls=true}"
 # Tracing at 100% sampling to the OTLP sink (issue 6), e.g. "-trace-endpoint {otlp}" (the
 # flag tracing.Config names on branch tracing, whose sample ratio defaults to 1.0) plus a
 # sampling flag if the sidecar grows one. Empty: sidecar-tracing is skipped. The other

@@ -73,6 +73,16 @@
 // appends the calling peer's address to X-Forwarded-For; the outbound side adds nothing
 // (its client is the app on loopback).
 //
+// # Security
+//
+// A Security (security.go) supplies the TLS configurations and the authorization. With one,
+// the inbound listener speaks TLS 1.3 only (plaintext connections fail the handshake) and
+// dispatches on ALPN; raw TCP peers are authorized once, right after the handshake, and a
+// denied one is closed; HTTP peers are authorized on every request, so that a changed
+// decision applies to pooled HTTP/2 connections at once, and a denied request gets a 403
+// with the reason in X-Podmesh-Denied. A Security that is also a HandshakeObserver is told
+// the outcome of every handshake, in both directions, to count them.
+//
 // # Drain
 //
 // Shutdown stops accepting, lets requests, TCP sessions and tunnels in flight finish

@@ -3,6 +3,7 @@ package proxy
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"io"
 	"net"
@@ -72,7 +73,8 @@ type h1Conn struct {
 	l      *listener
 	g      *guardConn
 	remote string
-	ctx    context.Context // the connection's; cancelled when the client goes away
+	tls    *tls.ConnectionState // nil for plaintext
+	ctx    context.Context      // the connection's; cancelled when the client goes away
 	cancel context.CancelFunc
 	tmpl   *http.Request // carries ctx: requests are copies of it
 	state  atomic.Int32
@@ -96,6 +98,10 @@ type h1Conn struct {
 // HTTP/2 preface hands the connection to the HTTP/2 server.
 func (l *listener) serveHTTP1(g *guardConn) {
 	c := &h1Conn{l: l, g: g, remote: g.RemoteAddr().String()}
+	if tc, ok := g.Conn.(*tls.Conn); ok {
+		st := tc.ConnectionState()
+		c.tls = &st
+	}
 	c.ctx, c.cancel = context.WithCancel(l.ctx)
 	c.tmpl = new(http.Request).WithContext(c.ctx)
 	c.res.c = c
@@ -116,7 +122,7 @@ func (l *listener) serveHTTP1(g *guardConn) {
 	c.mu.Unlock()
 	switch {
 	case handedOff && c.h2:
-		l.serveHTTP2(g, nil) // it accounts for the connection
+		l.serveHTTP2(g, c.tls) // it accounts for the connection
 	case c.hijacked:
 		// The handler owns the connection; release was done at the hijack.
 	default:
@@ -391,6 +397,7 @@ func (c *h1Conn) newRequest(headb []byte, info headInfo) (*http.Request, error) 
 		req.ProtoMinor = 0
 	}
 	req.RemoteAddr = c.remote
+	req.TLS = c.tls
 	req.Header = parseHeader(rest)
 	req.Host = u.Host
 	if req.Host == "" {

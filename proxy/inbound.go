@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"errors"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -44,6 +45,8 @@ type Inbound struct {
 	h2       *h2Pool   // http2 and grpc apps
 	requests *gate
 	ln       *listener
+	// authz: the Security decides per request (everything but plaintext, which allows all).
+	authz bool
 }
 
 // NewInbound builds the inbound side. ctx bounds its background work; Shutdown drains.
@@ -89,6 +92,11 @@ func NewInbound(ctx context.Context, cfg InboundConfig) (*Inbound, error) {
 	in.ln = newListener(ctx, DirInbound, cfg.Service, cfg.Limits, in.m, in.log, in)
 	in.ln.serverTLS = cfg.Security.ServerTLS
 	in.ln.authorize = cfg.Security.Authorize
+	if _, ok := cfg.Security.(HandshakeObserver); ok {
+		in.ln.handshakeDone = func(err error) { observeHandshake(cfg.Security, DirInbound, cfg.Service, err) }
+	}
+	_, plain := cfg.Security.(plaintext)
+	in.authz = !plain
 	in.ln.classify = func(alpn string) connKind {
 		switch alpn {
 		case ALPNTCP:
@@ -126,8 +134,25 @@ func (in *Inbound) Shutdown(ctx context.Context) error {
 // ServeHTTP forwards one request from a peer to the app.
 func (in *Inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
+	if in.authz {
+		if ok, reason := in.cfg.Security.Authorize(r.Context(), Peer{TLS: r.TLS, RemoteAddr: r.RemoteAddr}); !ok {
+			writeDenied(w, in.cfg.Service, reason)
+			in.m.request(http.StatusForbidden, start)
+			return
+		}
+	}
 	code := in.serveHTTP(w, r)
 	in.m.request(code, start)
+}
+
+// writeDenied answers a request the Security did not authorize: 403, the reason in
+// HeaderDenied, and a short body. The peer sidecar passes it on to its app as is.
+func writeDenied(w http.ResponseWriter, service, reason string) {
+	h := w.Header()
+	h.Set(HeaderDenied, reason)
+	h.Set("Content-Type", "text/plain; charset=utf-8")
+	w.WriteHeader(http.StatusForbidden)
+	_, _ = io.WriteString(w, "403 Forbidden: podmesh: not authorized to call "+service+": "+reason+"\n")
 }
 
 func (in *Inbound) serveHTTP(w http.ResponseWriter, r *http.Request) int {
@@ -175,6 +200,7 @@ func (in *Inbound) serveHTTP(w http.ResponseWriter, r *http.Request) int {
 	// These headers speak for the sidecars; an app does not get to set them.
 	res.Header.Del(headerNotProcessed)
 	res.Header.Del(HeaderOverloaded)
+	res.Header.Del(HeaderDenied)
 	rerr, werr := writeResponse(w, res, in.cfg.Pool)
 	if rerr != nil || werr != nil {
 		panic(http.ErrAbortHandler)

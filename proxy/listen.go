@@ -40,11 +40,15 @@ type listener struct {
 	log          *slog.Logger
 
 	// classify decides per connection; for TLS connections it sees the negotiated ALPN
-	// protocol, for plaintext ones "" (called after authorization).
+	// protocol, for plaintext ones "".
 	classify  func(alpn string) connKind
 	handleTCP func(ctx context.Context, c net.Conn)
 	serverTLS func() *tls.Config
+	// authorize is asked about raw TCP connections, right after the handshake; HTTP
+	// connections are authorized per request by the handler.
 	authorize func(ctx context.Context, p Peer) (bool, string)
+	// handshakeDone, when set, is told the outcome of every TLS handshake.
+	handshakeDone func(err error)
 
 	handler http.Handler
 
@@ -254,6 +258,9 @@ func (l *listener) handle(c net.Conn) {
 			ctx, cancel := context.WithTimeout(l.ctx, l.limits.ReadHeaderTimeout)
 			err := tc.HandshakeContext(ctx)
 			cancel()
+			if l.handshakeDone != nil {
+				l.handshakeDone(err)
+			}
 			if err != nil {
 				l.log.Debug("tls handshake", "peer", peer.Addr.String(), "err", err)
 				tc.Close()
@@ -266,15 +273,18 @@ func (l *listener) handle(c net.Conn) {
 			c = tc
 		}
 	}
-	if l.authorize != nil {
+	kind := l.classify(alpn)
+	if kind == kindTCP && l.authorize != nil {
 		if ok, reason := l.authorize(l.ctx, peer); !ok {
-			l.log.Info("peer not authorized", "peer", peer.Addr.String(), "reason", reason)
+			// A raw TCP peer cannot be told why: the connection ends right after the
+			// handshake. The Security counts and logs the decision.
+			l.log.Debug("peer not authorized", "peer", peer.Addr.String(), "reason", reason)
 			c.Close()
 			l.release()
 			return
 		}
 	}
-	switch l.classify(alpn) {
+	switch kind {
 	case kindTCP:
 		done, ok := l.track(c)
 		if !ok {

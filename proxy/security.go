@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"net"
 )
 
@@ -21,15 +22,45 @@ type Security interface {
 	// ClientTLS returns the configuration for dialling an instance of service, or nil for
 	// plaintext. The proxy sets NextProtos itself. It is called for every dial.
 	ClientTLS(service string) *tls.Config
-	// Authorize decides whether a peer may call the local service. reason is logged and
-	// counted when the answer is no.
+	// Authorize decides whether a peer may call the local service. The inbound side asks
+	// once per raw TCP connection (a denied one is closed right after the handshake) and
+	// once per HTTP request, so that a changed decision (an intention edited) applies to
+	// multiplexed connections that stay open; a denied request gets a 403 with reason in
+	// the HeaderDenied header. It is on the request path: it must be fast and should not
+	// allocate. The Security counts and logs its own decisions.
 	Authorize(ctx context.Context, p Peer) (ok bool, reason string)
+}
+
+// HandshakeObserver is an optional capability of a Security: the proxy reports the outcome
+// of every TLS handshake it runs, inbound (dir DirInbound, service the local service) and
+// outbound (DirOutbound, service the upstream dialled), with err nil on success. It must not
+// block.
+type HandshakeObserver interface {
+	HandshakeDone(dir, service string, err error)
+}
+
+// HeaderDenied is set on the 403 an inbound sidecar answers to a request its Security did
+// not authorize; its value is the reason (the intention or default that decided). It is
+// removed from the app's own responses, so only the sidecar can say it.
+const HeaderDenied = "X-Podmesh-Denied"
+
+// ErrALPN is the handshake error when a peer sidecar did not agree on the protocol asked
+// for (it is not a podmesh sidecar, or an older one).
+var ErrALPN = errors.New("tls: peer did not negotiate the ALPN protocol asked for")
+
+// observeHandshake reports a handshake's outcome to sec when it listens.
+func observeHandshake(sec Security, dir, service string, err error) {
+	if o, ok := sec.(HandshakeObserver); ok {
+		o.HandshakeDone(dir, service, err)
+	}
 }
 
 // Peer is what the inbound listener knows about a connecting peer.
 type Peer struct {
-	Addr net.Addr
+	Addr net.Addr             // nil when asked for an HTTP request (see RemoteAddr)
 	TLS  *tls.ConnectionState // nil on plaintext connections
+	// RemoteAddr is the peer's host:port as text, set for HTTP requests.
+	RemoteAddr string
 }
 
 // ALPN protocol IDs spoken between sidecars.

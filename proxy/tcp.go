@@ -78,13 +78,16 @@ func (d dialer) dial(ctx context.Context, addr, alpn string) (net.Conn, error) {
 		return c, nil
 	}
 	tc := tls.Client(c, cfg)
-	if err := tc.HandshakeContext(ctx); err != nil {
+	err = tc.HandshakeContext(ctx)
+	if err == nil {
+		if got := tc.ConnectionState().NegotiatedProtocol; got != alpn {
+			err = fmt.Errorf("%w: peer negotiated ALPN %q, want %q", ErrALPN, got, alpn)
+		}
+	}
+	observeHandshake(d.sec, DirOutbound, d.service, err)
+	if err != nil {
 		c.Close()
 		return nil, DialError{Addr: addr, Err: fmt.Errorf("tls handshake: %w", err)}
-	}
-	if got := tc.ConnectionState().NegotiatedProtocol; got != alpn {
-		tc.Close()
-		return nil, DialError{Addr: addr, Err: fmt.Errorf("tls: peer negotiated ALPN %q, want %q", got, alpn)}
 	}
 	return tc, nil
 }

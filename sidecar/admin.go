@@ -11,15 +11,18 @@ import (
 
 	"github.com/podmesh/podmesh/discovery"
 	"github.com/podmesh/podmesh/lb"
+	"github.com/podmesh/podmesh/tls/identity"
 )
 
 // adminHandler serves the admin listener (loopback by default):
 //
 //	/live     200 while the process serves
-//	/ready    200 once listeners are up and every upstream's first discovery answer came
-//	          (or ReadyTimeout passed); 503 before, and while draining
+//	/ready    200 once listeners are up, the mutual TLS material and intentions are loaded
+//	          (when TLS is on, without a timeout), and every upstream's first discovery
+//	          answer came (or ReadyTimeout passed); 503 before, and while draining
 //	/config   the effective configuration and every upstream's endpoints and state, as JSON
 //	/metrics  Prometheus metrics
+//	/drain    POST: inbound stops accepting and drains, outbound keeps serving (drain.go)
 //	/debug/pprof/  Go profiles
 func (s *Sidecar) adminHandler() http.Handler {
 	mux := http.NewServeMux()
@@ -33,6 +36,7 @@ func (s *Sidecar) adminHandler() http.Handler {
 		}
 		io.WriteString(w, why+"\n")
 	})
+	mux.Handle("POST /drain", s.newInboundDrain())
 	mux.HandleFunc("GET /config", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		enc := json.NewEncoder(w)
@@ -59,6 +63,7 @@ type Snapshot struct {
 	Uptime       string             `json:"uptime"`
 	Addrs        Addrs              `json:"addresses"`
 	Registration *RegistrationState `json:"registration,omitempty"`
+	TLS          *TLSState          `json:"tls,omitempty"`
 	Upstreams    []UpstreamState    `json:"upstreams"`
 }
 
@@ -70,6 +75,14 @@ type RegistrationState struct {
 	Output     string    `json:"output"`
 	LastProbe  time.Time `json:"last_probe,omitzero"`
 	LastError  string    `json:"last_error,omitempty"`
+}
+
+// TLSState is the mutual TLS material in use: the leaf's identity and expiry, the trust
+// bundle, the intentions, and the fetch counters.
+type TLSState struct {
+	Ready    bool   `json:"ready"`
+	Identity string `json:"identity,omitempty"`
+	identity.Stats
 }
 
 // UpstreamState is one upstream's runtime state: what it proxies as, the watch, and the
@@ -95,6 +108,18 @@ func (s *Sidecar) Snapshot() Snapshot {
 			Status: s.health.Status, Output: s.health.Output, LastProbe: s.health.LastProbe,
 			LastError: s.health.LastError}
 		s.health.mu.Unlock()
+	}
+	if s.ident != nil {
+		st := &TLSState{Stats: s.ident.Stats()}
+		select {
+		case <-s.ident.Ready():
+			st.Ready = true
+		default:
+		}
+		if id, ok := s.ident.Identity(); ok {
+			st.Identity = id.String()
+		}
+		snap.TLS = st
 	}
 	for _, u := range s.upstreams {
 		snap.Upstreams = append(snap.Upstreams, UpstreamState{

@@ -39,6 +39,7 @@ type Config struct {
 	Tags      []string          `yaml:"tags" json:"tags"`           // registration tags
 	Meta      map[string]string `yaml:"meta" json:"meta"`           // extra registration meta
 	Check     Check             `yaml:"check" json:"check"`
+	TLS       TLS               `yaml:"tls" json:"tls"`
 	Upstreams []Upstream        `yaml:"upstreams" json:"upstreams"`
 	Limits    Limits            `yaml:"limits" json:"limits"`
 	// MaxRequests bounds requests in flight to the app (1024); peers get 503s beyond it.
@@ -60,6 +61,23 @@ type Check struct {
 	TTL             Duration `yaml:"ttl" json:"ttl"`                           // 3 × interval
 	DeregisterAfter Duration `yaml:"deregister_after" json:"deregister_after"` // critical this long: the registry drops the instance (1m, Consul's minimum)
 }
+
+// TLS is mutual TLS between sidecars. It is on unless explicitly disabled: the sidecar
+// fetches a leaf certificate for its service and the trust bundle from the registry's
+// Connect CA (or a Consul agent's: GET /v1/agent/connect/ca/leaf/SERVICE and
+// /v1/agent/connect/ca/roots, blocking), its inbound listener accepts TLS 1.3 from
+// sidecars with a certificate of the mesh only, callers are authorized against the
+// intentions for the service (kept fresh by a blocking query; the default decision is the
+// registry's X-Consul-Default-ACL-Policy, deny when it sends none), and every dial to an
+// upstream checks that the peer's SPIFFE ID names that upstream.
+type TLS struct {
+	// Enabled: true (the default) or false, which sends plaintext between sidecars and
+	// authorizes nobody: only where every sidecar of the mesh has it off (benchmarks).
+	Enabled *bool `yaml:"enabled" json:"enabled"`
+}
+
+// On reports whether mutual TLS is enabled (after defaults).
+func (t TLS) On() bool { return t.Enabled == nil || *t.Enabled }
 
 // Upstream is one service the app calls, on a local listener, with its policy.
 type Upstream struct {
@@ -204,6 +222,10 @@ func (c Config) withDefaults(getenv func(string) string) Config {
 		}
 		c.ID = c.Service + "-" + strings.NewReplacer(":", "-", "[", "", "]", "").Replace(host) + "-" + port
 	}
+	if c.TLS.Enabled == nil {
+		on := true
+		c.TLS.Enabled = &on
+	}
 	if c.Check.Interval == 0 {
 		c.Check.Interval = Duration(DefaultCheckInterval)
 	}
@@ -300,6 +322,14 @@ var checks = []check{
 		}
 		if c.App == "" {
 			return fieldErr("app", "", "required with service")
+		}
+		return nil
+	}},
+	{"tls", func(c *Config) error {
+		// A sidecar with a service but no inbound is reported by the service check.
+		if c.TLS.On() && c.Service == "" && c.Inbound == "" && c.App == "" && len(c.Upstreams) > 0 {
+			return fieldErr("service", "", "required with tls (the sidecar's identity towards its upstreams): "+
+				"set -service with -inbound and -app, or -tls=false where no sidecar uses mTLS")
 		}
 		return nil
 	}},
@@ -543,6 +573,7 @@ func Parse(args []string, getenv func(string) string, out io.Writer) (Config, er
 		cfgFile   string
 		register  bool
 		checkHTTP string
+		tlsOn     bool
 	)
 	fs := flag.NewFlagSet("sidecar", flag.ContinueOnError)
 	fs.SetOutput(out)
@@ -560,6 +591,9 @@ func Parse(args []string, getenv func(string) string, out io.Writer) (Config, er
 	fs.BoolVar(&register, "register", true, "register the instance in the registry (false when the launcher does)")
 	fs.StringVar(&checkHTTP, "check-http", "", "HTTP `path` to probe on the app (default: a TCP connect)")
 	fs.Var(durationFlag{&flags.DrainTimeout}, "drain-timeout", "graceful drain deadline on SIGTERM (default 8s)")
+	fs.BoolVar(&tlsOn, "tls", true, "mutual TLS between sidecars: certificates from the registry's Connect CA, callers\n"+
+		"authorized by intentions, nothing plaintext between sidecars. -tls=false sends plaintext and\n"+
+		"authorizes nobody: only where no sidecar of the mesh uses mTLS (YAML tls.enabled)")
 	if err := fs.Parse(args); err != nil {
 		return Config{}, err
 	}
@@ -603,6 +637,8 @@ func Parse(args []string, getenv func(string) string, out io.Writer) (Config, er
 			c.Check.HTTP = checkHTTP
 		case "drain-timeout":
 			c.DrainTimeout = flags.DrainTimeout
+		case "tls":
+			c.TLS.Enabled = &tlsOn
 		}
 	})
 	// -upstream NAME=ADDR replaces the listen address of a configured upstream of that

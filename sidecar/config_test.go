@@ -56,7 +56,7 @@ func TestParseFlags(t *testing.T) {
 }
 
 func TestParseEnvAndSwitches(t *testing.T) {
-	c, err := Parse([]string{"-upstream", "db=127.0.0.1:5432", "-register=false"},
+	c, err := Parse([]string{"-upstream", "db=127.0.0.1:5432", "-register=false", "-tls=false"},
 		env("CONSUL_HTTP_ADDR", "10.0.0.1:8500"), io.Discard)
 	if err != nil {
 		t.Fatal(err)
@@ -64,7 +64,7 @@ func TestParseEnvAndSwitches(t *testing.T) {
 	if c.Registry != "http://10.0.0.1:8500" || *c.Register || c.Service != "" {
 		t.Errorf("got registry %q register %v service %q", c.Registry, *c.Register, c.Service)
 	}
-	c, err = Parse([]string{"-upstream", "db=127.0.0.1:5432", "-registry", "https://reg:8501"},
+	c, err = Parse([]string{"-upstream", "db=127.0.0.1:5432", "-registry", "https://reg:8501", "-tls=false"},
 		env("CONSUL_HTTP_ADDR", "10.0.0.1:8500"), io.Discard)
 	if err != nil || c.Registry != "https://reg:8501" {
 		t.Errorf("flag should win over CONSUL_HTTP_ADDR: %q %v", c.Registry, err)
@@ -226,6 +226,7 @@ func FuzzLoadYAML(f *testing.F) {
 	f.Add([]byte("service: web\nbogus: 1\n"))
 	f.Add([]byte("upstreams:\n  - {name: a, listen: '127.0.0.1:1', timeout: none}\n"))
 	f.Add([]byte("drain_timeout: [1]\n"))
+	f.Add([]byte("service: a\ninbound: 127.0.0.1:1\napp: 127.0.0.1:2\ntls: {enabled: false}\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		c, err := LoadYAML(data)
 		if err != nil {

@@ -25,8 +25,12 @@ import (
 )
 
 // The end-to-end tests run real sidecars (in-process, or the built binary as a subprocess
-// where a signal or a kill is the point) against a real Consul dev agent, with HTTP apps
-// on loopback. One agent serves the whole package, except for the test that kills it.
+// where a signal or a kill is the point) against Podmesh's own registry
+// (consultest.StartMainRegistry), with HTTP apps on loopback: they are about the sidecar's
+// behaviour. One registry serves the whole package, except for the tests that kill it or
+// change its CA. The test whose point is that the sidecar works unchanged against Consul
+// (TestMTLSWithAgent) starts a real Consul v1.14.0 dev agent of its own
+// (consultest.StartConsul).
 var (
 	agent      *consultest.Agent
 	sidecarBin string
@@ -41,39 +45,35 @@ func testMain(m *testing.M) int {
 	if f := flag.Lookup("test.fuzz"); f != nil && f.Value.String() != "" {
 		return m.Run() // fuzzing the config loader needs no registry
 	}
+	defer consultest.RemoveBuilt()
 	dir, err := os.MkdirTemp("", "sidecar-e2e")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
 	defer os.RemoveAll(dir)
-	a, missing, err := consultest.StartMain(dir)
+	a, err := consultest.StartMainRegistry(dir)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	if missing != "" && os.Getenv("PODMESH_REQUIRE_TOOLS") == "1" {
-		fmt.Fprintln(os.Stderr, missing+"; PODMESH_REQUIRE_TOOLS=1 makes this a failure")
+	defer a.Stop()
+	agent = a
+	// The binary, for the tests that signal or kill a sidecar process.
+	sidecarBin = filepath.Join(dir, "sidecar")
+	out, err := exec.Command("go", "build", "-o", sidecarBin, "../cmd/sidecar").CombinedOutput()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "build sidecar: %v\n%s", err, out)
 		return 1
-	}
-	if a != nil {
-		defer a.Stop()
-		agent = a
-		// The binary, for the tests that signal or kill a sidecar process.
-		sidecarBin = filepath.Join(dir, "sidecar")
-		out, err := exec.Command("go", "build", "-o", sidecarBin, "../cmd/sidecar").CombinedOutput()
-		if err != nil {
-			fmt.Fprintf(os.Stderr, "build sidecar: %v\n%s", err, out)
-			return 1
-		}
 	}
 	return m.Run()
 }
 
+// needAgent is where a test starts using the package's shared registry.
 func needAgent(t *testing.T) {
 	t.Helper()
 	if agent == nil {
-		t.Skip("consul not built (set PODMESH_CONSUL_BIN or run `make tools`)")
+		t.Fatal("the shared registry is not running (TestMain did not start it)")
 	}
 }
 
@@ -125,11 +125,23 @@ func (r *running) stop(t *testing.T) {
 	})
 }
 
+// plainUnlessTLS adds -tls=false to args that do not set -tls: the tests of discovery,
+// balancing and resilience run plaintext between the sidecars, so that they also run against
+// a registry without a Connect CA; the mutual TLS tests (mtls_test.go) say -tls=true.
+func plainUnlessTLS(args []string) []string {
+	for _, a := range args {
+		if a == "-tls" || strings.HasPrefix(a, "-tls=") {
+			return args
+		}
+	}
+	return append(args, "-tls=false")
+}
+
 // runSidecar parses args (the registry is added), lets edit adjust the configuration,
 // runs the sidecar and waits until it is ready.
 func runSidecar(t *testing.T, registry string, edit func(*Config), args ...string) *running {
 	t.Helper()
-	args = append(args, "-registry", registry)
+	args = append(plainUnlessTLS(args), "-registry", registry)
 	if !strings.Contains(strings.Join(args, " "), "-admin") {
 		args = append(args, "-admin", "127.0.0.1:0")
 	}
@@ -509,7 +521,7 @@ type sidecarProc struct {
 func startSidecarProc(t *testing.T, args ...string) *sidecarProc {
 	t.Helper()
 	admin, inbound := testutil.FreePort(t), ""
-	args = append(args, "-admin", admin, "-drain-timeout", "5s")
+	args = append(plainUnlessTLS(args), "-admin", admin, "-drain-timeout", "5s")
 	if strings.Contains(strings.Join(args, " "), "-service") {
 		inbound = testutil.FreePort(t)
 		args = append(args, "-inbound", inbound)
@@ -660,11 +672,11 @@ func TestSIGTERMUnderLoad(t *testing.T) {
 }
 
 // Acceptance 4: with the registry killed, traffic keeps flowing to the known instances;
-// when it is back (empty: a dev agent keeps nothing), the instances register again and a
-// new instance gets traffic.
+// when it is back (with its data: Podmesh's registry keeps what it acknowledged; a Consul dev
+// agent would come back empty and the sidecars register again), a new instance gets traffic
+// and every instance is passing.
 func TestRegistryDownAndBack(t *testing.T) {
-	needAgent(t)
-	reg := consultest.Start(t) // its own agent: this test kills it
+	reg := consultest.StartRegistry(t) // its own registry: this test kills it
 	svc := "regdown"
 	var backends []*backend
 	for i := range 2 {
@@ -700,7 +712,8 @@ func TestRegistryDownAndBack(t *testing.T) {
 	if len(failures) > 0 {
 		t.Errorf("%d of %d requests failed: %s", len(failures), total, failures[0])
 	}
-	// The old instances registered again by themselves.
+	// The old instances are listed and passing again (kept by the registry, or registered
+	// again by their sidecars).
 	testutil.Eventually(t, 10*time.Second, 50*time.Millisecond, func() error {
 		entries, _, err := reg.Client().Health().Service(svc, "", true, nil)
 		if err != nil || len(entries) != 3 {

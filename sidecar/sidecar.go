@@ -21,6 +21,7 @@ import (
 	"github.com/podmesh/podmesh/discovery"
 	"github.com/podmesh/podmesh/lb"
 	"github.com/podmesh/podmesh/proxy"
+	"github.com/podmesh/podmesh/tls/identity"
 )
 
 // Sidecar is one running sidecar: the inbound listener in front of the app, a local
@@ -33,6 +34,7 @@ type Sidecar struct {
 	reg     *prometheus.Registry
 	metrics *proxy.Metrics
 	sec     proxy.Security
+	ident   *identity.Source // mutual TLS material and intentions; nil with TLS off
 
 	inbound   *proxy.Inbound
 	upstreams []*upstream
@@ -70,7 +72,8 @@ type healthState struct {
 // Option customizes a Sidecar beyond its Config.
 type Option func(*Sidecar)
 
-// WithSecurity plugs transport security and authorization in (issue 4).
+// WithSecurity plugs transport security and authorization in instead of the mutual TLS
+// that Config.TLS configures.
 func WithSecurity(sec proxy.Security) Option { return func(s *Sidecar) { s.sec = sec } }
 
 // New builds a sidecar from a validated configuration; Run starts it.
@@ -97,7 +100,28 @@ func New(cfg Config, log *slog.Logger, opts ...Option) (*Sidecar, error) {
 	if s.client, err = api.NewClient(acfg); err != nil {
 		return nil, fmt.Errorf("sidecar: registry client for %q: %w", cfg.Registry, err)
 	}
+	if s.sec == nil && cfg.TLS.On() {
+		if err := s.setupTLS(); err != nil {
+			return nil, err
+		}
+	}
 	return s, nil
+}
+
+// setupTLS makes the identity source (leaf, roots and intentions for the service, from
+// the registry) and the Security over it, with its metrics.
+func (s *Sidecar) setupTLS() error {
+	src, err := identity.New(identity.Config{Client: s.client, Service: s.cfg.Service, Logger: s.log})
+	if err != nil {
+		return fmt.Errorf("sidecar: tls: %w", err)
+	}
+	m, err := newSecurityMetrics(s.reg, s.cfg.Service, src)
+	if err != nil {
+		return fmt.Errorf("sidecar: tls metrics: %w", err)
+	}
+	s.ident = src
+	s.sec = newSecurity(src, s.cfg.Service, m, s.log)
+	return nil
 }
 
 // Run starts everything, serves until ctx is cancelled (SIGTERM in the main), then
@@ -126,6 +150,10 @@ func (s *Sidecar) Run(ctx context.Context) error {
 	}
 	watchCtx, stopWatches := context.WithCancel(life)
 	defer stopWatches()
+	if s.ident != nil {
+		// Until the drain is over: connections made while draining need the material too.
+		g.Go(func() error { return s.ident.Run(watchCtx) })
+	}
 	for _, u := range s.upstreams {
 		g.Go(func() error { return u.watch.Run(watchCtx) })
 		g.Go(func() error { return u.proxy.Serve(u.ln) })
@@ -331,6 +359,14 @@ func (s *Sidecar) Ready() (bool, string) {
 	}
 	if s.draining.Load() {
 		return false, "draining"
+	}
+	if s.ident != nil {
+		// Not ready means not able to serve mTLS yet, however long it takes.
+		select {
+		case <-s.ident.Ready():
+		default:
+			return false, "waiting for the registry's Connect CA: leaf certificate, trust bundle and intentions for " + s.cfg.Service
+		}
 	}
 	if time.Since(s.start) >= time.Duration(s.cfg.ReadyTimeout) {
 		return true, "ready"

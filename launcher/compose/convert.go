@@ -365,6 +365,10 @@ func (c *converter) mesh(base string, v any) Mesh {
 		c.set[p+".port"] = true
 	}
 	m.Protocol, _ = c.str(p+".protocol", raw["protocol"])
+	if ev, ok := raw["expose"]; ok && ev != nil {
+		m.Expose = c.expose(p+".expose", ev)
+		c.set[p+".expose"] = true
+	}
 	if uv, ok := raw["upstreams"]; ok && uv != nil {
 		list, ok := uv.([]any)
 		if !ok {
@@ -439,6 +443,37 @@ func (c *converter) mesh(base string, v any) Mesh {
 		}
 	}
 	return m
+}
+
+// expose parses x-podmesh.expose: "IP:PORT", or a port alone for 127.0.0.1:PORT.
+func (c *converter) expose(path string, v any) netip.AddrPort {
+	var s string
+	switch v := v.(type) {
+	case string:
+		s = strings.TrimSpace(v)
+	case int, int64, uint64, float64:
+		s = fmt.Sprint(v)
+	default:
+		c.fail(path, "must be an address such as 127.0.0.1:8080, not %T", v)
+		return netip.AddrPort{}
+	}
+	if n, err := strconv.Atoi(s); err == nil {
+		if n < 1 || n > 65535 {
+			c.fail(path, "port %d is out of range 1-65535", n)
+			return netip.AddrPort{}
+		}
+		return netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), uint16(n))
+	}
+	ap, err := netip.ParseAddrPort(s)
+	if err != nil {
+		c.fail(path, "invalid address %q (want IP:PORT such as 127.0.0.1:8080, or a port alone for loopback)", s)
+		return netip.AddrPort{}
+	}
+	if ap.Port() == 0 {
+		c.fail(path, "%q: the port must not be 0", s)
+		return netip.AddrPort{}
+	}
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 }
 
 func toInt(v any) (int, error) {

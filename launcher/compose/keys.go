@@ -52,7 +52,7 @@ var (
 		}, ext: true},
 	}, ext: true}
 	serviceMeshSpec = &spec{keys: map[string]*spec{
-		"port": nil, "protocol": nil, "upstreams": nil, "tags": nil, "meta": nil,
+		"port": nil, "protocol": nil, "upstreams": nil, "tags": nil, "meta": nil, "expose": nil,
 	}, own: true}
 	serviceSpec = &spec{keys: map[string]*spec{
 		"command":     nil,
@@ -88,7 +88,7 @@ var unsupportedWhy = map[string]string{
 	"build":          "services run host binaries; use command",
 	"pull_policy":    "services run host binaries; use command",
 	"platform":       "services run host binaries; use command",
-	"ports":          "pods are reached through the mesh; set x-podmesh.port",
+	"ports":          "pods are reached through the mesh; set x-podmesh.port, and x-podmesh.expose for a host address",
 	"expose":         "pods are reached through the mesh; set x-podmesh.port",
 	"networks":       "each pod gets its own network namespace on the podmesh bridge; see x-podmesh.subnet",
 	"network_mode":   "each pod gets its own network namespace on the podmesh bridge",

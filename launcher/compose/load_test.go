@@ -172,6 +172,7 @@ services:
       port: 8080
       protocol: http
       upstreams: [db, {name: cache, timeout: 2s, retries: 3}, {name: ext.example.com, external: true}]
+      expose: 127.0.0.1:18080
       tags: [v1, canary]
       meta: {team: shop, n: 1}
   db:
@@ -186,7 +187,7 @@ services:
   cache:
     command: ./cache
     restart: on-failure:3
-    x-podmesh: {port: 6379, protocol: tcp}
+    x-podmesh: {port: 6379, protocol: tcp, expose: 16379}
 `,
 			},
 			want: func(dir string) *Project {
@@ -210,15 +211,16 @@ services:
 						{Name: "cache", Policy: map[string]any{"timeout": "2s", "retries": 3}},
 						{Name: "ext.example.com", External: true},
 					},
-					Tags: []string{"v1", "canary"},
-					Meta: map[string]string{"team": "shop", "n": "1"},
+					Tags:   []string{"v1", "canary"},
+					Meta:   map[string]string{"team": "shop", "n": "1"},
+					Expose: netip.MustParseAddrPort("127.0.0.1:18080"),
 				}
 				db := svc("db", "./db", "--port", "5432")
 				db.Healthcheck = &Healthcheck{Test: []string{"CMD", "./check"}, Interval: 5 * time.Second, Timeout: 2 * time.Second, StartPeriod: time.Second, Retries: 5}
 				db.Mesh = Mesh{Port: 5432, Protocol: "tcp"}
 				cache := svc("cache", "./cache")
 				cache.Restart = RestartPolicy{Condition: RestartOnFailure, Delay: time.Second, MaxAttempts: 3, Window: 10 * time.Second}
-				cache.Mesh = Mesh{Port: 6379, Protocol: "tcp"}
+				cache.Mesh = Mesh{Port: 6379, Protocol: "tcp", Expose: netip.MustParseAddrPort("127.0.0.1:16379")}
 				return &Project{
 					Name:     "shop",
 					Services: []Service{db, cache, web}, // dependencies first, then file order
@@ -385,7 +387,7 @@ networks:
 secrets:
   s: {file: ./s}
 `,
-			want: `compose.yaml:4: services.web.ports: not supported by podmesh (pods are reached through the mesh; set x-podmesh.port)
+			want: `compose.yaml:4: services.web.ports: not supported by podmesh (pods are reached through the mesh; set x-podmesh.port, and x-podmesh.expose for a host address)
 compose.yaml:5: services.web.build: not supported by podmesh (services run host binaries; use command)
 compose.yaml:6: services.web.networks: not supported by podmesh (each pod gets its own network namespace on the podmesh bridge; see x-podmesh.subnet)
 compose.yaml:7: services.web.privileged: not supported by podmesh (the launcher fixes the pod's isolation)
@@ -657,6 +659,46 @@ compose.yaml:12: services.web.x-podmesh.upstreams[4]: upstream "db" is already l
 compose.yaml:13: services.web.x-podmesh.upstreams[5]: external upstream "Bad_Host" is not a valid hostname`,
 		},
 		{
+			name: "upstream policy keys",
+			yaml: `services:
+  web:
+    command: x
+    x-podmesh:
+      port: 80
+      upstreams:
+        - {name: api, lb: random, retries: 1, breakers: {max_requests: 10}}
+        - {name: db, listen: "127.0.0.1:80", lbb: random}
+  api: {command: x, x-podmesh: {port: 80}}
+  db: {command: x, x-podmesh: {port: 80}}
+`,
+			want: `compose.yaml:8: services.web.x-podmesh.upstreams[1].lbb: unknown upstream policy key "lbb" (want name, external or one of protocol, lb, hash_on, connect_timeout, timeout, per_try_timeout, retries, retry_on, breakers, retry_budget, outlier)
+compose.yaml:8: services.web.x-podmesh.upstreams[1].listen: set by the launcher: the app calls the upstream by its name`,
+		},
+		{
+			name: "expose",
+			yaml: `services:
+  web:
+    command: x
+    x-podmesh: {port: 80, expose: "127.0.0.1:8080"}
+  api:
+    command: x
+    x-podmesh: {port: 80, expose: 127.0.0.1:8080}
+  worker:
+    command: x
+    x-podmesh: {expose: 8081}
+  bad1: {command: x, x-podmesh: {port: 80, expose: "localhost:80"}}
+  bad2: {command: x, x-podmesh: {port: 80, expose: 70000}}
+  bad3: {command: x, x-podmesh: {port: 80, expose: "10.0.0.1:0"}}
+  bad4: {command: x, x-podmesh: {port: 80, expose: [1]}}
+`,
+			want: `compose.yaml:11: services.bad1.x-podmesh.expose: invalid address "localhost:80" (want IP:PORT such as 127.0.0.1:8080, or a port alone for loopback)
+compose.yaml:12: services.bad2.x-podmesh.expose: port 70000 is out of range 1-65535
+compose.yaml:13: services.bad3.x-podmesh.expose: "10.0.0.1:0": the port must not be 0
+compose.yaml:14: services.bad4.x-podmesh.expose: must be an address such as 127.0.0.1:8080, not []interface {}
+compose.yaml:7: services.api.x-podmesh.expose: 127.0.0.1:8080 is already exposed by service "web"
+compose.yaml:10: services.worker.x-podmesh.expose: 127.0.0.1:8081: only a service with x-podmesh.port can be exposed (the ingress reaches it through its sidecar)`,
+		},
+		{
 			name: "project mesh",
 			yaml: "x-podmesh:\n  subnet: fd00::/64\n  bridge: averyveryverylongbridgename\n  registry: ftp://x\nservices:\n  web: {command: x}\n",
 			want: `compose.yaml:2: x-podmesh.subnet: fd00::/64: only IPv4 subnets are supported
@@ -810,6 +852,8 @@ func TestWarnings(t *testing.T) {
     healthcheck: {test: [CMD, x], interval: 1s, timeout: 5s}
     deploy: {resources: {limits: {cpus: 4096}}}
   batch: {command: x, deploy: {replicas: 0}}
+  open: {command: x, x-podmesh: {port: 80, expose: "0.0.0.0:8080"}}
+  off: {command: x, deploy: {replicas: 0}, x-podmesh: {port: 80, expose: 8081}}
 `})
 	p, err := loadHere(t)
 	if err != nil {
@@ -817,6 +861,8 @@ func TestWarnings(t *testing.T) {
 	}
 	want := []string{
 		`compose.yaml:4: services.web.depends_on: depends on "batch", which has 0 replicas`,
+		`compose.yaml:8: services.open.x-podmesh.expose: 0.0.0.0:8080 listens on every interface of the host: anyone who reaches the host reaches "open"`,
+		`compose.yaml:9: services.off.x-podmesh.expose: off is exposed but has 0 replicas`,
 		"compose.yaml:6: services.web.deploy.resources.limits.cpus: 4096 is more than this machine's",
 		"compose.yaml:5: services.web.healthcheck.timeout: 5s is longer than the interval 1s",
 	}

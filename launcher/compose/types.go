@@ -115,6 +115,11 @@ type Mesh struct {
 	Upstreams []Upstream
 	Tags      []string
 	Meta      map[string]string
+	// Expose is a host address (x-podmesh.expose: "127.0.0.1:8080", or a port alone for
+	// loopback) where the launcher's ingress sidecar, in the host's network namespace,
+	// forwards to the service through the mesh: the supported way in from the host, since
+	// compose `ports` are not. Invalid when not set.
+	Expose netip.AddrPort
 }
 
 // Upstream is a service this one calls through its sidecar.
@@ -122,6 +127,15 @@ type Upstream struct {
 	Name     string         // the upstream service's name
 	External bool           // not a service of this project (`external: true`)
 	Policy   map[string]any // per-upstream sidecar policy, passed verbatim into the sidecar's YAML config
+}
+
+// UpstreamPolicyKeys are the keys an upstream's mapping may hold besides name and external:
+// the per-upstream keys of the sidecar's YAML configuration (sidecar.Upstream), except
+// listen, which the launcher chooses. The values are checked by the sidecar's own loader
+// before anything starts (launcher/pod CheckSidecarConfig).
+var UpstreamPolicyKeys = []string{
+	"protocol", "lb", "hash_on", "connect_timeout", "timeout", "per_try_timeout",
+	"retries", "retry_on", "breakers", "retry_budget", "outlier",
 }
 
 // Defaults, applied in one place (withDefaults).

@@ -2,11 +2,13 @@ package compose
 
 import (
 	"fmt"
+	"net/netip"
 	"net/url"
 	"os"
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"slices"
 	"sort"
 	"strings"
 	"syscall"
@@ -48,12 +50,14 @@ var checks = []check{
 	{"stop", checkStop},
 	{"x-podmesh", checkMesh},
 	{"upstreams", checkUpstreams},
+	{"expose", checkExpose},
 	{"project x-podmesh", checkProjectMesh},
 }
 
 // warnings do not fail the load; they are returned in Project.Warnings.
 var warnings = []check{
 	{"zero replicas", warnZeroReplicas},
+	{"exposed on every interface", warnExposeWildcard},
 	{"cpus above the machine", warnCPUs},
 	{"healthcheck timeout", warnHealthTimeout},
 }
@@ -458,6 +462,7 @@ func checkUpstreams(v *validator, p *Project) {
 				continue
 			}
 			seen[u.Name] = j
+			checkPolicy(v, path, u.Policy)
 			t, inProject := p.Service(u.Name)
 			switch {
 			case u.External && inProject:
@@ -474,6 +479,47 @@ func checkUpstreams(v *validator, p *Project) {
 				v.fail(path, "upstream %q has no x-podmesh.port, so nothing serves it through the mesh", u.Name)
 			}
 		}
+	}
+}
+
+// checkPolicy checks the keys of an upstream's policy against the sidecar's upstream keys;
+// the sidecar's own loader checks the values before anything starts.
+func checkPolicy(v *validator, path string, policy map[string]any) {
+	keys := make([]string, 0, len(policy))
+	for k := range policy {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		switch {
+		case k == "listen":
+			v.fail(path+"."+k, "set by the launcher: the app calls the upstream by its name")
+		case !slices.Contains(UpstreamPolicyKeys, k):
+			v.fail(path+"."+k, "unknown upstream policy key %q (want name, external or one of %s)", k, strings.Join(UpstreamPolicyKeys, ", "))
+		}
+	}
+}
+
+// checkExpose: an exposed service serves through the mesh, and each host address is
+// exposed once.
+func checkExpose(v *validator, p *Project) {
+	seen := map[netip.AddrPort]string{}
+	for i := range p.Services {
+		s := &p.Services[i]
+		e := s.Mesh.Expose
+		if !e.IsValid() {
+			continue
+		}
+		path := svcPath(s, "x-podmesh.expose")
+		if s.Mesh.Port == 0 {
+			v.fail(path, "%s: only a service with x-podmesh.port can be exposed (the ingress reaches it through its sidecar)", e)
+			continue
+		}
+		if other, ok := seen[e]; ok {
+			v.fail(path, "%s is already exposed by service %q", e, other)
+			continue
+		}
+		seen[e] = s.Name
 	}
 }
 
@@ -514,6 +560,18 @@ func warnZeroReplicas(v *validator, p *Project) {
 			if t, ok := p.Service(u.Name); ok && !u.External && t.Replicas == 0 {
 				v.fail(svcPath(s, "x-podmesh.upstreams"), "upstream %q has 0 replicas", u.Name)
 			}
+		}
+	}
+}
+
+func warnExposeWildcard(v *validator, p *Project) {
+	for i := range p.Services {
+		s := &p.Services[i]
+		if e := s.Mesh.Expose; e.IsValid() && e.Addr().IsUnspecified() {
+			v.fail(svcPath(s, "x-podmesh.expose"), "%s listens on every interface of the host: anyone who reaches the host reaches %q", e, s.Name)
+		}
+		if e := s.Mesh.Expose; e.IsValid() && s.Replicas == 0 {
+			v.fail(svcPath(s, "x-podmesh.expose"), "%s is exposed but has 0 replicas", s.Name)
 		}
 	}
 }

@@ -95,7 +95,7 @@ func New(clusterID string, cfg Config) (*CA, error) {
 		return nil, fmt.Errorf("ca: new: %w", err)
 	}
 	c := &CA{cfg: cfg.withDefaults(), clusterID: clusterID, trustDomain: td}
-	r, err := c.newRootLocked()
+	r, err := c.newRootLocked(nil)
 	if err != nil {
 		return nil, err
 	}
@@ -145,14 +145,17 @@ func (c *CA) ActiveRootID() string {
 	return c.active.id
 }
 
-// RotationDue reports whether the active root is older than RotationPeriod.
+// RotationDue reports whether the active root is older than RotationPeriod. A root's age
+// counts from when it was made, not from its NotBefore, which is backdated by ClockSkew (so a
+// RotationPeriod shorter than the skew does not make every new root due at once).
 func (c *CA) RotationDue() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.cfg.RotationPeriod < 0 {
 		return false
 	}
-	return c.cfg.Now().Sub(c.active.cert.NotBefore) >= c.cfg.RotationPeriod
+	made := c.active.cert.NotBefore.Add(c.cfg.ClockSkew)
+	return c.cfg.Now().Sub(made) >= c.cfg.RotationPeriod
 }
 
 // IssueLeaf generates a P-256 key and signs a leaf for id, which must be a service in this
@@ -240,8 +243,11 @@ func (c *CA) sign(id spiffe.ServiceID, pub *ecdsa.PublicKey) (*LeafCert, error) 
 	defer c.mu.Unlock()
 	r := c.active
 	now := c.cfg.Now()
+	// Only NotBefore is backdated (for peers with slow clocks); the lifetime counts from
+	// now. Certificates hold whole seconds: NotBefore rounds down (further back), NotAfter
+	// up, so the leaf lives at least LeafCertTTL from now.
 	notBefore := now.Add(-c.cfg.skew()).Truncate(time.Second)
-	notAfter := notBefore.Add(c.cfg.LeafCertTTL)
+	notAfter := ceilSecond(now.Add(c.cfg.LeafCertTTL))
 	if notAfter.After(r.cert.NotAfter) {
 		notAfter = r.cert.NotAfter
 	}
@@ -281,9 +287,18 @@ func (c *CA) sign(id spiffe.ServiceID, pub *ecdsa.PublicKey) (*LeafCert, error) 
 		ServiceURI:   id.String(),
 		ValidAfter:   notBefore.UTC(),
 		ValidBefore:  notAfter.UTC(),
+		IssuedAt:     now,
 		Namespace:    id.Namespace,
 		RootID:       r.id,
 	}, nil
+}
+
+// ceilSecond rounds t up to a whole second.
+func ceilSecond(t time.Time) time.Time {
+	if d := t.Truncate(time.Second); !d.Equal(t) {
+		return d.Add(time.Second)
+	}
+	return t
 }
 
 // Rotate makes a new root, cross-signed by the current one, the active root and returns its
@@ -291,8 +306,27 @@ func (c *CA) sign(id spiffe.ServiceID, pub *ecdsa.PublicKey) (*LeafCert, error) 
 func (c *CA) Rotate() (string, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	return c.rotateLocked(nil)
+}
+
+// RotateWithKey is Rotate with a root key chosen by the operator (the PrivateKey of Consul's
+// built-in provider configuration) instead of a generated one. The key must be ECDSA P-256.
+func (c *CA) RotateWithKey(key *ecdsa.PrivateKey) (string, error) {
+	if key == nil || key.Curve != elliptic.P256() {
+		desc := "nil"
+		if key != nil {
+			desc = "ECDSA " + key.Curve.Params().Name
+		}
+		return "", fmt.Errorf("ca: rotate: root key must be ECDSA P-256, got %s", desc)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.rotateLocked(key)
+}
+
+func (c *CA) rotateLocked(key *ecdsa.PrivateKey) (string, error) {
 	old := c.active
-	nr, err := c.newRootLocked()
+	nr, err := c.newRootLocked(key)
 	if err != nil {
 		return "", err
 	}
@@ -357,11 +391,14 @@ func (c *CA) Prune() []string {
 	return removed
 }
 
-// newRootLocked generates a key and a self-signed root with the next serial number.
-func (c *CA) newRootLocked() (*root, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, fmt.Errorf("ca: new root: generate key: %w", err)
+// newRootLocked makes a self-signed root with the next serial number over key, generating
+// the key when it is nil.
+func (c *CA) newRootLocked(key *ecdsa.PrivateKey) (*root, error) {
+	if key == nil {
+		var err error
+		if key, err = ecdsa.GenerateKey(elliptic.P256(), rand.Reader); err != nil {
+			return nil, fmt.Errorf("ca: new root: generate key: %w", err)
+		}
 	}
 	pub, err := x509.MarshalPKIXPublicKey(&key.PublicKey)
 	if err != nil {

@@ -22,7 +22,17 @@ import (
 func main() {
 	listen := flag.String("listen", envOr("LISTEN", "127.0.0.1:8080"), "address to serve HTTP on")
 	prices := flag.String("prices", envOr("PRICES_ADDR", "prices:80"), "gRPC address of the prices service")
+	probe := flag.String("probe", "", "healthcheck: GET this URL, exit 0 if it answers 2xx")
 	flag.Parse()
+	if *probe != "" {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		err := shop.ProbeHTTP(ctx, *probe)
+		cancel()
+		if err != nil {
+			log.Fatal(err)
+		}
+		return
+	}
 	if err := run(*listen, *prices); err != nil {
 		log.Fatal(err)
 	}

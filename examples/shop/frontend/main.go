@@ -19,7 +19,17 @@ import (
 func main() {
 	listen := flag.String("listen", envOr("LISTEN", "127.0.0.1:8080"), "address to serve HTTP on")
 	catalog := flag.String("catalog", envOr("CATALOG_URL", "http://catalog"), "base URL of the catalog service")
+	probe := flag.String("probe", "", "healthcheck: GET this URL, exit 0 if it answers 2xx")
 	flag.Parse()
+	if *probe != "" {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		err := shop.ProbeHTTP(ctx, *probe)
+		cancel()
+		if err != nil {
+			log.Fatal(err)
+		}
+		return
+	}
 	if err := run(*listen, *catalog); err != nil {
 		log.Fatal(err)
 	}

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"google.golang.org/grpc"
 
@@ -18,7 +19,17 @@ import (
 
 func main() {
 	listen := flag.String("listen", envOr("LISTEN", "127.0.0.1:9000"), "address to serve gRPC (h2c) on")
+	probe := flag.String("probe", "", "healthcheck: ask the prices service at this address for a price, exit 0 if it answers")
 	flag.Parse()
+	if *probe != "" {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		err := shop.ProbePrices(ctx, *probe)
+		cancel()
+		if err != nil {
+			log.Fatal(err)
+		}
+		return
+	}
 	if err := run(*listen); err != nil {
 		log.Fatal(err)
 	}

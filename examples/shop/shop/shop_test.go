@@ -95,3 +95,41 @@ func TestFormatCents(t *testing.T) {
 		}
 	}
 }
+
+// TestProbes: the healthchecks the services run on themselves pass against a serving
+// service and fail against a sick or absent one.
+func TestProbes(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ok := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	defer ok.Close()
+	sick := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { http.Error(w, "sick", 500) }))
+	defer sick.Close()
+	if err := ProbeHTTP(ctx, ok.URL+"/healthz"); err != nil {
+		t.Errorf("probe of a serving app: %v", err)
+	}
+	if err := ProbeHTTP(ctx, sick.URL+"/healthz"); err == nil {
+		t.Error("probe of a sick app passed")
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gs := grpc.NewServer()
+	RegisterPrices(gs, PricesServer{})
+	go gs.Serve(l)
+	defer gs.Stop()
+	if err := ProbePrices(ctx, l.Addr().String()); err != nil {
+		t.Errorf("probe of a serving prices: %v", err)
+	}
+	dead, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead.Close()
+	short, cancel2 := context.WithTimeout(ctx, time.Second)
+	defer cancel2()
+	if err := ProbePrices(short, dead.Addr().String()); err == nil {
+		t.Error("probe of an absent prices passed")
+	}
+}

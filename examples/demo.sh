@@ -1,0 +1,182 @@
+#!/usr/bin/env bash
+# make demo: the shop (examples/shop) as a mesh on this machine. The launcher starts the
+# registry and one pod per replica (frontend → catalog ×2 → prices, HTTP then gRPC, each pod
+# with its own namespaces, cgroup and sidecar) and an ingress on a host address; load goes
+# through the frontend for a few seconds and is summed up (requests, errors, latency, how the
+# catalog replicas shared it, which pod runs where); then one catalog replica's app is
+# SIGKILLed under load, which must fail no request, and comes back restarted; `launcher down`
+# must leave no network namespace, veth, cgroup or process behind.
+#
+# Builds nothing (make demo builds first); needs root. Exits non-zero when a step fails and
+# cleans up on every exit path. The registry demo is examples/registry-demo.sh.
+#
+# Environment (optional): BIN (./bin), RATE (50 requests/s), STEADY (3s), KILL_LOAD (6s),
+# SHOP_EXPOSE (the host address of the frontend; default the first free of
+# 127.0.0.1:18080-18099), SHOP_PROJECT, SHOP_SUBNET, SHOP_BRIDGE (see the compose file).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+BIN=${BIN:-$PWD/bin}
+RATE=${RATE:-50}
+STEADY=${STEADY:-3s}
+KILL_LOAD=${KILL_LOAD:-6s}
+COMPOSE=examples/shop/compose.yaml
+export SHOP_BIN=${SHOP_BIN:-$BIN/shop}
+export SHOP_PROJECT=${SHOP_PROJECT:-shop}
+export SHOP_BRIDGE=${SHOP_BRIDGE:-podmesh0}
+PROJECT=$SHOP_PROJECT
+
+began=$(date +%s%N)
+tmp=$(mktemp -d -t podmesh-demo.XXXXXX)
+STATE=$tmp/state
+LOGS=$tmp/logs
+up=0
+ok=0
+
+say() { printf '\n== %s\n' "$*"; }
+fail() { echo "demo: FAIL: $*" >&2; exit 1; }
+# elapsed T0 prints the time since T0 (from date +%s%N) in seconds.
+elapsed() { local ms=$(( ($(date +%s%N) - $1) / 1000000 )); printf '%d.%01ds' $((ms / 1000)) $((ms % 1000 / 100)); }
+
+# launcher runs bin/launcher with the demo's state and log directories.
+launcher() { "$BIN/launcher" -state-dir "$STATE" -log-dir "$LOGS" "$@"; }
+# show prints a command as a user would type it, then runs it.
+show() { printf '$ launcher %s\n' "$*"; launcher "$@"; }
+
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  if [ "$up" = 1 ]; then
+    timeout 60 "$BIN/launcher" -state-dir "$STATE" -log-dir "$LOGS" down -p "$PROJECT" >/dev/null 2>&1 || true
+  fi
+  if [ "$ok" != 1 ]; then
+    echo "demo: failed (exit $rc); the last lines of every log:" >&2
+    for f in "$STATE/$PROJECT/launcher.log" "$LOGS/$PROJECT"/*/*.log; do
+      [ -f "$f" ] || continue
+      echo "---- $f" >&2
+      tail -n 15 "$f" >&2
+    done
+    [ "$rc" = 0 ] && rc=1
+  fi
+  rm -rf "$tmp"
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+[ "$(id -u)" = 0 ] || fail "the launcher creates namespaces, veths and cgroups: run as root"
+for b in launcher sidecar registry podmesh-init shop/frontend shop/catalog shop/prices shop/loadgen; do
+  [ -x "$BIN/$b" ] || fail "no $BIN/$b: run make build (make demo does)"
+done
+command -v curl >/dev/null || fail "curl is missing (make apt-deps installs it)"
+
+# A free host address for the frontend, unless one is given.
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+if [ -z "${SHOP_EXPOSE:-}" ]; then
+  for p in $(seq 18080 18099); do
+    if port_free "$p"; then SHOP_EXPOSE=127.0.0.1:$p; break; fi
+  done
+  [ -n "${SHOP_EXPOSE:-}" ] || fail "no free port in 127.0.0.1:18080-18099; set SHOP_EXPOSE"
+fi
+export SHOP_EXPOSE
+URL=http://$SHOP_EXPOSE/
+
+# What exists before, to tell what the demo left.
+bridge_before=0
+ip link show "$SHOP_BRIDGE" >/dev/null 2>&1 && bridge_before=1
+leftovers() {
+  ip netns list 2>/dev/null | awk '{print $1}' | grep "^podmesh-$PROJECT-" | sed 's/^/netns /' || true
+  for v in "${VETHS[@]}"; do
+    ip link show "$v" >/dev/null 2>&1 && echo "veth $v"
+  done
+  find /sys/fs/cgroup -type d -name "podmesh-$PROJECT*" 2>/dev/null | sed 's/^/cgroup /' || true
+  pgrep -af -- "$SHOP_BIN/|$STATE/" | grep -v pgrep | sed 's/^/process /' || true
+  if [ "$bridge_before" = 0 ] && ip link show "$SHOP_BRIDGE" >/dev/null 2>&1; then echo "bridge $SHOP_BRIDGE"; fi
+  port_free "${SHOP_EXPOSE##*:}" || echo "listener $SHOP_EXPOSE"
+}
+VETHS=()
+[ -z "$(leftovers)" ] || fail "a previous run of project $PROJECT is still around: $(leftovers | tr '\n' ' ')"
+
+# ps_col SERVICE REPLICA COLUMN prints one field of a `launcher ps` row (4 = PID,
+# 5 = STATE, 6 = RESTARTS, 7 = HEALTH).
+ps_col() { launcher ps -p "$PROJECT" | awk -v s="$1" -v r="$2" -v c="$3" '$1==s && $2==r {print $c}'; }
+
+say "starting the shop: the registry, 4 pods (prices, catalog ×2, frontend) and the ingress"
+t0=$(date +%s%N)
+show up -d -f "$COMPOSE"
+up=1
+# Healthy: every row of ps healthy, and the frontend answering through the ingress.
+ready=0
+for _ in $(seq 1 300); do
+  rows=$(launcher ps -p "$PROJECT" 2>/dev/null | awk 'NR>1 && $1!="exposed"') || rows=""
+  total=$(printf '%s\n' "$rows" | grep -c . || true)
+  healthy=$(printf '%s\n' "$rows" | awk '$7=="healthy"' | grep -c . || true)
+  if [ "$total" -ge 5 ] && [ "$healthy" = "$total" ] && curl -fsS -m 2 -o /dev/null "$URL" 2>/dev/null; then
+    ready=1
+    break
+  fi
+  sleep 0.1
+done
+[ "$ready" = 1 ] || fail "the shop was not healthy and answering on $URL within 30s"
+echo "every pod healthy and the frontend answering on $URL $(elapsed "$t0") after up"
+show ps -p "$PROJECT"
+mapfile -t VETHS < <(ip -o link show master "$SHOP_BRIDGE" 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1)
+
+say "steady load: $RATE requests/s for $STEADY through $URL (ingress → frontend → catalog → prices)"
+"$SHOP_BIN/loadgen" -url "$URL" -rate "$RATE" -duration "$STEADY" -label steady >"$tmp/steady.txt" ||
+  { cat "$tmp/steady.txt"; fail "requests failed under steady load"; }
+cat "$tmp/steady.txt"
+for c in catalog-1 catalog-2; do
+  grep -q "$c " "$tmp/steady.txt" || fail "$c served nothing: the load did not spread over the catalog replicas"
+done
+
+say "killing catalog-1's app with SIGKILL under load ($RATE requests/s for $KILL_LOAD)"
+victim=$(ps_col catalog 1 4)
+restarts_before=$(ps_col catalog 1 6)
+[ -n "$victim" ] && [ "$victim" != "-" ] || fail "no pid for catalog-1 in launcher ps"
+"$SHOP_BIN/loadgen" -url "$URL" -rate "$RATE" -duration "$KILL_LOAD" -label "load across the kill" >"$tmp/kill.txt" 2>&1 &
+load=$!
+sleep 1.5
+kill -KILL "$victim"
+echo "kill -9 $victim (catalog-1's app) at +1.5s"
+load_rc=0
+wait "$load" || load_rc=$?
+cat "$tmp/kill.txt"
+[ "$load_rc" = 0 ] || fail "requests failed while catalog-1 was killed and restarted"
+echo "no failed request while catalog-1 died and came back"
+restarted=0
+for _ in $(seq 1 200); do
+  pid=$(ps_col catalog 1 4)
+  if [ "$(ps_col catalog 1 7)" = healthy ] && [ "$(ps_col catalog 1 6)" -gt "$restarts_before" ] && [ "$pid" != "$victim" ]; then
+    restarted=1
+    break
+  fi
+  sleep 0.1
+done
+[ "$restarted" = 1 ] || fail "catalog-1 was not restarted and healthy within 20s"
+echo "catalog-1 restarted: pid $victim → $pid, same pod address, restarts $(ps_col catalog 1 6)"
+show ps -p "$PROJECT"
+
+# Issue 6 (observability) adds here where to look: the Prometheus and Jaeger addresses and
+# the Grafana provisioning folder (deploy/). Until then the sidecars' metrics are on each
+# pod's POD_IP:15090/metrics.
+where_to_look() {
+  say "where to look"
+  echo "a pod's logs:     launcher logs [-follow] [-c app|sidecar|init] SERVICE[/REPLICA] (this demo's are removed at its end;"
+  echo "                  run launcher up -f $COMPOSE yourself to keep them, under /var/log/podmesh/$PROJECT)"
+  echo "sidecar metrics:  http://POD_IP:15090/metrics of every pod (POD IP in launcher ps); admin /config inside the pod"
+}
+where_to_look
+
+say "launcher down"
+t1=$(date +%s%N)
+show down -p "$PROJECT"
+up=0
+echo "stopped in $(elapsed "$t1")"
+left=$(leftovers)
+[ -z "$left" ] || fail "left behind after down: $left"
+echo "nothing left: no podmesh-$PROJECT network namespace, none of the ${#VETHS[@]} veths, no cgroup, no process, $SHOP_EXPOSE closed"
+
+ok=1
+say "demo finished: OK in $(elapsed "$began")"

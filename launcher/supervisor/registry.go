@@ -1,0 +1,251 @@
+package supervisor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// registryProc is the registry the launcher started.
+type registryProc struct {
+	cmd  *exec.Cmd
+	addr string
+	done chan struct{}
+}
+
+// startRegistry starts the registry binary on a free loopback port with its data under the
+// project's state dir, records it in the state first, and waits until it answers.
+func startRegistry(ctx context.Context, cfg Config, dir string, sf *stateFile) (*registryProc, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, fmt.Errorf("supervisor: pick a registry port: %w", err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	data := filepath.Join(dir, "registry")
+	if err := os.MkdirAll(data, 0o755); err != nil {
+		return nil, fmt.Errorf("supervisor: registry data dir: %w", err)
+	}
+	logf, err := os.OpenFile(filepath.Join(cfg.LogDir, sf.get().Project, "registry.log"), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o640)
+	if err != nil {
+		if err := os.MkdirAll(filepath.Join(cfg.LogDir, sf.get().Project), 0o755); err != nil {
+			return nil, fmt.Errorf("supervisor: registry log: %w", err)
+		}
+		if logf, err = os.OpenFile(filepath.Join(cfg.LogDir, sf.get().Project, "registry.log"), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o640); err != nil {
+			return nil, fmt.Errorf("supervisor: registry log: %w", err)
+		}
+	}
+	defer logf.Close()
+	exe, err := filepath.Abs(cfg.RegistryBin)
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(exe, cfg.RegistryArgs(addr, data)...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true} // not killed by the terminal's Ctrl-C before the pods deregister
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("supervisor: start registry %s: %w", exe, err)
+	}
+	r := &registryProc{cmd: cmd, addr: addr, done: make(chan struct{})}
+	go func() {
+		_ = cmd.Wait()
+		close(r.done)
+	}()
+	if err := sf.update(func(st *State) {
+		st.Registry = &RegistryProc{Pid: cmd.Process.Pid, Exe: exe, DataDir: data, Addr: addr}
+	}); err != nil {
+		_ = r.stop()
+		return nil, err
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		// Ready once it names a leader: before that a Consul-compatible server answers "".
+		resp, err := http.Get("http://" + addr + "/v1/status/leader")
+		if err == nil {
+			b, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK && strings.Trim(strings.TrimSpace(string(b)), `"`) != "" {
+				return r, nil
+			}
+		}
+		select {
+		case <-r.done:
+			return nil, fmt.Errorf("supervisor: registry %s exited: %v (see registry.log)", exe, cmd.ProcessState)
+		case <-ctx.Done():
+			_ = r.stop()
+			return nil, ctx.Err()
+		default:
+		}
+		if time.Now().After(deadline) {
+			_ = r.stop()
+			return nil, fmt.Errorf("supervisor: registry at %s not answering after 20s", addr)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func (r *registryProc) stop() error {
+	_ = r.cmd.Process.Signal(syscall.SIGTERM)
+	t := time.NewTimer(10 * time.Second)
+	defer t.Stop()
+	select {
+	case <-r.done:
+	case <-t.C:
+		_ = r.cmd.Process.Kill()
+		<-r.done
+	}
+	return nil
+}
+
+// killOrphan ends a process a dead launcher started, if pid still runs exe: SIGTERM, then
+// SIGKILL after grace.
+func killOrphan(pid int, exe string, grace time.Duration) error {
+	if pid <= 0 {
+		return nil
+	}
+	running := func() bool {
+		got, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
+		if err != nil {
+			return false
+		}
+		got = strings.TrimSuffix(got, " (deleted)")
+		if got != exe {
+			return false
+		}
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			return false
+		}
+		i := strings.LastIndexByte(string(b), ')')
+		return i < 0 || !strings.HasPrefix(string(b[i:]), ") Z")
+	}
+	if !running() {
+		return nil
+	}
+	_ = syscall.Kill(pid, syscall.SIGTERM)
+	deadline := time.Now().Add(grace)
+	for running() {
+		if time.Now().After(deadline) {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+			deadline = time.Now().Add(5 * time.Second)
+			for running() {
+				if time.Now().After(deadline) {
+					return fmt.Errorf("supervisor: process %d (%s) survives SIGKILL", pid, exe)
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			return nil
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return nil
+}
+
+// relay forwards TCP from the bridge's gateway address (which pods can reach) to the
+// registry (which may listen on the host's loopback, which they cannot).
+type relay struct {
+	l      net.Listener
+	target string
+	wg     sync.WaitGroup
+	mu     sync.Mutex
+	conns  map[net.Conn]struct{}
+	closed bool
+}
+
+func startRelay(listen, target string) (*relay, error) {
+	l, err := net.Listen("tcp", listen)
+	if err != nil {
+		return nil, fmt.Errorf("supervisor: registry relay on %s: %w", listen, err)
+	}
+	r := &relay{l: l, target: target, conns: map[net.Conn]struct{}{}}
+	r.wg.Add(1)
+	go r.serve()
+	return r, nil
+}
+
+func (r *relay) serve() {
+	defer r.wg.Done()
+	for {
+		c, err := r.l.Accept()
+		if err != nil {
+			return
+		}
+		if !r.track(c) {
+			c.Close()
+			return
+		}
+		r.wg.Add(1)
+		go func() {
+			defer r.wg.Done()
+			defer r.untrack(c)
+			up, err := net.DialTimeout("tcp", r.target, 5*time.Second)
+			if err != nil {
+				return
+			}
+			if !r.track(up) {
+				up.Close()
+				return
+			}
+			defer r.untrack(up)
+			done := make(chan struct{}, 2)
+			pipe := func(dst, src net.Conn) {
+				_, _ = io.Copy(dst, src)
+				if tc, ok := dst.(*net.TCPConn); ok {
+					_ = tc.CloseWrite()
+				}
+				done <- struct{}{}
+			}
+			go pipe(up, c)
+			go pipe(c, up)
+			<-done
+			<-done
+		}()
+	}
+}
+
+func (r *relay) track(c net.Conn) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return false
+	}
+	r.conns[c] = struct{}{}
+	return true
+}
+
+func (r *relay) untrack(c net.Conn) {
+	r.mu.Lock()
+	delete(r.conns, c)
+	r.mu.Unlock()
+	c.Close()
+}
+
+// Close stops the relay and its connections; a second Close returns net.ErrClosed.
+func (r *relay) Close() error {
+	r.mu.Lock()
+	if r.closed {
+		r.mu.Unlock()
+		return net.ErrClosed
+	}
+	r.closed = true
+	for c := range r.conns {
+		c.Close()
+	}
+	r.mu.Unlock()
+	err := r.l.Close()
+	r.wg.Wait()
+	if errors.Is(err, net.ErrClosed) {
+		err = nil
+	}
+	return err
+}
