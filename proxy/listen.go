@@ -20,7 +20,7 @@ type connKind uint8
 const (
 	kindHTTP     connKind = iota // HTTP/1.1 (guarded) or HTTP/2 prior knowledge
 	kindTCP                      // raw TCP
-	kindHTTP2TLS                 // HTTP/2 over TLS (ALPN h2): straight to net/http
+	kindHTTP2TLS                 // HTTP/2 over TLS (ALPN h2): straight to the HTTP/2 server
 )
 
 // listener runs one accept loop: it enforces the connection limit, performs the TLS
