@@ -50,7 +50,8 @@ set -euo pipefail
 # sidecar B's inbound connections instead (one TLS 1.3 handshake each), or prints n/a.
 : "${SIDECAR_HANDSHAKE_METRIC:=podmesh_tls_handshakes_total}"
 # How to start our registry when $BIN/registry exists: {http} host:port, {data} a fresh dir.
-: "${REGISTRY_FLAGS:=-http {http} -data {data}}"
+# (Not `: "${REGISTRY_FLAGS:=...}"`: the first `}` of the placeholders would end the expansion.)
+if [ -z "${REGISTRY_FLAGS:-}" ]; then REGISTRY_FLAGS='-http {http} -data {data}'; fi
 # ---------------------------------------------------------------------------------------------
 
 cd "$(dirname "$0")/.."
