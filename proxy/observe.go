@@ -25,16 +25,16 @@ type PeerNamer interface {
 // exchange is what a request handler learns about one request, for its metrics, span and
 // access log line.
 type exchange struct {
-	code       int    // status sent to the client
-	grpc       string // grpc-status sent to the client ("" when none)
-	reqBytes   int64  // body bytes read from the client
-	respBytes  int64  // body bytes sent to the client
-	upstream   string // the last endpoint tried (outbound) or the app (inbound)
-	attempts   int
-	err        error
-	abort      bool         // the response was cut short: the handler must abort the stream
-	span       tracing.Span // outbound: the request's span, for retry events
-	bodyCount  *countingBody
+	code      int    // status sent to the client
+	grpc      string // grpc-status sent to the client ("" when none)
+	reqBytes  int64  // body bytes read from the client
+	respBytes int64  // body bytes sent to the client
+	upstream  string // the last endpoint tried (outbound) or the app (inbound)
+	attempts  int
+	err       error
+	abort     bool         // the response was cut short: the handler must abort the stream
+	span      tracing.Span // outbound: the request's span, for retry events
+	bodyCount *countingBody
 }
 
 // requestBytes returns the body bytes read from the client.
