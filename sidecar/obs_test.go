@@ -3,6 +3,7 @@ package sidecar
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -452,4 +453,155 @@ func readLines(text string) []string {
 		}
 	}
 	return out
+}
+
+// TestCollectorDown is acceptance 3: with the collector's address a closed loopback port,
+// requests through two tracing sidecars keep succeeding, and the spans are dropped and
+// counted (podmesh_tracing_spans_dropped_total{reason="export_failed"}), none exported.
+func TestCollectorDown(t *testing.T) {
+	needAgent(t)
+	testutil.CheckGoroutines(t)
+	// One export (its retries included) gives up after 300ms instead of 10s.
+	t.Setenv("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "300")
+	closed := testutil.FreePort(t)
+	app := startTestApp(t, "obsc-api", nil)
+	api := runSidecar(t, agent.URL(), nil, "-service", "obsc-api", "-id", "obsc-api-1", "-protocol", "http",
+		"-inbound", "127.0.0.1:0", "-app", app.addr, "-trace-endpoint", closed)
+	web := runSidecar(t, agent.URL(), nil, "-upstream", "obsc-api=127.0.0.1:0", "-trace-endpoint", "http://"+closed)
+	waitEndpoints(t, web, "obsc-api", 1)
+	if !web.sc.Tracer().Enabled() || !api.sc.Tracer().Enabled() {
+		t.Fatal("tracing is off")
+	}
+	c := httpClient()
+	url := "http://" + web.addrs.Upstreams["obsc-api"] + "/x"
+	const n = 50
+	for i := range n {
+		if code, from, err := get(c, url); err != nil || code != 200 || from != "obsc-api" {
+			t.Fatalf("request %d: %d %q %v", i, code, from, err)
+		}
+	}
+	for _, sc := range []*running{web, api} {
+		// Flush sends what is queued now, and fails: the export failed.
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_ = sc.sc.Tracer().Flush(ctx)
+		cancel()
+		admin := sc.addrs.Admin
+		// web: an outbound and an attempt span per request; api: an inbound one.
+		waitMetric(t, admin, `podmesh_tracing_spans_dropped_total{reason="export_failed"}`, n)
+		text := scrape(t, admin)
+		if v := metricValue(text, "podmesh_tracing_export_errors_total"); v < 1 {
+			t.Errorf("%s: export errors %v", admin, v)
+		}
+		if v := metricValue(text, "podmesh_tracing_spans_exported_total"); v != 0 {
+			t.Errorf("%s: %v spans exported to a closed port", admin, v)
+		}
+		if v := metricValue(text, "podmesh_tracing_spans_started_total"); v < n {
+			t.Errorf("%s: %v spans started", admin, v)
+		}
+	}
+	// Still serving.
+	if code, _, err := get(c, url); err != nil || code != 200 {
+		t.Fatalf("after the failed exports: %d %v", code, err)
+	}
+}
+
+// TestAccessLog checks the access log's line for each side of a request (JSON, with the
+// request's trace and span IDs: the client's trace ID, and on the inbound side the span
+// ID of the context the app received), and that a sidecar without -access-log writes none.
+func TestAccessLog(t *testing.T) {
+	needAgent(t)
+	testutil.CheckGoroutines(t)
+	closed := testutil.FreePort(t)
+	var appSaw atomic.Value
+	app := startTestApp(t, "obsl-api", func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/traced" {
+			appSaw.Store(r.Header.Get("Traceparent"))
+		}
+		fmt.Fprint(w, "hello")
+	})
+	var apiLog, webLog, quietLog lockedBuffer
+	runSidecarWith(t, agent.URL(), nil, []Option{WithAccessLogWriter(&apiLog)}, "-service", "obsl-api",
+		"-id", "obsl-api-1", "-protocol", "http", "-inbound", "127.0.0.1:0", "-app", app.addr,
+		"-trace-endpoint", closed, "-access-log")
+	web := runSidecarWith(t, agent.URL(), nil, []Option{WithAccessLogWriter(&webLog)}, "-service", "obsl-web",
+		"-inbound", "127.0.0.1:0", "-app", "127.0.0.1:9", "-register=false",
+		"-upstream", "obsl-api=127.0.0.1:0", "-trace-endpoint", closed, "-access-log")
+	quiet := runSidecarWith(t, agent.URL(), nil, []Option{WithAccessLogWriter(&quietLog)},
+		"-upstream", "obsl-api=127.0.0.1:0", "-trace-endpoint", closed)
+	waitEndpoints(t, web, "obsl-api", 1)
+	waitEndpoints(t, quiet, "obsl-api", 1)
+
+	const traceID = "0af7651916cd43dd8448eb211c80319c"
+	res, err := httpClient().Post("http://"+web.addrs.Upstreams["obsl-api"]+"/items?secret=1", "text/plain",
+		strings.NewReader("0123456789"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	req, _ := http.NewRequest("GET", "http://"+web.addrs.Upstreams["obsl-api"]+"/traced", nil)
+	req.Header.Set("Traceparent", "00-"+traceID+"-b7ad6b7169203331-01")
+	res, err = httpClient().Do(req)
+	if err != nil || res.StatusCode != 200 {
+		t.Fatalf("%v %v", res, err)
+	}
+	res.Body.Close()
+	if code, _, err := get(httpClient(), "http://"+quiet.addrs.Upstreams["obsl-api"]+"/q"); err != nil || code != 200 {
+		t.Fatalf("quiet: %d %v", code, err)
+	}
+
+	type line = map[string]any
+	lines := func(b *lockedBuffer) []line {
+		var out []line
+		for _, l := range readLines(b.String()) {
+			var m line
+			if err := json.Unmarshal([]byte(l), &m); err != nil {
+				t.Fatalf("not JSON: %q: %v", l, err)
+			}
+			out = append(out, m)
+		}
+		return out
+	}
+	var wl, al []line
+	testutil.Eventually(t, 5*time.Second, 20*time.Millisecond, func() error {
+		wl, al = lines(&webLog), lines(&apiLog)
+		if len(wl) != 2 || len(al) != 3 {
+			return fmt.Errorf("%d web lines, %d api lines", len(wl), len(al))
+		}
+		return nil
+	})
+	hexID := regexp.MustCompile(`^[0-9a-f]{16}$`)
+	check := func(side string, l line, want map[string]any) {
+		t.Helper()
+		for k, v := range want {
+			if fmt.Sprint(l[k]) != fmt.Sprint(v) {
+				t.Errorf("%s line %s = %v, want %v (%v)", side, k, l[k], v, l)
+			}
+		}
+		for _, k := range []string{"time", "duration_ms", "protocol", "trace_id"} {
+			if _, ok := l[k]; !ok {
+				t.Errorf("%s line lacks %s: %v", side, k, l)
+			}
+		}
+		if id, _ := l["span_id"].(string); !hexID.MatchString(id) {
+			t.Errorf("%s line span_id %v", side, l["span_id"])
+		}
+	}
+	check("web", wl[0], map[string]any{"msg": "request", "level": "INFO", "direction": "outbound", "method": "POST",
+		"path": "/items", "status": 200, "request_bytes": 10, "response_bytes": 5, "attempts": 1,
+		"source": "obsl-web", "destination": "obsl-api"})
+	check("web", wl[1], map[string]any{"direction": "outbound", "method": "GET", "path": "/traced", "status": 200,
+		"trace_id": traceID})
+	check("api", al[0], map[string]any{"direction": "inbound", "method": "POST", "path": "/items", "status": 200,
+		"request_bytes": 10, "response_bytes": 5, "upstream": app.addr, "source": "unknown", "destination": "obsl-api"})
+	check("api", al[1], map[string]any{"direction": "inbound", "path": "/traced", "trace_id": traceID})
+	// The inbound line's span is the one whose context the app received.
+	if tp, _ := appSaw.Load().(string); tp != "00-"+traceID+"-"+fmt.Sprint(al[1]["span_id"])+"-01" {
+		t.Errorf("app saw traceparent %q, access log span_id %v", tp, al[1]["span_id"])
+	}
+	if wl[0]["trace_id"] == wl[1]["trace_id"] {
+		t.Error("two requests without a common context share a trace")
+	}
+	if q := quietLog.String(); q != "" {
+		t.Errorf("access log without -access-log: %q", q)
+	}
 }
