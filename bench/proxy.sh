@@ -43,7 +43,7 @@ set -euo pipefail
 # -trace-sample (parent-based; the load carries no trace context, so every request starts a
 # sampled trace). Empty: sidecar-tracing is skipped. The other scenarios' sidecars run with
 # every OTEL_* variable removed, so tracing is off there; the report prints the ratio.
-: "${SIDECAR_TRACING_FLAGS:=-trace-endpoint {otlp} -trace-sample 1}"
+: "${SIDECAR_TRACING_FLAGS:=-trace-endpoint {otlp\} -trace-sample 1}"
 # The protocol sidecar B registers for the backend: http (HTTP/1.1 to the app) or http2 (h2c).
 : "${SIDECAR_PROTOCOL:=http}"
 # The sidecar's TLS handshake counter on its admin /metrics. When absent the harness counts
