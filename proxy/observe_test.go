@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -241,4 +243,40 @@ func TestTracingRetryAndEjection(t *testing.T) {
 	if l := gather(t, reg, "podmesh_response_bytes_total"); len(l) != 1 || l[0]["="] != fmt.Sprint(4*sent) {
 		t.Errorf("response bytes %v, want %d", l, 4*sent)
 	}
+}
+
+// BenchmarkRequestMetrics is the metrics work of one finished request (resolved series).
+func BenchmarkRequestMetrics(b *testing.B) {
+	m, _ := NewMetrics(prometheus.NewRegistry())
+	s := m.service(DirInbound, "db", "db")
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			p := s.from("web")
+			p.active.Inc()
+			p.active.Dec()
+			p.request("GET", 200, "", 100, 1000, time.Millisecond)
+		}
+	})
+}
+
+// FuzzGRPCStatusName: a grpc-status from the network always maps to a label of the
+// documented set, the canonical numbers to their own code.
+func FuzzGRPCStatusName(f *testing.F) {
+	for _, s := range []string{"", "0", "14", "16", "17", "-1", "01", "x"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		name := GRPCStatusName(s)
+		i := slices.Index(grpcLabels[:], name)
+		if i < 0 {
+			t.Fatalf("%q → %q, not a label", s, name)
+		}
+		if n, err := strconv.Atoi(s); err == nil && n >= 0 && n <= 16 && strconv.Itoa(n) == s && i != n+1 {
+			t.Fatalf("%q → %q", s, name)
+		}
+		if (s == "") != (name == "") {
+			t.Fatalf("%q → %q", s, name)
+		}
+	})
 }
