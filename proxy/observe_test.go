@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -16,6 +17,7 @@ import (
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/podmesh/podmesh/internal/testutil"
 	"github.com/podmesh/podmesh/lb"
 	"github.com/podmesh/podmesh/tracing"
 )
@@ -122,13 +124,19 @@ func TestTracingRetryAndEjection(t *testing.T) {
 	}
 	defer inTr.Shutdown(context.Background())
 
+	var mu sync.Mutex
 	var seen []string // traceparent the apps saw
-	bad := startApp(t, "bad", func(w http.ResponseWriter, r *http.Request) {
+	saw := func(r *http.Request) {
+		mu.Lock()
 		seen = append(seen, r.Header.Get("Traceparent"))
+		mu.Unlock()
+	}
+	bad := startApp(t, "bad", func(w http.ResponseWriter, r *http.Request) {
+		saw(r)
 		http.Error(w, "boom", 500)
 	})
 	good := startApp(t, "good", func(w http.ResponseWriter, r *http.Request) {
-		seen = append(seen, r.Header.Get("Traceparent"))
+		saw(r)
 		io.WriteString(w, "fine")
 	})
 	badIn, _ := startInbound(t, InboundConfig{Service: "db", Protocol: HTTP, App: bad.addr, Tracer: inTr})
@@ -144,12 +152,13 @@ func TestTracingRetryAndEjection(t *testing.T) {
 		[]lb.Endpoint{endpoint("bad", badIn, HTTP), endpoint("good", goodIn, HTTP)})
 
 	// Round robin starts at either host: send until a request met the bad one first.
-	const parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
-	sent := 0
+	// Each request in a trace of its own; the last one is the retried one.
+	sent, traceID := 0, ""
 	for i := 0; i < 4 && bad.hits.Load() == 0; i++ {
 		sent++
+		traceID = fmt.Sprintf("0af7651916cd43dd8448eb211c8031%02x", i)
 		req, _ := http.NewRequest("POST", "http://"+addr+"/x", strings.NewReader("hello"))
-		req.Header.Set("Traceparent", parent)
+		req.Header.Set("Traceparent", "00-"+traceID+"-b7ad6b7169203331-01")
 		res, err := client().Do(req)
 		if err != nil {
 			t.Fatal(err)
@@ -163,14 +172,29 @@ func TestTracingRetryAndEjection(t *testing.T) {
 	if bad.hits.Load() != 1 {
 		t.Fatalf("bad instance hit %d times", bad.hits.Load())
 	}
-	tr.Flush(t.Context())
-	inTr.Flush(t.Context())
+	// Spans end when the handlers return, which can be just after the client got its answer.
+	count := func(e *tracetest.InMemoryExporter) (n int) {
+		for _, s := range e.GetSpans() {
+			if s.SpanContext.TraceID().String() == traceID {
+				n++
+			}
+		}
+		return n
+	}
+	testutil.Eventually(t, 5*time.Second, 10*time.Millisecond, func() error {
+		tr.Flush(t.Context())
+		inTr.Flush(t.Context())
+		if a, b := count(exp), count(inExp); a != 3 || b != 2 {
+			return fmt.Errorf("%d outbound and %d inbound spans in the trace", a, b)
+		}
+		return nil
+	})
 
 	spans := exp.GetSpans()
 	var outbound tracetest.SpanStub
 	var attempts []tracetest.SpanStub
 	for _, s := range spans {
-		if s.SpanContext.TraceID().String() != "0af7651916cd43dd8448eb211c80319c" {
+		if s.SpanContext.TraceID().String() != traceID {
 			continue
 		}
 		switch s.SpanKind {
@@ -206,15 +230,23 @@ func TestTracingRetryAndEjection(t *testing.T) {
 		t.Error("no ejection event on an attempt span")
 	}
 	// The peers' inbound spans are children of the attempts, and the apps got their context.
-	in := inExp.GetSpans()
-	if len(in) != 2 || len(seen) != 2 {
+	var in []tracetest.SpanStub
+	for _, s := range inExp.GetSpans() {
+		if s.SpanContext.TraceID().String() == traceID {
+			in = append(in, s)
+		}
+	}
+	mu.Lock()
+	seen = seen[len(seen)-2:]
+	mu.Unlock()
+	if len(in) != 2 {
 		t.Fatalf("%d inbound spans, apps saw %q", len(in), seen)
 	}
 	for i, s := range in {
 		if s.Parent.SpanID() != attempts[0].SpanContext.SpanID() && s.Parent.SpanID() != attempts[1].SpanContext.SpanID() {
 			t.Errorf("inbound span %d parent %s is no attempt", i, s.Parent.SpanID())
 		}
-		if want := "00-0af7651916cd43dd8448eb211c80319c-" + s.SpanContext.SpanID().String() + "-01"; seen[i] != want {
+		if want := "00-" + traceID + "-" + s.SpanContext.SpanID().String() + "-01"; seen[i] != want {
 			t.Errorf("app saw traceparent %q, want %q", seen[i], want)
 		}
 	}
