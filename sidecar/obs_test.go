@@ -605,3 +605,34 @@ func TestAccessLog(t *testing.T) {
 		t.Errorf("access log without -access-log: %q", q)
 	}
 }
+
+// TestTraceSampleZero: with -trace-sample 0 the sidecars start no trace of their own, but
+// follow a caller's sampled one (parent-based), across both hops.
+func TestTraceSampleZero(t *testing.T) {
+	needAgent(t)
+	testutil.CheckGoroutines(t)
+	closed := testutil.FreePort(t)
+	app := startTestApp(t, "obsz-api", nil)
+	api := runSidecar(t, agent.URL(), nil, "-service", "obsz-api", "-id", "obsz-api-1", "-protocol", "http",
+		"-inbound", "127.0.0.1:0", "-app", app.addr, "-trace-endpoint", closed, "-trace-sample", "0")
+	web := runSidecar(t, agent.URL(), nil, "-upstream", "obsz-api=127.0.0.1:0", "-trace-endpoint", closed,
+		"-trace-sample", "0")
+	waitEndpoints(t, web, "obsz-api", 1)
+	url := "http://" + web.addrs.Upstreams["obsz-api"] + "/"
+	started := `podmesh_tracing_spans_started_total`
+	for range 10 {
+		if code, _, err := get(httpClient(), url); err != nil || code != 200 {
+			t.Fatalf("%d %v", code, err)
+		}
+	}
+	if a, w := metricValue(scrape(t, api.addrs.Admin), started), metricValue(scrape(t, web.addrs.Admin), started); a != 0 || w != 0 {
+		t.Fatalf("spans started without a sampled caller: api %v, web %v", a, w)
+	}
+	code, _, err := get(httpClient(), url, "Traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+	if err != nil || code != 200 {
+		t.Fatalf("%d %v", code, err)
+	}
+	// web: the outbound span and its attempt; api: the inbound span.
+	waitMetric(t, web.addrs.Admin, started, 2)
+	waitMetric(t, api.addrs.Admin, started, 1)
+}
