@@ -499,6 +499,9 @@ func TestCollectorDown(t *testing.T) {
 			t.Errorf("%s: %v spans started", admin, v)
 		}
 	}
+	if st := web.sc.Snapshot().Tracing; st == nil || st.Endpoint != "http://"+closed+"/v1/traces" || st.DroppedExportFailed < n {
+		t.Errorf("/config tracing: %+v", st)
+	}
 	// Still serving.
 	if code, _, err := get(c, url); err != nil || code != 200 {
 		t.Fatalf("after the failed exports: %d %v", code, err)
