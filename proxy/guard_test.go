@@ -488,15 +488,15 @@ func TestMaxConnectionsPerListener(t *testing.T) {
 	}
 
 	var tripped dto.Metric
-	m.overloaded.WithLabelValues(DirOutbound, "a", BreakerConnections).Write(&tripped)
+	m.breakers.WithLabelValues(DirOutbound, UnknownSource, "a", BreakerConnections).Write(&tripped)
 	if got := tripped.GetCounter().GetValue(); got < 1 {
-		t.Errorf("overloaded{max_connections} = %v, want at least 1", got)
+		t.Errorf("breaker_trips{max_connections} = %v, want at least 1", got)
 	}
 }
 
 // upActive is the outbound listener's open connection count in m.
 func upActive(m *Metrics) float64 {
 	var g dto.Metric
-	m.active.WithLabelValues(DirOutbound, "a").Write(&g)
+	m.connsOpen.WithLabelValues(DirOutbound, "a").Write(&g)
 	return g.GetGauge().GetValue()
 }

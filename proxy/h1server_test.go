@@ -20,7 +20,7 @@ import (
 func startH1(t *testing.T, lim Limits, handler http.HandlerFunc) string {
 	t.Helper()
 	lim = lim.withDefaults()
-	l := newListener(testutil.Context(t, time.Minute), DirInbound, "t", lim, (*Metrics)(nil).orPrivate().service(DirInbound, "t"),
+	l := newListener(testutil.Context(t, time.Minute), DirInbound, "t", lim, (*Metrics)(nil).orPrivate().service(DirInbound, "t", "t"),
 		discardLogger(), handler)
 	l.classify = func(string) connKind { return kindHTTP }
 	ln := listen(t)
@@ -380,7 +380,7 @@ func BenchmarkH1Request(b *testing.B) {
 
 func startH1Bench(b *testing.B, handler http.HandlerFunc) string {
 	l := newListener(context.Background(), DirInbound, "t", Limits{}.withDefaults(),
-		(*Metrics)(nil).orPrivate().service(DirInbound, "t"), discardLogger(), handler)
+		(*Metrics)(nil).orPrivate().service(DirInbound, "t", "t"), discardLogger(), handler)
 	l.classify = func(string) connKind { return kindHTTP }
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

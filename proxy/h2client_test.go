@@ -309,7 +309,7 @@ func TestH2ClientConnectionLost(t *testing.T) {
 // server (server included).
 func BenchmarkH2Client(b *testing.B) {
 	l := newListener(context.Background(), DirInbound, "t", Limits{}.withDefaults(),
-		(*Metrics)(nil).orPrivate().service(DirInbound, "t"), discardLogger(),
+		(*Metrics)(nil).orPrivate().service(DirInbound, "t", "t"), discardLogger(),
 		http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Content-Length", "2")
 			io.WriteString(w, "ok")

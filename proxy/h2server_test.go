@@ -28,7 +28,7 @@ func startH2(t *testing.T, lim Limits, handler http.HandlerFunc) (string, *liste
 	t.Helper()
 	lim = lim.withDefaults()
 	l := newListener(testutil.Context(t, time.Minute), DirInbound, "t", lim,
-		(*Metrics)(nil).orPrivate().service(DirInbound, "t"), discardLogger(), handler)
+		(*Metrics)(nil).orPrivate().service(DirInbound, "t", "t"), discardLogger(), handler)
 	l.classify = func(string) connKind { return kindHTTP }
 	ln := listen(t)
 	done := make(chan error, 1)
@@ -400,7 +400,7 @@ func TestH2FlowControlError(t *testing.T) {
 // http's client included.
 func BenchmarkH2Request(b *testing.B) {
 	l := newListener(context.Background(), DirInbound, "t", Limits{}.withDefaults(),
-		(*Metrics)(nil).orPrivate().service(DirInbound, "t"), discardLogger(),
+		(*Metrics)(nil).orPrivate().service(DirInbound, "t", "t"), discardLogger(),
 		http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Content-Length", "2")
 			io.WriteString(w, "ok")

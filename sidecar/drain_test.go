@@ -176,7 +176,7 @@ func TestDrainDeadline(t *testing.T) {
 		t.Errorf("/drain took %v with a 300ms drain timeout", took)
 	}
 	if a := waitAnswer(t, slow, 5*time.Second, "the cut request"); a.err == nil && a.code == 200 {
-		t.Errorf("the request outliving the drain was answered 200")
+		t.Errorf("the request outliving the drain was answered 200: %q", a.body)
 	}
 	sc.stop(t)
 

@@ -141,6 +141,12 @@ func plainUnlessTLS(args []string) []string {
 // runs the sidecar and waits until it is ready.
 func runSidecar(t *testing.T, registry string, edit func(*Config), args ...string) *running {
 	t.Helper()
+	return runSidecarWith(t, registry, edit, nil, args...)
+}
+
+// runSidecarWith is runSidecar with Options.
+func runSidecarWith(t *testing.T, registry string, edit func(*Config), opts []Option, args ...string) *running {
+	t.Helper()
 	args = append(plainUnlessTLS(args), "-registry", registry)
 	if !strings.Contains(strings.Join(args, " "), "-admin") {
 		args = append(args, "-admin", "127.0.0.1:0")
@@ -159,7 +165,7 @@ func runSidecar(t *testing.T, registry string, edit func(*Config), args ...strin
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	sc, err := New(cfg, slog.New(slog.DiscardHandler))
+	sc, err := New(cfg, slog.New(slog.DiscardHandler), opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -796,14 +802,25 @@ func TestAdminAndRegistration(t *testing.T) {
 		body, _ := io.ReadAll(res.Body)
 		res.Body.Close()
 		for _, want := range []string{
-			`podmesh_proxy_requests_total{code="2xx",direction="outbound",service="adm"} 1`,
-			`podmesh_proxy_requests_total{code="2xx",direction="inbound",service="adm"} 1`,
-			`podmesh_lb_endpoints{service="adm",state="ready"} 1`,
+			`podmesh_requests_total{code_class="2xx",destination="adm",direction="outbound",grpc_status="",method="GET",source="adm"} 1`,
+			`podmesh_requests_total{code_class="2xx",destination="adm",direction="inbound",grpc_status="",method="GET",source="unknown"} 1`,
+			`podmesh_endpoints{destination="adm",source="adm",state="ready"} 1`,
 			"process_resident_memory_bytes",
 		} {
 			if !strings.Contains(string(body), want) {
 				t.Errorf("%s/metrics lacks %s", addr, want)
 			}
+		}
+	}
+	// The separate metrics listener serves /metrics only.
+	for _, path := range []string{"/config", "/ready", "/debug/pprof/"} {
+		res, err := http.Get("http://" + metricsAddr + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res.Body.Close()
+		if res.StatusCode != http.StatusNotFound {
+			t.Errorf("metrics listener %s: %d, want 404", path, res.StatusCode)
 		}
 	}
 
