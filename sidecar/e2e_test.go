@@ -796,14 +796,25 @@ func TestAdminAndRegistration(t *testing.T) {
 		body, _ := io.ReadAll(res.Body)
 		res.Body.Close()
 		for _, want := range []string{
-			`podmesh_proxy_requests_total{code="2xx",direction="outbound",service="adm"} 1`,
-			`podmesh_proxy_requests_total{code="2xx",direction="inbound",service="adm"} 1`,
-			`podmesh_lb_endpoints{service="adm",state="ready"} 1`,
+			`podmesh_requests_total{code_class="2xx",destination="adm",direction="outbound",grpc_status="",method="GET",source="adm"} 1`,
+			`podmesh_requests_total{code_class="2xx",destination="adm",direction="inbound",grpc_status="",method="GET",source="unknown"} 1`,
+			`podmesh_endpoints{destination="adm",source="adm",state="ready"} 1`,
 			"process_resident_memory_bytes",
 		} {
 			if !strings.Contains(string(body), want) {
 				t.Errorf("%s/metrics lacks %s", addr, want)
 			}
+		}
+	}
+	// The separate metrics listener serves /metrics only.
+	for _, path := range []string{"/config", "/ready", "/debug/pprof/"} {
+		res, err := http.Get("http://" + metricsAddr + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res.Body.Close()
+		if res.StatusCode != http.StatusNotFound {
+			t.Errorf("metrics listener %s: %d, want 404", path, res.StatusCode)
 		}
 	}
 
