@@ -314,7 +314,8 @@ func TestDashboardsHaveData(t *testing.T) {
 		c.Close()
 	}
 
-	// The events happened (checked without the panels' zero fallback).
+	// The events happened (checked without the panels' zero fallback), with the labels the
+	// scrape configuration promises.
 	for _, q := range []string{
 		`sum(podmesh_requests_total{service="frontend", direction="inbound", code_class="5xx"})`,
 		`sum(podmesh_retries_total{service="frontend"})`,
@@ -323,6 +324,10 @@ func TestDashboardsHaveData(t *testing.T) {
 		`sum(podmesh_authz_denied_total{service="frontend", source="intruder"})`,
 		`sum(podmesh_tls_handshake_failures_total{service="frontend"})`,
 		`sum(podmesh_registry_check_runs_total{type="ttl"})`,
+		// The scrape labels: the registry's own series carry its service and instance ID, and
+		// a metric's own service label is kept (honor_labels), not renamed exported_service.
+		`count(podmesh_registry_blocking_queries{service="podmesh-registry", instance_id="podmesh-registry-podmesh-test"})`,
+		`count(podmesh_tls_cert_expiry_timestamp_seconds{service="frontend", instance_id="frontend-1", exported_service=""})`,
 	} {
 		testutil.Eventually(t, 15*time.Second, 250*time.Millisecond, func() error {
 			s, err := prom.Query(q + " > 0")
@@ -330,7 +335,7 @@ func TestDashboardsHaveData(t *testing.T) {
 				return err
 			}
 			if len(s) == 0 {
-				return fmt.Errorf("%s: no event recorded", q)
+				return fmt.Errorf("%s: no data (no event, or not these labels)", q)
 			}
 			return nil
 		})
