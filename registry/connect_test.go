@@ -477,7 +477,7 @@ func TestConnectMetrics(t *testing.T) {
 		`podmesh_registry_connect_root_rotations_total{reason="config"} 1`,
 		"podmesh_registry_connect_intentions 1\n",
 		"podmesh_registry_connect_ca_roots 2\n",
-		`podmesh_registry_http_requests_total{code="200",route="GET /v1/agent/connect/ca/leaf/{service...}"} 1`,
+		`podmesh_registry_http_requests_total{code="200",method="GET",route="GET /v1/agent/connect/ca/leaf/{service...}"} 1`,
 	} {
 		if !strings.Contains(body, want) {
 			t.Errorf("metrics lack %q", want)

@@ -301,7 +301,7 @@ func (s *Server) wrap(route string, acc access, h handlerFunc) http.Handler {
 		if code == 0 {
 			code = http.StatusOK
 		}
-		s.metrics.observe(route, code, time.Since(start))
+		s.metrics.observe(route, r.Method, code, time.Since(start))
 	})
 }
 
