@@ -29,7 +29,7 @@ say() { printf '\n== %s\n' "$*"; }
 # reg_addr from its "registry listening" log line.
 start_registry() {
   : >"$tmp/registry.log"
-  "$BIN/registry" -http 127.0.0.1:0 -data "$tmp/data" -node demo-node -log-level info \
+  "$BIN/registry" -http 127.0.0.1:0 -data "$tmp/data" -node demo-node -log-level info -self-register=false \
     2>>"$tmp/registry.log" &
   reg_pid=$!
   reg_addr=""
