@@ -21,24 +21,15 @@ const (
 	MetricsPort = 15090 // POD_IP:15090, /metrics for Prometheus (Meta metrics_port)
 )
 
-// noInbound is the inbound listener and app address of a sidecar that only serves its
-// app's outbound calls (a service without x-podmesh.port, or the launcher's ingress). The
-// sidecar still needs a service name, its identity towards its upstreams (the name its
-// mutual TLS leaf is issued for), and the sidecar's configuration ties a service to an
-// inbound listener and an app. So it gets an inbound side nobody can use: an ephemeral
-// loopback port (inside a pod, only the pod reaches it) in front of port 0, where nothing
-// listens; nothing is registered.
-const noInbound = "127.0.0.1:0"
-
 // SidecarConfig is the YAML the launcher writes for a sidecar and passes as
 // `sidecar -config FILE`. Its keys are a subset of the sidecar's own (sidecar.Config),
 // whose loader rejects unknown keys; the launcher's tests load it with that loader.
 type SidecarConfig struct {
 	Service      string            `yaml:"service"`
 	ID           string            `yaml:"id"`
-	Protocol     string            `yaml:"protocol"`
-	Inbound      string            `yaml:"inbound"`
-	App          string            `yaml:"app"`
+	Protocol     string            `yaml:"protocol,omitempty"`
+	Inbound      string            `yaml:"inbound,omitempty"` // "": outbound only (no x-podmesh.port)
+	App          string            `yaml:"app,omitempty"`
 	Admin        string            `yaml:"admin"`
 	Metrics      string            `yaml:"metrics,omitempty"`
 	Registry     string            `yaml:"registry"`
@@ -82,7 +73,9 @@ func NewSidecarConfig(svc *compose.Service, id string, podAddr netip.Addr, regis
 		c.DrainTimeout = svc.StopGracePeriod.String()
 	}
 	if svc.Mesh.Port == 0 {
-		c.Protocol, c.Inbound, c.App, c.Metrics = "tcp", noInbound, noInbound, ""
+		// Outbound only: the service name is its identity towards its upstreams; no inbound
+		// listener, nothing registered.
+		c.Protocol, c.Inbound, c.App, c.Metrics = "", "", "", ""
 	}
 	for i, u := range svc.Mesh.Upstreams {
 		addr, err := UpstreamAddr(i)
@@ -105,9 +98,6 @@ func NewIngressConfig(project string, services []*compose.Service, admin netip.A
 	c := SidecarConfig{
 		Service:      IngressService(project),
 		ID:           IngressService(project),
-		Protocol:     "tcp",
-		Inbound:      noInbound,
-		App:          noInbound,
 		Admin:        admin.String(),
 		Registry:     registryURL,
 		DrainTimeout: (5 * time.Second).String(),

@@ -84,7 +84,8 @@ func TestSidecarConfigLoadsInSidecar(t *testing.T) {
 	if err != nil {
 		t.Fatalf("the sidecar rejects a port-less pod's config: %v", err)
 	}
-	if got.Service != "worker" || got.Inbound != "127.0.0.1:0" || got.Metrics != "" || *got.Register ||
+	// Outbound only: no inbound listener nor app, no placeholder addresses.
+	if got.Service != "worker" || got.Inbound != "" || got.App != "" || got.Metrics != "" || *got.Register ||
 		len(got.Upstreams) != 1 || got.Upstreams[0].Listen != "127.0.0.2:80" {
 		t.Errorf("port-less pod's sidecar config as the sidecar reads it: %+v", got)
 	}
@@ -95,6 +96,7 @@ func TestSidecarConfigLoadsInSidecar(t *testing.T) {
 		t.Fatalf("the sidecar rejects the ingress config: %v", err)
 	}
 	if got.Service != "shop-ingress" || got.Admin != "127.0.0.1:39000" || *got.Register || got.Registry != "http://127.0.0.1:8500" ||
+		got.Inbound != "" || got.App != "" ||
 		len(got.Upstreams) != 1 || got.Upstreams[0].Name != "frontend" || got.Upstreams[0].Listen != "127.0.0.1:18080" ||
 		got.Upstreams[0].Protocol != "http" {
 		t.Errorf("ingress config as the sidecar reads it: %+v", got)
