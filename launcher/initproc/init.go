@@ -58,6 +58,12 @@ type initState struct {
 
 func runInit() int {
 	logger := log.New(os.Stderr, "init: ", log.LstdFlags|log.Lmicroseconds)
+	// Descriptors leaked to the launcher must not reach the pod's programs (fd 3, the control
+	// socket, is duplicated close-on-exec by FileConn below).
+	if err := CloseOnExecFrom(3); err != nil {
+		logger.Printf("mark inherited descriptors close-on-exec: %v", err)
+		return 1
+	}
 	f := os.NewFile(3, "control")
 	fc, err := net.FileConn(f)
 	f.Close()

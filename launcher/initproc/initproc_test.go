@@ -395,3 +395,24 @@ func TestKeepUnderTmp(t *testing.T) {
 		t.Errorf("host file now %q", b)
 	}
 }
+
+// TestNoLeakedDescriptors: a descriptor the launcher inherited without close-on-exec (from a
+// shell, say) reaches neither init's children nor their programs: each sees its stdin,
+// stdout and stderr only.
+func TestNoLeakedDescriptors(t *testing.T) {
+	testutil.RequirePrivileged(t)
+	fd, err := unix.Open(t.TempDir(), unix.O_RDONLY|unix.O_DIRECTORY, 0) // no O_CLOEXEC
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(fd) })
+	in := startInit(t, initproc.Config{Setup: initproc.Setup{Hostname: "t"}})
+	// ls opens a descriptor of its own to read the directory: 3, the lowest free one.
+	out, exit := run(t, in, initproc.Spec{Name: "fds", Argv: []string{"ls", "/proc/self/fd"}, Env: []string{"PATH=/usr/bin:/bin"}})
+	if !exit.OK() {
+		t.Fatalf("ls: %s: %s", exit, out)
+	}
+	if got := strings.Fields(out); strings.Join(got, " ") != "0 1 2 3" {
+		t.Errorf("the program's descriptors: %v; want 0 1 2 and ls's own 3 (%d leaked from the launcher?)", got, fd)
+	}
+}

@@ -14,6 +14,7 @@ import (
 	"syscall"
 
 	"github.com/podmesh/podmesh/launcher/compose"
+	"github.com/podmesh/podmesh/launcher/initproc"
 )
 
 const usage = `usage: launcher [flags] up [-d] [-f FILE]
@@ -28,6 +29,12 @@ const daemonEnv = "PODMESH_LAUNCHER_READY_FD"
 
 // CLI runs the launcher command line (os.Args[1:]); cmd/launcher is a thin wrapper.
 func CLI(ctx context.Context, args []string, stdout io.Writer) error {
+	// What the launcher inherited without close-on-exec (a shell's descriptors) must not
+	// reach the registry, the ingress or the pods; fd 3 of a background launcher, its
+	// readiness pipe, is read through os.NewFile, which does not care.
+	if err := initproc.CloseOnExecFrom(3); err != nil {
+		return fmt.Errorf("mark inherited descriptors close-on-exec: %w", err)
+	}
 	fs := flag.NewFlagSet("launcher", flag.ContinueOnError)
 	fs.Usage = func() { fmt.Fprint(fs.Output(), usage); fs.PrintDefaults() }
 	self, _ := os.Executable()
