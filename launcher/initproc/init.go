@@ -109,20 +109,20 @@ func (s *initState) run() int {
 		switch r.Op {
 		case opSetup:
 			if r.Setup == nil {
-				s.send(message{Event: evError, Err: "setup without a body"}, nil)
+				s.send(message{Seq: r.Seq, Event: evError, Err: "setup without a body"}, nil)
 				continue
 			}
 			if err := setup(*r.Setup); err != nil {
-				s.send(message{Event: evError, Err: err.Error()}, nil)
+				s.send(message{Seq: r.Seq, Event: evError, Err: err.Error()}, nil)
 				continue
 			}
-			s.send(message{Event: evReady}, nil)
+			s.send(message{Seq: r.Seq, Event: evReady}, nil)
 		case opSpawn:
 			s.spawn(r)
 		case opRelease:
-			s.release(r.Name)
+			s.release(r.Name, r.Pid)
 		case opCancel:
-			s.signalChild(r.Name, syscall.SIGKILL)
+			s.cancel(r.Name, r.Pid)
 		case opSignal:
 			s.signalChild(r.Name, r.Signal)
 		case opShutdown:
@@ -175,7 +175,9 @@ func (s *initState) reap() {
 			continue
 		}
 		delete(s.children, pid)
-		delete(s.byName, c.name)
+		if s.byName[c.name] == c {
+			delete(s.byName, c.name)
+		}
 		c.close()
 		m := message{Event: evExited, Name: c.name, Pid: pid}
 		if ws.Signaled() {
@@ -204,7 +206,7 @@ func (c *child) close() {
 func (s *initState) spawn(r received) {
 	fail := func(err error) {
 		closeAll(r.fds)
-		s.send(message{Event: evError, Name: r.Name, Err: err.Error()}, nil)
+		s.send(message{Seq: r.Seq, Event: evError, Name: r.Name, Err: err.Error()}, nil)
 	}
 	if r.Spec == nil || len(r.fds) != 2 {
 		fail(fmt.Errorf("spawn %q: need a spec and 2 file descriptors, got %d", r.Name, len(r.fds)))
@@ -242,6 +244,13 @@ func (s *initState) spawn(r received) {
 		Sys:   &syscall.SysProcAttr{Setsid: true},
 	}
 	s.mu.Lock()
+	// A child of the same name that was never released was given up on by the launcher,
+	// which spawns one child at a time: its cancel may still be on the way. It goes now, so
+	// the name is free (it is reaped, and reported, as usual).
+	if c := s.byName[r.Spec.Name]; c != nil && !c.started && !s.stopping {
+		_ = syscall.Kill(c.pid, syscall.SIGKILL)
+		delete(s.byName, c.name)
+	}
 	if s.stopping || s.byName[r.Spec.Name] != nil {
 		s.mu.Unlock()
 		specR.Close()
@@ -272,18 +281,20 @@ func (s *initState) spawn(r received) {
 	// The credentials name the child itself, so the launcher learns its pid in its own
 	// namespace from the kernel rather than from a number that means nothing there.
 	cred := unix.UnixCredentials(&unix.Ucred{Pid: int32(pid), Uid: uint32(os.Getuid()), Gid: uint32(os.Getgid())})
-	s.send(message{Event: evSpawned, Name: r.Spec.Name, Pid: pid}, cred)
+	s.send(message{Seq: r.Seq, Event: evSpawned, Name: r.Spec.Name, Pid: pid}, cred)
 }
 
 // release lets a placed child go on: it writes the spec to the shim, then waits on the
 // close-on-exec pipe to learn whether the exec worked.
-func (s *initState) release(name string) {
+func (s *initState) release(name string, want int) {
 	s.mu.Lock()
 	c := s.byName[name]
 	var specW, errR *os.File
 	var spec []byte
 	var reported chan struct{}
-	if c != nil && !c.started {
+	pid := 0
+	if c != nil && !c.started && (want == 0 || c.pid == want) {
+		pid = c.pid
 		reported = c.reported
 		c.started = true
 		specW, c.specW = c.specW, nil
@@ -292,7 +303,7 @@ func (s *initState) release(name string) {
 	}
 	s.mu.Unlock()
 	if specW == nil {
-		s.send(message{Event: evError, Name: name, Err: fmt.Sprintf("release %q: no such child waiting", name)}, nil)
+		s.send(message{Event: evStarted, Name: name, Pid: want, Err: fmt.Sprintf("release %q (pid %d): no such child waiting", name, want)}, nil)
 		return
 	}
 	_, werr := specW.Write(spec)
@@ -300,7 +311,7 @@ func (s *initState) release(name string) {
 	go func() {
 		defer errR.Close()
 		b, _ := io.ReadAll(errR)
-		m := message{Event: evStarted, Name: name}
+		m := message{Event: evStarted, Name: name, Pid: pid}
 		switch {
 		case len(b) > 0:
 			m.Err = string(b)
@@ -310,6 +321,20 @@ func (s *initState) release(name string) {
 		s.send(m, nil)
 		close(reported)
 	}()
+}
+
+// cancel kills a spawned child that will not be released: the named one, if pid is 0 or
+// its pid.
+func (s *initState) cancel(name string, pid int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if c := s.byName[name]; c != nil && (pid == 0 || c.pid == pid) {
+		_ = syscall.Kill(c.pid, syscall.SIGKILL)
+		return
+	}
+	if c := s.children[pid]; c != nil && pid != 0 && c.name == name {
+		_ = syscall.Kill(c.pid, syscall.SIGKILL)
+	}
 }
 
 func (s *initState) signalChild(name string, sig syscall.Signal) {

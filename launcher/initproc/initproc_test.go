@@ -2,6 +2,7 @@ package initproc_test
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"io"
 	"os"
@@ -414,5 +415,55 @@ func TestNoLeakedDescriptors(t *testing.T) {
 	}
 	if got := strings.Fields(out); strings.Join(got, " ") != "0 1 2 3" {
 		t.Errorf("the program's descriptors: %v; want 0 1 2 and ls's own 3 (%d leaked from the launcher?)", got, fd)
+	}
+}
+
+// TestAbandonedSpawn: a spawn given up on while init is still forking (a health check whose
+// timeout ran out) leaves no half-started child holding its output descriptors, and its
+// late reply is never taken for the answer to a later spawn.
+func TestAbandonedSpawn(t *testing.T) {
+	testutil.RequirePrivileged(t)
+	in := startInit(t, initproc.Config{Setup: initproc.Setup{Hostname: "t"}})
+	for try := 0; ; try++ {
+		r, w, err := os.Pipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Cancelled before the call: Spawn sends the request, then gives up before init,
+		// which has to fork first, can answer.
+		ctx, cancel := context.WithCancel(t.Context())
+		cancel()
+		_, err = in.Spawn(ctx, sh("health", "echo ran"), w, w, nil)
+		w.Close()
+		if err == nil {
+			// The answer beat the cancelled context: nothing was given up on; try again.
+			r.Close()
+			if try < 5 {
+				continue
+			}
+			t.Fatal("every spawn with a cancelled context succeeded")
+		}
+		// The pipe's last writer is the abandoned child: once it is killed, the read ends.
+		got := make(chan []byte, 1)
+		go func() { b, _ := io.ReadAll(r); r.Close(); got <- b }()
+		timer := time.NewTimer(5 * time.Second)
+		select {
+		case b := <-got:
+			if len(b) != 0 {
+				t.Errorf("the abandoned spawn ran: %q", b)
+			}
+		case <-timer.C:
+			r.Close()
+			t.Fatal("5s after the spawn was given up on, a half-started child still holds its output")
+		}
+		timer.Stop()
+		break
+	}
+	// Later spawns get their own answers, the same name included.
+	for _, name := range []string{"other", "health"} {
+		out, exit := run(t, in, sh(name, "echo "+name))
+		if !exit.OK() || out != name+"\n" {
+			t.Errorf("spawn %s after an abandoned one: %s, %q", name, exit, out)
+		}
 	}
 }

@@ -83,7 +83,7 @@ const (
 	opSetup    = "setup"    // Setup; answered by evReady or evError
 	opSpawn    = "spawn"    // Spec + 2 fds (stdout, stderr); answered by evSpawned or evError
 	opRelease  = "release"  // the spawned child is in its cgroup: let it exec; then evStarted
-	opCancel   = "cancel"   // the spawned child could not be placed: kill it
+	opCancel   = "cancel"   // Name (and Pid): the spawned child could not be placed, or was given up on: kill it
 	opSignal   = "signal"   // Name, Signal
 	opShutdown = "shutdown" // kill everything and exit
 )
@@ -98,6 +98,11 @@ const (
 )
 
 type message struct {
+	// Seq numbers a request (setup, spawn) and is repeated in its reply (ready, spawned,
+	// error), so a reply that comes after its request was given up on (a spawn whose
+	// deadline passed while init was still forking) is recognised as such and never taken
+	// for the answer to a later request.
+	Seq    uint64         `json:"seq,omitempty"`
 	Op     string         `json:"op,omitempty"`
 	Event  string         `json:"event,omitempty"`
 	Name   string         `json:"name,omitempty"`
