@@ -434,8 +434,21 @@ func setup(st Setup) error {
 		}
 		keepSrc[i] = os.NewFile(uintptr(fd), k.Source)
 	}
+	// The host's device nodes the pod gets, held open before the pod's /dev hides them.
+	devs, err := openDevices()
+	defer func() {
+		for _, d := range devs {
+			d.f.Close()
+		}
+	}()
+	if err != nil {
+		return err
+	}
 	if err := unix.Mount("proc", "/proc", "proc", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
 		return fmt.Errorf("setup: mount /proc: %w", err)
+	}
+	if err := setupDev(devs); err != nil {
+		return err
 	}
 	for _, dir := range tmpfses {
 		if _, err := os.Stat(dir); err != nil {
@@ -490,16 +503,102 @@ func setup(st Setup) error {
 			}
 		}
 	}
-	// cgroupfs read-only for everything in the pod: a uid-0 app without capabilities could
-	// otherwise write its own pid into another cgroup and leave its limits behind. The
-	// launcher places children from the host's view, which stays writable.
+	return readOnlyKernelFiles(infos)
+}
+
+// readOnlyProc are the paths of the pod's own /proc that write to the kernel as a whole
+// rather than to the pod (Docker's list): sysctls (kernel.core_pattern runs a program as
+// root on the host at the next crash; vm.* and most others are host-wide), the magic SysRq
+// trigger, interrupt affinities. Only the owner's permission bits guard them, which a uid-0
+// app passes even without capabilities.
+var readOnlyProc = []string{"/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus", "/proc/fs"}
+
+// readOnlyKernelFiles remounts read-only, inside the pod, every mount at or under /sys
+// (sysfs and what is mounted on it: cgroupfs, where an app could otherwise write its pid
+// into another cgroup and leave its limits behind, securityfs, debugfs…) and binds
+// readOnlyProc read-only over themselves. The launcher works on the host's view, which
+// stays writable. infos is /proc/self/mountinfo after every other mount of the setup.
+func readOnlyKernelFiles(infos []mountEntry) error {
+	const ro = unix.MS_BIND | unix.MS_REMOUNT | unix.MS_RDONLY | unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC
 	for _, mi := range infos {
-		if mi.fstype != "cgroup" && mi.fstype != "cgroup2" {
+		if mi.point != "/sys" && !strings.HasPrefix(mi.point, "/sys/") {
 			continue
 		}
-		flags := uintptr(unix.MS_BIND | unix.MS_REMOUNT | unix.MS_RDONLY | unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC)
-		if err := unix.Mount("", mi.point, "", flags, ""); err != nil {
+		if err := unix.Mount("", mi.point, "", ro, ""); err != nil {
 			return fmt.Errorf("setup: remount %s read-only: %w", mi.point, err)
+		}
+	}
+	for _, p := range readOnlyProc {
+		if _, err := os.Lstat(p); err != nil {
+			continue // not in this kernel
+		}
+		if err := unix.Mount(p, p, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+			return fmt.Errorf("setup: bind %s: %w", p, err)
+		}
+		if err := unix.Mount("", p, "", ro, ""); err != nil {
+			return fmt.Errorf("setup: remount %s read-only: %w", p, err)
+		}
+	}
+	return nil
+}
+
+// podDevices are the device nodes of the pod's /dev, bind-mounted from the host's: what
+// programs expect to open, nothing that reaches hardware, the kernel log or other
+// terminals.
+var podDevices = []string{"null", "zero", "full", "random", "urandom", "tty"}
+
+type device struct {
+	name string
+	f    *os.File // O_PATH descriptor of the host's node
+}
+
+// openDevices holds the host's podDevices open (O_PATH), so they can be bound into the
+// pod's /dev once it hides the host's.
+func openDevices() ([]device, error) {
+	var out []device
+	for _, name := range podDevices {
+		path := filepath.Join("/dev", name)
+		fd, err := unix.Open(path, unix.O_PATH|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return out, fmt.Errorf("setup: device %s: %w", path, err)
+		}
+		out = append(out, device{name: name, f: os.NewFile(uintptr(fd), path)})
+	}
+	return out, nil
+}
+
+// setupDev gives the pod a /dev of its own: a small tmpfs with devs bound in, a private
+// devpts instance on /dev/pts (and /dev/ptmx), /dev/shm (a tmpfs mounted by the caller),
+// and the usual links to /proc/self/fd. Needs the pod's /proc mounted.
+func setupDev(devs []device) error {
+	if err := unix.Mount("tmpfs", "/dev", "tmpfs", unix.MS_NOSUID|unix.MS_NOEXEC, "mode=755,size=65536"); err != nil {
+		return fmt.Errorf("setup: mount tmpfs on /dev: %w", err)
+	}
+	for _, d := range devs {
+		target := filepath.Join("/dev", d.name)
+		f, err := os.OpenFile(target, os.O_CREATE|os.O_EXCL|os.O_RDONLY, 0o666)
+		if err != nil {
+			return fmt.Errorf("setup: %s: %w", target, err)
+		}
+		f.Close()
+		if err := bind(Mount{Source: d.f.Name(), Target: target}, d.f); err != nil {
+			return err
+		}
+	}
+	for _, dir := range []string{"/dev/pts", "/dev/shm"} {
+		if err := os.Mkdir(dir, 0o755); err != nil {
+			return fmt.Errorf("setup: %s: %w", dir, err)
+		}
+	}
+	if err := unix.Mount("devpts", "/dev/pts", "devpts", unix.MS_NOSUID|unix.MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620"); err != nil {
+		return fmt.Errorf("setup: mount devpts on /dev/pts: %w", err)
+	}
+	for link, to := range map[string]string{
+		"/dev/ptmx": "pts/ptmx", "/dev/fd": "/proc/self/fd",
+		"/dev/stdin": "/proc/self/fd/0", "/dev/stdout": "/proc/self/fd/1", "/dev/stderr": "/proc/self/fd/2",
+	} {
+		if err := os.Symlink(to, link); err != nil {
+			return fmt.Errorf("setup: %s: %w", link, err)
 		}
 	}
 	return nil

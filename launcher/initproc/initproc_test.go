@@ -174,6 +174,18 @@ func TestPodIsolation(t *testing.T) {
 		"grep -E '^(CapEff|CapBnd|CapPrm|CapAmb|NoNewPrivs)' /proc/self/status",
 		"(echo $$ > /sys/fs/cgroup/pids/cgroup.procs) 2>/dev/null && echo cgroup-writable || echo cgroup-readonly",
 		"ip -4 -o addr show eth0 | awk '{print \"addr=\" $4}'",
+		// Host-wide kernel settings: written back with the value they hold, so a failure
+		// of the test changes nothing on the host.
+		"(cat /proc/sys/vm/swappiness > /proc/sys/vm/swappiness) 2>/dev/null && echo procsys-writable || echo procsys-readonly",
+		"(cat /proc/sys/kernel/core_pattern > /proc/sys/kernel/core_pattern) 2>/dev/null && echo core-writable || echo core-readonly",
+		"awk '$5==\"/sys\" {print \"sys=\" $6}' /proc/self/mountinfo | cut -d, -f1",
+		"awk '$5 ~ /^\\/sys\\// && $6 !~ /^ro/ {print \"sys-writable=\" $5}' /proc/self/mountinfo",
+		"echo devs=$(ls /dev | tr '\\n' ' ')",
+		"echo x > /dev/null && echo null-ok",
+		"head -c 16 /dev/urandom | wc -c | sed s/^/urandom=/",
+		"head -c 4 /dev/zero | od -An -tx1 | tr -d ' ' | sed s/^/zero=/",
+		"stat -f -c shm=%T /dev/shm",
+		"ls /dev/sda /dev/vda /dev/kmsg /dev/mem 2>/dev/null | sed s/^/hostdev=/",
 	}, "; ")
 	out, exit := run(t, in, sh("probe", script))
 	if !exit.OK() {
@@ -195,9 +207,22 @@ func TestPodIsolation(t *testing.T) {
 		"NoNewPrivs:\t1\n",
 		"cgroup-readonly\n",
 		"addr=" + pod.Addr.String() + "\n",
+		"procsys-readonly\n",
+		"core-readonly\n",
+		"sys=ro\n",
+		"devs=fd full null ptmx pts random shm stderr stdin stdout tty urandom zero\n",
+		"null-ok\n",
+		"urandom=16\n",
+		"zero=00000000\n",
+		"shm=tmpfs\n",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("probe output lacks %q:\n%s", want, out)
+		}
+	}
+	for _, unwanted := range []string{"sys-writable=", "hostdev="} {
+		if strings.Contains(out, unwanted) {
+			t.Errorf("probe output has %q:\n%s", unwanted, out)
 		}
 	}
 	// Nothing of the pod's mounts leaked to the host.

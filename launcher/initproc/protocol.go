@@ -9,8 +9,10 @@
 // and, on the spawned event, the child's pid as SCM_CREDENTIALS, which the kernel translates
 // from the pod's pid namespace into the launcher's.
 //
-// Init sets the pod up (hostname, private mounts, its own /proc, /tmp and /dev/shm, the
-// generated /etc/hosts, bind volumes, cgroupfs read-only, other pods' netns pins detached),
+// Init sets the pod up (hostname, private mounts, its own /proc, a minimal /dev of its own
+// (null, zero, full, random, urandom, tty, a private devpts, /dev/shm), its own /tmp, the
+// generated /etc/hosts, bind volumes, everything under /sys and the host-wide parts of /proc
+// (/proc/sys, /proc/sysrq-trigger…) read-only, other pods' netns pins detached),
 // reaps every zombie (it owns all waits: it forks with syscall.ForkExec and never uses
 // os/exec), forwards the signals it receives to its children, and starts children on request.
 // A child starts as a shim (argv[0] ExecName, the same binary again) that blocks until the

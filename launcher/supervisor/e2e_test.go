@@ -52,6 +52,10 @@ func TestMain(m *testing.M) {
 	}
 	os.Setenv("GORACE", "atexit_sleep_ms=0")
 	dir, err := os.MkdirTemp("", "podmesh-e2e-bin")
+	if err == nil {
+		// The pods' programs run as nobody (the app) and as the sidecar's own user.
+		err = os.Chmod(dir, 0o755)
+	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
@@ -225,6 +229,10 @@ var projectSeq int
 func newEnv(t testing.TB) *env {
 	testutil.RequirePrivileged(t)
 	dir := t.TempDir()
+	// The apps run as nobody, in the compose file's directory.
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
 	e := &env{t: t, dir: dir, stateDir: filepath.Join(dir, "state"), logDir: filepath.Join(dir, "logs"),
 		sidecar: sidecarBin, app: testApp, reg: startRegistry(t)}
 	exe, err := os.Executable()
@@ -320,6 +328,22 @@ func (e *env) waitFor(name string, timeout time.Duration, cond func(supervisor.R
 
 func healthy(r supervisor.Row) bool { return r.State == "running" && r.Health == pod.HealthHealthy }
 
+// statusLine returns the value of a field of /proc/PID/status.
+func statusLine(t *testing.T, pid int, field string) string {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, field+":"); ok {
+			return strings.TrimSpace(v)
+		}
+	}
+	t.Fatalf("/proc/%d/status has no %s", pid, field)
+	return ""
+}
+
 func nsOf(t *testing.T, pid int, kind string) string {
 	t.Helper()
 	s, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/%s", pid, kind))
@@ -410,6 +434,10 @@ func TestUpIsolationLimitsDown(t *testing.T) {
 	}
 	if nsOf(t, rows[0].Pid, "net") == nsOf(t, rows[1].Pid, "net") {
 		t.Error("two replicas share a network namespace")
+	}
+	// Without `user:` in the file the app runs as nobody, not root.
+	if ids := statusLine(t, r.Pid, "Uid"); ids != "65534\t65534\t65534\t65534" {
+		t.Errorf("app uids %q; want nobody's", ids)
 	}
 	// The sidecar, found through its cgroup, shares the app's network namespace.
 	m, err := cgroups.New(cgroups.Config{Name: supervisor.CgroupName(e.project)})
