@@ -270,10 +270,18 @@ func (in *Init) request(ctx context.Context, m message, oob []byte) (received, e
 	}
 }
 
-// Spawn starts spec in the pod with stdout and stderr as its fds 1 and 2, calls place with
-// the new process's pid (in the launcher's namespace) while it is still waiting, and lets it
-// exec only when place succeeds. It returns once the exec has happened (or failed).
+// Spawn starts spec in the pod with stdout and stderr as its fds 1 and 2 (and /dev/null as
+// its stdin), calls place with the new process's pid (in the launcher's namespace) while it
+// is still waiting, and lets it exec only when place succeeds. It returns once the exec has
+// happened (or failed).
 func (in *Init) Spawn(ctx context.Context, spec Spec, stdout, stderr *os.File, place func(pid int) error) (*Proc, error) {
+	return in.SpawnStdin(ctx, spec, nil, stdout, stderr, place)
+}
+
+// SpawnStdin is Spawn with stdin as the program's fd 0 (nil: /dev/null). A file opened by
+// the launcher reaches a program that could not open it by its path (a directory on the
+// way it may not search): the sidecar reads its configuration from /dev/stdin.
+func (in *Init) SpawnStdin(ctx context.Context, spec Spec, stdin, stdout, stderr *os.File, place func(pid int) error) (*Proc, error) {
 	in.spawnMu.Lock()
 	defer in.spawnMu.Unlock()
 	in.mu.Lock()
@@ -282,7 +290,11 @@ func (in *Init) Spawn(ctx context.Context, spec Spec, stdout, stderr *os.File, p
 	if closed {
 		return nil, fmt.Errorf("initproc: spawn %s: %w", spec.Name, net.ErrClosed)
 	}
-	rights := unix.UnixRights(int(stdout.Fd()), int(stderr.Fd()))
+	fds := []int{int(stdout.Fd()), int(stderr.Fd())}
+	if stdin != nil {
+		fds = append(fds, int(stdin.Fd()))
+	}
+	rights := unix.UnixRights(fds...)
 	r, err := in.request(ctx, message{Op: opSpawn, Name: spec.Name, Spec: &spec}, rights)
 	if err != nil {
 		return nil, fmt.Errorf("initproc: spawn %s: %w", spec.Name, err)

@@ -208,8 +208,8 @@ func (s *initState) spawn(r received) {
 		closeAll(r.fds)
 		s.send(message{Seq: r.Seq, Event: evError, Name: r.Name, Err: err.Error()}, nil)
 	}
-	if r.Spec == nil || len(r.fds) != 2 {
-		fail(fmt.Errorf("spawn %q: need a spec and 2 file descriptors, got %d", r.Name, len(r.fds)))
+	if r.Spec == nil || len(r.fds) < 2 || len(r.fds) > 3 {
+		fail(fmt.Errorf("spawn %q: need a spec and 2 or 3 file descriptors (stdout, stderr, stdin), got %d", r.Name, len(r.fds)))
 		return
 	}
 	spec, err := json.Marshal(r.Spec)
@@ -229,8 +229,11 @@ func (s *initState) spawn(r received) {
 		fail(err)
 		return
 	}
-	devnull, err := os.Open(os.DevNull)
-	if err != nil {
+	var stdin *os.File
+	if len(r.fds) == 3 {
+		stdin = os.NewFile(uintptr(r.fds[2]), "stdin")
+		r.fds = r.fds[:2]
+	} else if stdin, err = os.Open(os.DevNull); err != nil {
 		specR.Close()
 		specW.Close()
 		errR.Close()
@@ -240,7 +243,7 @@ func (s *initState) spawn(r received) {
 	}
 	attr := &syscall.ProcAttr{
 		Env:   os.Environ(), // the shim's own; the program gets Spec.Env
-		Files: []uintptr{devnull.Fd(), uintptr(r.fds[0]), uintptr(r.fds[1]), specR.Fd(), errW.Fd()},
+		Files: []uintptr{stdin.Fd(), uintptr(r.fds[0]), uintptr(r.fds[1]), specR.Fd(), errW.Fd()},
 		Sys:   &syscall.SysProcAttr{Setsid: true},
 	}
 	s.mu.Lock()
@@ -257,7 +260,7 @@ func (s *initState) spawn(r received) {
 		specW.Close()
 		errR.Close()
 		errW.Close()
-		devnull.Close()
+		stdin.Close()
 		fail(fmt.Errorf("spawn %q: a child of that name is running or init is stopping", r.Spec.Name))
 		return
 	}
@@ -270,7 +273,7 @@ func (s *initState) spawn(r received) {
 	s.mu.Unlock()
 	specR.Close()
 	errW.Close()
-	devnull.Close()
+	stdin.Close()
 	closeAll(r.fds)
 	if err != nil {
 		specW.Close()

@@ -206,6 +206,8 @@ type Pod struct {
 	// Open lists the TCP ports reachable on the pod's address from outside the pod; every
 	// other inbound packet on eth0 is dropped (connections the pod opened excepted).
 	Open []uint16 `json:"open,omitempty"`
+	// Guard lists destinations only one user may connect to from inside the pod.
+	Guard []Guard `json:"guard,omitempty"`
 }
 
 // PinName is the namespace pin name for a replica.
@@ -293,7 +295,7 @@ func Create(n Network, p Pod) (err error) {
 	if err := h.RouteAdd(route); err != nil {
 		return fmt.Errorf("netns: default route via %v in %s: %w", n.Gateway(), p.Name, err)
 	}
-	return isolate(p.Pin, p.Open)
+	return isolate(p.Pin, p.Open, p.Guard)
 }
 
 // newPinnedNS creates a network namespace on a throw-away thread, pins it at pin, brings
@@ -441,6 +443,28 @@ func Dial(ctx context.Context, pin, network, addr string) (net.Conn, error) {
 	})
 	if err != nil {
 		return nil, fmt.Errorf("netns: dial %s %s in %s: %w", network, addr, pin, err)
+	}
+	return conn, nil
+}
+
+// DialAs is Dial from a socket owned by uid: the thread that creates it takes uid as its
+// file-system uid first (per thread, and the thread is thrown away afterwards), so
+// firewall rules on the socket's user (Guard) treat the connection as that user's.
+func DialAs(ctx context.Context, pin string, uid uint32, network, addr string) (net.Conn, error) {
+	var conn net.Conn
+	err := Do(pin, func() error {
+		// setfsuid reports the previous value, never an error: ask again to know.
+		_, _ = unix.SetfsuidRetUid(int(uid))
+		if cur, _ := unix.SetfsuidRetUid(-1); cur != int(uid) {
+			return fmt.Errorf("set the thread's file-system uid to %d: it stays %d", uid, cur)
+		}
+		var d net.Dialer
+		var err error
+		conn, err = d.DialContext(ctx, network, addr)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("netns: dial %s %s as uid %d in %s: %w", network, addr, uid, pin, err)
 	}
 	return conn, nil
 }

@@ -3,6 +3,7 @@ package netns_test
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -10,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -338,6 +340,91 @@ func BenchmarkCreatePod(b *testing.B) {
 		}
 		if err := netns.Remove(p); err != nil {
 			b.Fatal(err)
+		}
+	}
+}
+
+// TestGuard: a guarded destination (the registry relay on the gateway, the sidecar's admin
+// listener on the pod's loopback) refuses connections from inside the pod unless the
+// socket belongs to the guard's user; other destinations are not affected.
+func TestGuard(t *testing.T) {
+	testutil.RequirePrivileged(t)
+	bridge, subnet := podtest.Network(t)
+	n := netns.Network{Bridge: bridge, Subnet: subnet}
+	st, err := netns.EnsureBridge(n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = netns.RemoveBridge(n, st) })
+	// The relay: a listener on the gateway address, in the host's namespace.
+	relay, err := net.Listen("tcp", netip.AddrPortFrom(n.Gateway(), 0).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer relay.Close()
+	const owner = 65533
+	p := netns.Plan(netns.PinName(fmt.Sprintf("guard%d", os.Getpid()), "svc", 1), subnet.Addr().Next().Next(), n)
+	p.Guard = []netns.Guard{
+		{Addr: netip.MustParseAddrPort(relay.Addr().String()), UID: owner},
+		{Addr: netip.MustParseAddrPort("127.0.0.1:15000"), UID: owner},
+	}
+	t.Cleanup(func() { _ = netns.Remove(p) })
+	if err := netns.Create(n, p); err != nil {
+		t.Fatal(err)
+	}
+	admin, err := netns.Listen(p.Pin, "tcp", "127.0.0.1:15000")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close()
+	other, err := netns.Listen(p.Pin, "tcp", "127.0.0.1:15001")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	for _, l := range []net.Listener{relay, admin, other} {
+		go func() {
+			for {
+				c, err := l.Accept()
+				if err != nil {
+					return
+				}
+				c.Close()
+			}
+		}()
+	}
+	ctx := testutil.Context(t, 10*time.Second)
+	for _, tc := range []struct {
+		addr string
+		uid  int // -1: the test's own (root)
+		ok   bool
+	}{
+		{relay.Addr().String(), -1, false},
+		{relay.Addr().String(), 65534, false},
+		{relay.Addr().String(), owner, true},
+		{"127.0.0.1:15000", -1, false},
+		{"127.0.0.1:15000", 65534, false},
+		{"127.0.0.1:15000", owner, true},
+		{"127.0.0.1:15001", -1, true},
+		{"127.0.0.1:15001", 65534, true},
+	} {
+		var c net.Conn
+		var err error
+		if tc.uid < 0 {
+			c, err = netns.Dial(ctx, p.Pin, "tcp", tc.addr)
+		} else {
+			c, err = netns.DialAs(ctx, p.Pin, uint32(tc.uid), "tcp", tc.addr)
+		}
+		if err == nil {
+			c.Close()
+		}
+		switch {
+		case tc.ok && err != nil:
+			t.Errorf("uid %d to %s: %v; want a connection", tc.uid, tc.addr, err)
+		case !tc.ok && err == nil:
+			t.Errorf("uid %d reached %s, guarded for uid %d", tc.uid, tc.addr, owner)
+		case !tc.ok && !errors.Is(err, syscall.ECONNREFUSED):
+			t.Errorf("uid %d to %s: %v; want connection refused at once", tc.uid, tc.addr, err)
 		}
 	}
 }

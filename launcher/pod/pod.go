@@ -430,13 +430,7 @@ func (p *Pod) start(ctx context.Context) (_ *run, err error) {
 	tInit = time.Since(t0)
 
 	if HasSidecar(p.cfg.Service) {
-		spec := initproc.Spec{
-			Name: "sidecar",
-			Argv: []string{p.cfg.SidecarBin, "-config", p.sidecarConfigPath()},
-			Env:  []string{"PATH=" + os.Getenv("PATH"), "HOSTNAME=" + p.name},
-			Dir:  "/",
-		}
-		if r.sidecar, err = p.spawn(ctx, r.init, spec, p.logSidecar, "sidecar"); err != nil {
+		if r.sidecar, err = p.spawnSidecar(ctx, r.init); err != nil {
 			return r, err
 		}
 		tSidecar = time.Since(t0)
@@ -449,7 +443,7 @@ func (p *Pod) start(ctx context.Context) (_ *run, err error) {
 	if err != nil {
 		return r, err
 	}
-	if r.app, err = p.spawn(ctx, r.init, spec, p.logApp, "app"); err != nil {
+	if r.app, err = p.spawn(ctx, r.init, spec, nil, p.logApp, "app"); err != nil {
 		return r, err
 	}
 	p.update(func() { p.pid = r.app.Pid })
@@ -528,8 +522,26 @@ func hasEnv(env []string, key string) bool {
 	return false
 }
 
-// spawn starts a long-lived program with its output captured into l.
-func (p *Pod) spawn(ctx context.Context, in *initproc.Init, spec initproc.Spec, l *logs.File, child string) (*initproc.Proc, error) {
+// spawnSidecar starts the sidecar as SidecarUID, its configuration file as its stdin.
+func (p *Pod) spawnSidecar(ctx context.Context, in *initproc.Init) (*initproc.Proc, error) {
+	conf, err := os.Open(p.sidecarConfigPath())
+	if err != nil {
+		return nil, fmt.Errorf("pod %s: sidecar config: %w", p.name, err)
+	}
+	defer conf.Close()
+	spec := initproc.Spec{
+		Name: "sidecar",
+		Argv: []string{p.cfg.SidecarBin, "-config", "/dev/stdin"},
+		Env:  []string{"PATH=" + os.Getenv("PATH"), "HOSTNAME=" + p.name},
+		Dir:  "/",
+		User: SidecarUser(),
+	}
+	return p.spawn(ctx, in, spec, conf, p.logSidecar, "sidecar")
+}
+
+// spawn starts a long-lived program with its output captured into l and stdin (nil:
+// /dev/null) as its input.
+func (p *Pod) spawn(ctx context.Context, in *initproc.Init, spec initproc.Spec, stdin *os.File, l *logs.File, child string) (*initproc.Proc, error) {
 	out, _, err := l.Capture("stdout")
 	if err != nil {
 		return nil, err
@@ -540,17 +552,19 @@ func (p *Pod) spawn(ctx context.Context, in *initproc.Init, spec initproc.Spec, 
 		return nil, err
 	}
 	defer errw.Close()
-	return in.Spawn(ctx, spec, out, errw, func(pid int) error { return p.cg.Add(child, pid) })
+	return in.SpawnStdin(ctx, spec, stdin, out, errw, func(pid int) error { return p.cg.Add(child, pid) })
 }
 
-// podClient is an HTTP client whose connections start inside the pod's network namespace.
-func (p *Pod) podClient(timeout time.Duration) *http.Client {
+// adminClient is an HTTP client for the sidecar's admin listener: its connections start
+// inside the pod's network namespace, from sockets of the sidecar's user, which the pod's
+// firewall lets through to it (an app's are refused).
+func (p *Pod) adminClient(timeout time.Duration) *http.Client {
 	pin := p.cfg.Net.Pin
 	return &http.Client{
 		Timeout: timeout,
 		Transport: &http.Transport{
 			DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-				return netns.Dial(ctx, pin, network, addr)
+				return netns.DialAs(ctx, pin, SidecarUID, network, addr)
 			},
 			DisableKeepAlives: true,
 		},
@@ -565,7 +579,7 @@ const readyPoll = 5 * time.Millisecond
 func (p *Pod) waitReady(ctx context.Context, r *run) error {
 	ctx, cancel := context.WithTimeout(ctx, p.cfg.ReadyTimeout)
 	defer cancel()
-	c := p.podClient(time.Second)
+	c := p.adminClient(time.Second)
 	url := fmt.Sprintf("http://127.0.0.1:%d/ready", AdminPort)
 	var last string
 	for {
@@ -757,7 +771,7 @@ func (p *Pod) drain(ctx context.Context, grace time.Duration) {
 	ctx, cancel := context.WithTimeout(ctx, grace)
 	defer cancel()
 	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, fmt.Sprintf("http://127.0.0.1:%d/drain", AdminPort), nil)
-	resp, err := p.podClient(grace).Do(req)
+	resp, err := p.adminClient(grace).Do(req)
 	if err != nil {
 		p.logSidecar.Notef("drain: %v", err)
 		return

@@ -9,9 +9,52 @@ import (
 	"time"
 
 	"github.com/podmesh/podmesh/launcher/compose"
+	"github.com/podmesh/podmesh/launcher/initproc"
+	"github.com/podmesh/podmesh/launcher/netns"
 	"github.com/podmesh/podmesh/sidecar"
 	"gopkg.in/yaml.v3"
 )
+
+// SidecarUID is the user (and group) every pod's sidecar runs as: its own, neither root nor
+// an app's, so the pod's firewall can tell its connections from the app's (netns.Guard):
+// only the sidecar, and the launcher dialling as it, reach the registry relay and the
+// sidecar's admin listener (/drain). It also keeps the sidecar's memory, and so its private
+// key, out of reach of a compromised app. No app may run as it (CheckUsers). The sidecar
+// reads its configuration from /dev/stdin, so the launcher's state directory need not be
+// readable by it; its program must be.
+const SidecarUID = 65533
+
+// SidecarUser is SidecarUID as initproc runs it.
+func SidecarUser() *initproc.User {
+	return &initproc.User{UID: SidecarUID, GID: SidecarUID, Groups: []uint32{SidecarUID}}
+}
+
+// Guards are the destinations a pod's app may not reach: the registry relay (relay, the
+// gateway address and port pods reach the registry at; invalid when there is none) and
+// the sidecar's admin listener. The supervisor plans them into every pod's network.
+func Guards(relay netip.AddrPort) []netns.Guard {
+	g := []netns.Guard{{Addr: netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), AdminPort), UID: SidecarUID}}
+	if relay.IsValid() {
+		g = append(g, netns.Guard{Addr: relay, UID: SidecarUID})
+	}
+	return g
+}
+
+// CheckUsers resolves the user of every service of the project, as the pods will: an
+// unknown user or group, or the sidecars' own uid, is an error naming the service.
+func CheckUsers(p *compose.Project) error {
+	for i := range p.Services {
+		svc := &p.Services[i]
+		u, err := ResolveUser(svc.User)
+		if err == nil && u.UID == SidecarUID {
+			err = fmt.Errorf("uid %d is the sidecars' own (pod.SidecarUID): an app running as it would reach the registry relay and its sidecar's admin port", SidecarUID)
+		}
+		if err != nil {
+			return &compose.FieldError{File: p.File, Path: "services." + svc.Name + ".user", Msg: err.Error()}
+		}
+	}
+	return nil
+}
 
 // Ports of the sidecar inside every pod. Each pod has its own address, so the same numbers
 // serve every pod.

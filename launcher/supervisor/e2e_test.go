@@ -439,6 +439,29 @@ func TestUpIsolationLimitsDown(t *testing.T) {
 	if ids := statusLine(t, r.Pid, "Uid"); ids != "65534\t65534\t65534\t65534" {
 		t.Errorf("app uids %q; want nobody's", ids)
 	}
+	// From the app's network namespace, as the app's user (or root), neither the registry
+	// relay nor the sidecar's admin listener (/drain) answers; the app's own port does. The
+	// sidecar, its own user, reaches both (the pods got healthy, registered and served).
+	relay := netip.AddrPortFrom(e.subnet.Addr().Next(), supervisor.DefaultRelayPort)
+	for _, tc := range []struct {
+		url, user string
+		ok        bool
+	}{
+		{"http://" + relay.String() + "/v1/status/leader", "65534", false},
+		{"http://" + relay.String() + "/v1/status/leader", "0", false},
+		{"http://127.0.0.1:15000/ready", "65534", false},
+		{"http://127.0.0.1:15000/ready", "0", false},
+		{"http://127.0.0.1:8080/", "65534", true},
+	} {
+		out, err := exec.Command("nsenter", "-t", fmt.Sprint(r.Pid), "-n", "setpriv", "--reuid="+tc.user, "--regid="+tc.user,
+			"--clear-groups", testApp, "-probe", tc.url).CombinedOutput()
+		if tc.ok && err != nil {
+			t.Errorf("uid %s in the pod: GET %s: %v %s", tc.user, tc.url, err, out)
+		}
+		if !tc.ok && (err == nil || !strings.Contains(string(out), "connection refused")) {
+			t.Errorf("uid %s in the pod: GET %s: %v %s; want the connection refused", tc.user, tc.url, err, out)
+		}
+	}
 	// The sidecar, found through its cgroup, shares the app's network namespace.
 	m, err := cgroups.New(cgroups.Config{Name: supervisor.CgroupName(e.project)})
 	if err != nil {

@@ -114,6 +114,7 @@ type Supervisor struct {
 
 	registry    *registryProc
 	relay       *relay
+	relayAddr   netip.AddrPort // where pods reach the relay; invalid without a registry
 	regClient   pod.Registry
 	registryURL string // as pods see it
 	hostReg     string // as the host sees it (the ingress)
@@ -153,6 +154,10 @@ func Up(ctx context.Context, cfg Config, project *compose.Project, ready func(er
 	// Every sidecar configuration the file leads to must load in the sidecar: checked
 	// before anything is created, so a bad policy value starts nothing.
 	if err := pod.CheckSidecars(project); err != nil {
+		ready(err)
+		return err
+	}
+	if err := pod.CheckUsers(project); err != nil {
 		ready(err)
 		return err
 	}
@@ -272,6 +277,7 @@ func (s *Supervisor) start(ctx context.Context) error {
 		if s.relay, err = startRelay(gw.String(), target); err != nil {
 			return err
 		}
+		s.relayAddr = gw
 		s.registryURL = "http://" + gw.String()
 		if s.regClient, err = pod.NewConsulRegistry(regURL); err != nil {
 			return err
@@ -315,6 +321,8 @@ func (s *Supervisor) startServices(ctx context.Context) error {
 			if svc.Mesh.Port > 0 {
 				np.Open = []uint16{pod.InboundPort, pod.MetricsPort}
 			}
+			// The registry relay and the sidecar's admin listener: for the sidecar only.
+			np.Guard = pod.Guards(s.relayAddr)
 			planned = append(planned, np)
 			name := fmt.Sprintf("%s-%d", svc.Name, r)
 			if svc.Mesh.Port > 0 {
