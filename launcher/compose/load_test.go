@@ -66,7 +66,7 @@ func svc(name string, command ...string) Service {
 }
 
 func defaultMesh() ProjectMesh {
-	return ProjectMesh{Subnet: DefaultSubnet, Bridge: "podmesh0"}
+	return ProjectMesh{Subnet: DefaultSubnet, Bridge: "podmesh0", DefaultPolicy: PolicyAllow}
 }
 
 // canon makes a Project comparable as text: JSON, with nil and empty slices and maps alike.
@@ -142,6 +142,7 @@ x-podmesh:
   subnet: 10.90.0.0/16
   bridge: pm1
   registry: http://127.0.0.1:8500
+  default_policy: deny
 services:
   web:
     entrypoint: ["/usr/bin/env"]
@@ -224,7 +225,7 @@ services:
 				return &Project{
 					Name:     "shop",
 					Services: []Service{db, cache, web}, // dependencies first, then file order
-					Mesh:     ProjectMesh{Subnet: mustPrefix("10.90.0.0/16"), Bridge: "pm1", Registry: "http://127.0.0.1:8500"},
+					Mesh:     ProjectMesh{Subnet: mustPrefix("10.90.0.0/16"), Bridge: "pm1", Registry: "http://127.0.0.1:8500", DefaultPolicy: PolicyDeny},
 				}
 			},
 		},
@@ -700,8 +701,9 @@ compose.yaml:10: services.worker.x-podmesh.expose: 127.0.0.1:8081: only a servic
 		},
 		{
 			name: "project mesh",
-			yaml: "x-podmesh:\n  subnet: fd00::/64\n  bridge: averyveryverylongbridgename\n  registry: ftp://x\nservices:\n  web: {command: x}\n",
-			want: `compose.yaml:2: x-podmesh.subnet: fd00::/64: only IPv4 subnets are supported
+			yaml: "x-podmesh:\n  subnet: fd00::/64\n  bridge: averyveryverylongbridgename\n  registry: ftp://x\n  default_policy: Deny\nservices:\n  web: {command: x}\n",
+			want: `compose.yaml:5: x-podmesh.default_policy: must be "allow" or "deny", not "Deny"
+compose.yaml:2: x-podmesh.subnet: fd00::/64: only IPv4 subnets are supported
 compose.yaml:3: x-podmesh.bridge: invalid interface name "averyveryverylongbridgename" (at most 15 characters, no '/', ':' or spaces)
 compose.yaml:4: x-podmesh.registry: invalid URL "ftp://x" (want http://host:port)`,
 		},

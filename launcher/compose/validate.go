@@ -108,6 +108,9 @@ func withDefaults(p *Project) {
 	if p.Mesh.Bridge == "" {
 		p.Mesh.Bridge = DefaultBridge
 	}
+	if p.Mesh.DefaultPolicy == "" {
+		p.Mesh.DefaultPolicy = PolicyAllow
+	}
 	for i := range p.Services {
 		s := &p.Services[i]
 		if s.StopSignal == 0 {

@@ -169,6 +169,26 @@ func (r *registry) record(event, deregistered string) {
 	}
 }
 
+// intentions lists the registry's intentions, "SOURCE -> DESTINATION ACTION", one a line.
+func (r *registry) intentions(t testing.TB) string {
+	t.Helper()
+	resp, err := http.Get("http://" + r.addr + "/v1/connect/intentions")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var xs []struct{ SourceName, DestinationName, Action string }
+	if err := json.NewDecoder(resp.Body).Decode(&xs); err != nil {
+		t.Fatal(err)
+	}
+	var lines []string
+	for _, x := range xs {
+		lines = append(lines, x.SourceName+" -> "+x.DestinationName+" "+x.Action)
+	}
+	sort.Strings(lines)
+	return strings.Join(lines, "\n")
+}
+
 // events is what the registry was told through the proxy, in order.
 func (r *registry) events() []string {
 	r.mu.Lock()
@@ -540,12 +560,19 @@ func TestUpIsolationLimitsDown(t *testing.T) {
 	}
 
 	// 3. down stops the running launcher in order and leaves nothing behind.
+	// The ingress's call to web is declared: the launcher created its intention.
+	if got := e.reg.intentions(t); got != pod.IngressService(e.project)+" -> web allow" {
+		t.Errorf("intentions in the registry: %q; want the ingress to web", got)
+	}
 	if out, err := e.run("down", "-p", e.project); err != nil {
 		t.Fatalf("down: %v\n%s", err, out)
 	}
 	waitExit(t, launcher)
 	if e.reg.registered("web-1") != nil || e.reg.registered("web-2") != nil {
 		t.Errorf("still registered after down: %v", e.reg.events())
+	}
+	if got := e.reg.intentions(t); got != "" {
+		t.Errorf("intentions left in the registry after down: %q", got)
 	}
 	after := podtest.Leftovers(t, e.project, e.bridge)
 	if strings.Join(before, "\n") != strings.Join(after, "\n") {
@@ -1063,4 +1090,107 @@ func TestIngress(t *testing.T) {
 	if strings.Join(before, "\n") != strings.Join(after, "\n") {
 		t.Errorf("left behind after down:\n%s", strings.Join(after, "\n"))
 	}
+}
+
+// TestDefaultPolicyDeny: with `x-podmesh: {default_policy: deny}` the launcher starts its
+// registry denying by default and allows exactly the declared edges (frontend → catalog,
+// the ingress → frontend), which work; a call along an undeclared edge (frontend → admin,
+// made by a sidecar holding frontend's identity) is answered 403.
+func TestDefaultPolicyDeny(t *testing.T) {
+	e := newEnv(t)
+	expose := testutil.FreePort(t)
+	file := e.compose(fmt.Sprintf(`  catalog:
+    command: [APP, -listen, "127.0.0.1:8080"]
+    x-podmesh: {port: 8080}
+  admin:
+    command: [APP, -listen, "127.0.0.1:8080"]
+    x-podmesh: {port: 8080}
+  frontend:
+    command: [APP, -listen, "127.0.0.1:8080", -upstream, "http://catalog/"]
+    x-podmesh: {port: 8080, upstreams: [catalog], expose: "%s"}
+`, expose))
+	if err := os.WriteFile(file, bytes.Replace(must(os.ReadFile(file)), []byte("x-podmesh:\n"), []byte("x-podmesh:\n  default_policy: deny\n"), 1), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(e.bin, "-state-dir", e.stateDir, "-log-dir", e.logDir, "-init-bin", smallInit, "-sidecar-bin", e.sidecar,
+		"-registry-bin", registryBin, "up", "-f", file)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			_ = cmd.Process.Signal(syscall.SIGTERM)
+			_ = cmd.Wait()
+		}
+		_ = exec.Command(e.bin, "-state-dir", e.stateDir, "-log-dir", e.logDir, "down", "-p", e.project).Run()
+		if t.Failed() {
+			t.Logf("launcher output:\n%s", out.String())
+		}
+	})
+	for _, name := range []string{"catalog-1", "admin-1", "frontend-1"} {
+		e.waitFor(name, 60*time.Second, healthy)
+	}
+	var st supervisor.State
+	if err := json.Unmarshal(must(os.ReadFile(filepath.Join(e.stateDir, e.project, "state.json"))), &st); err != nil || st.Registry == nil {
+		t.Fatalf("state: %v %+v", err, st)
+	}
+	want := []supervisor.Edge{{Source: "frontend", Destination: "catalog"}, {Source: pod.IngressService(e.project), Destination: "frontend"}}
+	if fmt.Sprint(st.Intentions) != fmt.Sprint(want) {
+		t.Errorf("intentions created %v; want %v", st.Intentions, want)
+	}
+	// The declared edges: the ingress to frontend, frontend to catalog.
+	throughIngress(t, expose, "hello from catalog-1\n via frontend-1")
+
+	// A sidecar with frontend's identity, on the host, calling catalog (declared) and admin
+	// (not declared anywhere).
+	toCatalog, toAdmin, admin := testutil.FreePort(t), testutil.FreePort(t), testutil.FreePort(t)
+	c := pod.SidecarConfig{Service: "frontend", ID: "frontend-rogue", Admin: admin, Registry: "http://" + st.Registry.Addr,
+		Upstreams: []pod.SidecarUpstream{
+			{Name: "catalog", Listen: toCatalog, Policy: map[string]any{"protocol": "http"}},
+			{Name: "admin", Listen: toAdmin, Policy: map[string]any{"protocol": "http"}},
+		}}
+	b, err := c.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	conf := filepath.Join(e.dir, "rogue.yaml")
+	if err := os.WriteFile(conf, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	rogue := exec.Command(e.sidecar, "-config", conf)
+	var rout bytes.Buffer
+	rogue.Stdout, rogue.Stderr = &rout, &rout
+	if err := rogue.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = rogue.Process.Kill()
+		_ = rogue.Wait()
+		if t.Failed() {
+			t.Logf("rogue sidecar output:\n%s", rout.String())
+		}
+	})
+	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	testutil.Eventually(t, 30*time.Second, 50*time.Millisecond, func() error {
+		_, err := getBody(client, "http://"+toCatalog+"/")
+		return err
+	})
+	resp, err := client.Get("http://" + toAdmin + "/")
+	if err != nil {
+		t.Fatalf("frontend's identity to admin: %v; want a 403", err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusForbidden {
+		t.Errorf("frontend's identity to admin, an undeclared edge: %s %s; want 403", resp.Status, body)
+	}
+}
+
+func must(b []byte, err error) []byte {
+	if err != nil {
+		panic(err)
+	}
+	return b
 }

@@ -14,6 +14,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/podmesh/podmesh/launcher/compose"
 )
 
 // registryProc is the registry the launcher started.
@@ -25,7 +27,7 @@ type registryProc struct {
 
 // startRegistry starts the registry binary on a free loopback port with its data under the
 // project's state dir, records it in the state first, and waits until it answers.
-func startRegistry(ctx context.Context, cfg Config, dir string, sf *stateFile) (*registryProc, error) {
+func startRegistry(ctx context.Context, cfg Config, dir string, sf *stateFile, policy string) (*registryProc, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, fmt.Errorf("supervisor: pick a registry port: %w", err)
@@ -50,7 +52,12 @@ func startRegistry(ctx context.Context, cfg Config, dir string, sf *stateFile) (
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(exe, cfg.RegistryArgs(addr, data)...)
+	args := cfg.RegistryArgs(addr, data)
+	if policy == compose.PolicyDeny {
+		// cmd/registry's flag; the sidecars take the default from the registry's answers.
+		args = append(args, "-default-intention-policy", "deny")
+	}
+	cmd := exec.Command(exe, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true} // not killed by the terminal's Ctrl-C before the pods deregister
 	if err := cmd.Start(); err != nil {

@@ -26,9 +26,12 @@ type State struct {
 	Registry *RegistryProc `json:"registry,omitempty"`
 	// RegistryURL is where the pods were registered, and Instances their IDs, so cleanup
 	// after a crash deregisters them from a registry that outlives the launcher.
-	RegistryURL string      `json:"registry_url,omitempty"`
-	Instances   []string    `json:"instances,omitempty"`
-	Pods        []netns.Pod `json:"pods"`
+	RegistryURL string   `json:"registry_url,omitempty"`
+	Instances   []string `json:"instances,omitempty"`
+	// Intentions are the allow intentions the launcher created in that registry for the
+	// project's declared edges, each recorded before it was created.
+	Intentions []Edge      `json:"intentions,omitempty"`
+	Pods       []netns.Pod `json:"pods"`
 	// Ingress is the ingress sidecar's current process, if the project exposes a service.
 	// It also sits in the project's cgroups; the pid is a second way to find it.
 	Ingress *Proc `json:"ingress,omitempty"`
@@ -67,6 +70,7 @@ func (f *stateFile) get() State {
 	defer f.mu.Unlock()
 	st := f.st
 	st.Pods = append([]netns.Pod(nil), f.st.Pods...)
+	st.Intentions = append([]Edge(nil), f.st.Intentions...)
 	return st
 }
 

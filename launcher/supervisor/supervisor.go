@@ -259,7 +259,7 @@ func (s *Supervisor) start(ctx context.Context) error {
 		if _, err := os.Stat(s.cfg.RegistryBin); err != nil {
 			return fmt.Errorf("supervisor: meshed services need a registry: no registry program (%w); build it (make build) or give -registry-bin PATH or -registry URL", err)
 		}
-		if s.registry, err = startRegistry(ctx, s.cfg, s.dir, s.state); err != nil {
+		if s.registry, err = startRegistry(ctx, s.cfg, s.dir, s.state, p.Mesh.DefaultPolicy); err != nil {
 			return err
 		}
 		regURL = "http://" + s.registry.addr
@@ -281,6 +281,14 @@ func (s *Supervisor) start(ctx context.Context) error {
 		s.registryURL = "http://" + gw.String()
 		if s.regClient, err = pod.NewConsulRegistry(regURL); err != nil {
 			return err
+		}
+		// The declared edges are allowed before any sidecar asks; under default_policy
+		// deny they are the only calls that are.
+		if err := s.allowEdges(ctx, regURL); err != nil {
+			if p.Mesh.DefaultPolicy == compose.PolicyDeny {
+				return err
+			}
+			s.cfg.Logf("%v (default policy allow: the call is allowed anyway)", err)
 		}
 	}
 	return nil
@@ -480,6 +488,14 @@ func (s *Supervisor) teardown() error {
 	if s.relay != nil {
 		s.relay.Close()
 	}
+	if s.state != nil {
+		st := s.state.get()
+		if err := removeIntentions(ctx, st.RegistryURL, st.Intentions); err != nil {
+			errs = append(errs, err)
+		} else {
+			_ = s.state.update(func(st *State) { st.Intentions = nil })
+		}
+	}
 	if s.registry != nil {
 		if err := s.registry.stop(); err != nil {
 			errs = append(errs, err)
@@ -540,6 +556,13 @@ func cleanup(ctx context.Context, cfg Config, st State) error {
 				_ = reg.Deregister(dctx, id)
 				cancel()
 			}
+		}
+	}
+	// The intentions it created there, likewise; a registry the launcher started goes with
+	// its data.
+	if st.RegistryURL != "" && st.Registry == nil {
+		if err := removeIntentions(ctx, st.RegistryURL, st.Intentions); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	if st.Registry != nil {
