@@ -10,6 +10,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -22,7 +24,65 @@ import (
 type registryProc struct {
 	cmd  *exec.Cmd
 	addr string
-	done chan struct{}
+	done <-chan struct{}
+}
+
+// resolveExe is the absolute path of a program with its symlinks resolved: what
+// /proc/PID/exe of its process shows, so a later launcher recognises the process.
+func resolveExe(path string) (string, error) {
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return "", err
+	}
+	return filepath.EvalSymlinks(abs)
+}
+
+// startChild starts cmd with SIGTERM as its parent-death signal, from a goroutine locked to
+// its thread which stays there in cmd.Wait: the kernel sends the signal when the starting
+// thread ends, so it must be one that lives as long as the child, not any runtime thread.
+// A launcher that dies, even by SIGKILL, so takes the process with it. done is closed when
+// cmd.Wait has returned.
+func startChild(cmd *exec.Cmd) (done <-chan struct{}, err error) {
+	if cmd.SysProcAttr == nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{}
+	}
+	cmd.SysProcAttr.Pdeathsig = syscall.SIGTERM
+	started := make(chan error, 1)
+	d := make(chan struct{})
+	go func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		if err := cmd.Start(); err != nil {
+			started <- err
+			return
+		}
+		started <- nil
+		_ = cmd.Wait()
+		close(d)
+	}()
+	if err := <-started; err != nil {
+		return nil, err
+	}
+	return d, nil
+}
+
+// procStart is a process's start time (clock ticks after boot, /proc/PID/stat field 22):
+// with the pid, it names one process, not whichever reuses the pid later.
+func procStart(pid int) (uint64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 {
+		return 0, fmt.Errorf("supervisor: /proc/%d/stat: no command", pid)
+	}
+	// After ") ": field 3 (state) onwards; the start time is field 22.
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 20 {
+		return 0, fmt.Errorf("supervisor: /proc/%d/stat: %d fields", pid, len(f)+2)
+	}
+	return strconv.ParseUint(f[19], 10, 64)
 }
 
 // startRegistry starts the registry binary on a free loopback port with its data under the
@@ -48,28 +108,33 @@ func startRegistry(ctx context.Context, cfg Config, dir string, sf *stateFile, p
 		}
 	}
 	defer logf.Close()
-	exe, err := filepath.Abs(cfg.RegistryBin)
+	exe, err := resolveExe(cfg.RegistryBin)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("supervisor: registry program: %w", err)
 	}
 	args := cfg.RegistryArgs(addr, data)
 	if policy == compose.PolicyDeny {
 		// cmd/registry's flag; the sidecars take the default from the registry's answers.
 		args = append(args, "-default-intention-policy", "deny")
 	}
+	// Recorded before it starts (without a pid yet): a launcher killed in between leaves
+	// at most a registry that its parent-death signal ends, and a data dir cleanup finds.
+	if err := sf.update(func(st *State) {
+		st.Registry = &RegistryProc{Exe: exe, DataDir: data, Addr: addr}
+	}); err != nil {
+		return nil, err
+	}
 	cmd := exec.Command(exe, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true} // not killed by the terminal's Ctrl-C before the pods deregister
-	if err := cmd.Start(); err != nil {
+	done, err := startChild(cmd)
+	if err != nil {
 		return nil, fmt.Errorf("supervisor: start registry %s: %w", exe, err)
 	}
-	r := &registryProc{cmd: cmd, addr: addr, done: make(chan struct{})}
-	go func() {
-		_ = cmd.Wait()
-		close(r.done)
-	}()
+	r := &registryProc{cmd: cmd, addr: addr, done: done}
+	start, _ := procStart(cmd.Process.Pid)
 	if err := sf.update(func(st *State) {
-		st.Registry = &RegistryProc{Pid: cmd.Process.Pid, Exe: exe, DataDir: data, Addr: addr}
+		st.Registry = &RegistryProc{Pid: cmd.Process.Pid, Start: start, Exe: exe, DataDir: data, Addr: addr}
 	}); err != nil {
 		_ = r.stop()
 		return nil, err
@@ -114,9 +179,9 @@ func (r *registryProc) stop() error {
 	return nil
 }
 
-// killOrphan ends a process a dead launcher started, if pid still runs exe: SIGTERM, then
-// SIGKILL after grace.
-func killOrphan(pid int, exe string, grace time.Duration) error {
+// killOrphan ends a process a dead launcher started, if pid still runs exe and (when start
+// is known) began at start: SIGTERM, then SIGKILL after grace.
+func killOrphan(pid int, exe string, start uint64, grace time.Duration) error {
 	if pid <= 0 {
 		return nil
 	}
@@ -128,6 +193,11 @@ func killOrphan(pid int, exe string, grace time.Duration) error {
 		got = strings.TrimSuffix(got, " (deleted)")
 		if got != exe {
 			return false
+		}
+		if start != 0 {
+			if s, err := procStart(pid); err != nil || s != start {
+				return false
+			}
 		}
 		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 		if err != nil {

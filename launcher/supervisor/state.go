@@ -39,13 +39,15 @@ type State struct {
 
 // Proc identifies a process the launcher started outside a pod.
 type Proc struct {
-	Pid int    `json:"pid"`
-	Exe string `json:"exe"`
+	Pid   int    `json:"pid"`
+	Start uint64 `json:"start,omitempty"` // clock ticks after boot (/proc/PID/stat), against pid reuse
+	Exe   string `json:"exe"`             // symlinks resolved, as /proc/PID/exe shows it
 }
 
 // RegistryProc identifies a registry the launcher started.
 type RegistryProc struct {
-	Pid     int    `json:"pid"`
+	Pid     int    `json:"pid"` // 0: recorded before it started
+	Start   uint64 `json:"start,omitempty"`
 	Exe     string `json:"exe"`
 	DataDir string `json:"data_dir"`
 	Addr    string `json:"addr"`

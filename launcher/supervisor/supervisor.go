@@ -566,12 +566,12 @@ func cleanup(ctx context.Context, cfg Config, st State) error {
 		}
 	}
 	if st.Registry != nil {
-		if err := killOrphan(st.Registry.Pid, st.Registry.Exe, 5*time.Second); err != nil {
+		if err := killOrphan(st.Registry.Pid, st.Registry.Exe, st.Registry.Start, 5*time.Second); err != nil {
 			errs = append(errs, err)
 		}
 	}
 	if st.Ingress != nil {
-		if err := killOrphan(st.Ingress.Pid, st.Ingress.Exe, 5*time.Second); err != nil {
+		if err := killOrphan(st.Ingress.Pid, st.Ingress.Exe, st.Ingress.Start, 5*time.Second); err != nil {
 			errs = append(errs, err)
 		}
 	}
