@@ -199,7 +199,7 @@ func isNotFound(err error) bool {
 
 // Pod is one pod's network: a pinned namespace with a veth to the bridge.
 type Pod struct {
-	Name   string       `json:"name"`    // pin name: "podmesh-<project>-<service>-<n>"
+	Name   string       `json:"name"`    // pin name: "podmesh-<project>.<service>-<n>"
 	Pin    string       `json:"pin"`     // PinDir/Name
 	HostIf string       `json:"host_if"` // host end of the veth
 	Addr   netip.Prefix `json:"addr"`    // the pod's address with the subnet's length
@@ -210,9 +210,12 @@ type Pod struct {
 	Guard []Guard `json:"guard,omitempty"`
 }
 
-// PinName is the namespace pin name for a replica.
+// PinName is the namespace pin name for a replica: "podmesh-<project>.<service>-<n>". It is
+// injective: neither a project name nor a service name holds a '.' (compose allows
+// [a-z0-9_-] and DNS labels), and the replica follows the last '-', so projects "a-b" and
+// "a" with a service "b-c" do not share a pin ("podmesh-a-b.c-1", "podmesh-a.b-c-1").
 func PinName(project, service string, replica int) string {
-	return fmt.Sprintf("%s-%s-%s-%d", Prefix, project, service, replica)
+	return fmt.Sprintf("%s-%s.%s-%d", Prefix, project, service, replica)
 }
 
 // HostIfName is the host end's name for a pin: Prefix plus 8 hex digits of a hash of the
@@ -242,21 +245,24 @@ func Plan(name string, addr netip.Addr, n Network) Pod {
 // capabilities; the sysctl is per namespace), a veth pair whose pod end (eth0) is created
 // inside the namespace and whose host end joins the bridge, the pod's address, a default
 // route through the gateway, and the isolation rules (only p.Open reachable from outside).
-// On error, whatever was created is removed.
+// On error, whatever this call created is removed, and nothing else: a pin or veth of the
+// same name that already existed (another pod's) is left alone.
 func Create(n Network, p Pod) (err error) {
 	bridge, err := netlink.LinkByName(n.Bridge)
 	if err != nil {
 		return fmt.Errorf("netns: look up bridge %s: %w", n.Bridge, err)
 	}
+	var created Pod // what this call made, for the cleanup on error
 	defer func() {
 		if err != nil {
-			_ = Remove(p)
+			_ = Remove(created)
 		}
 	}()
 	h, err := newPinnedNS(p.Pin)
 	if err != nil {
 		return err
 	}
+	created.Pin = p.Pin
 	defer h.Close()
 
 	nsf, err := os.Open(p.Pin)
@@ -272,6 +278,7 @@ func Create(n Network, p Pod) (err error) {
 	if err := netlink.LinkAdd(veth); err != nil {
 		return fmt.Errorf("netns: create veth %s (peer %s in %s): %w", p.HostIf, PodIfName, p.Name, err)
 	}
+	created.HostIf = p.HostIf
 	host, err := netlink.LinkByName(p.HostIf)
 	if err != nil {
 		return fmt.Errorf("netns: look up veth %s: %w", p.HostIf, err)
@@ -299,8 +306,9 @@ func Create(n Network, p Pod) (err error) {
 }
 
 // newPinnedNS creates a network namespace on a throw-away thread, pins it at pin, brings
-// its loopback up, and returns a netlink handle whose sockets live in it.
-func newPinnedNS(pin string) (*netlink.Handle, error) {
+// its loopback up, and returns a netlink handle whose sockets live in it. A pin that exists
+// already is an error and stays as it is; on any other error the pin is removed.
+func newPinnedNS(pin string) (_ *netlink.Handle, err error) {
 	if err := os.MkdirAll(filepath.Dir(pin), 0o755); err != nil {
 		return nil, fmt.Errorf("netns: create %s: %w", filepath.Dir(pin), err)
 	}
@@ -309,6 +317,11 @@ func newPinnedNS(pin string) (*netlink.Handle, error) {
 		return nil, fmt.Errorf("netns: create pin %s: %w", pin, err)
 	}
 	f.Close()
+	defer func() {
+		if err != nil {
+			_ = Remove(Pod{Pin: pin})
+		}
+	}()
 	type result struct {
 		h   *netlink.Handle
 		err error

@@ -86,6 +86,31 @@ func TestHostIfName(t *testing.T) {
 	}
 }
 
+// TestPinNameInjective: projects and services whose names differ only in where a '-' falls
+// get different pins (and so veths): "a-b" + "c" is not "a" + "b-c".
+func TestPinNameInjective(t *testing.T) {
+	seen := map[string]string{}
+	for _, c := range []struct {
+		project, service string
+		replica          int
+	}{
+		{"reviewq-a", "b", 1}, {"reviewq", "a-b", 1}, {"reviewq-a-b", "c", 1}, {"reviewq", "a-b-c", 1},
+		{"p", "a-1", 2}, {"p", "a", 12}, {"p-a", "1", 2}, {"p_a", "b", 1}, {"p", "a-b", 1},
+	} {
+		name := netns.PinName(c.project, c.service, c.replica)
+		key := fmt.Sprintf("%s/%s/%d", c.project, c.service, c.replica)
+		if other, ok := seen[name]; ok {
+			t.Errorf("%s and %s share the pin %s", other, key, name)
+		}
+		seen[name] = key
+		if hi := netns.HostIfName(name); seen[hi] != "" {
+			t.Errorf("%s and %s share the veth %s", seen[hi], key, hi)
+		} else {
+			seen[hi] = key
+		}
+	}
+}
+
 func TestNetworkValidate(t *testing.T) {
 	tests := []struct {
 		n   netns.Network
@@ -426,5 +451,51 @@ func TestGuard(t *testing.T) {
 		case !tc.ok && !errors.Is(err, syscall.ECONNREFUSED):
 			t.Errorf("uid %d to %s: %v; want connection refused at once", tc.uid, tc.addr, err)
 		}
+	}
+}
+
+// TestCreateLeavesOthers: creating a pod whose pin (and so veth) name is already taken by a
+// running pod fails and leaves that pod's namespace, veth and address as they were.
+func TestCreateLeavesOthers(t *testing.T) {
+	testutil.RequirePrivileged(t)
+	bridge, subnet := podtest.Network(t)
+	n := netns.Network{Bridge: bridge, Subnet: subnet}
+	st, err := netns.EnsureBridge(n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = netns.RemoveBridge(n, st) })
+	name := netns.PinName(fmt.Sprintf("clash%d", os.Getpid()), "svc", 1)
+	first := netns.Plan(name, subnet.Addr().Next().Next(), n)
+	t.Cleanup(func() { _ = netns.Remove(first) })
+	if err := netns.Create(n, first); err != nil {
+		t.Fatal(err)
+	}
+	second := netns.Plan(name, subnet.Addr().Next().Next().Next(), n)
+	if err := netns.Create(n, second); err == nil {
+		t.Fatal("a second pod with the same pin name was created")
+	}
+	if _, err := os.Stat(first.Pin); err != nil {
+		t.Fatalf("the first pod's pin is gone: %v", err)
+	}
+	if _, err := netlink.LinkByName(first.HostIf); err != nil {
+		t.Fatalf("the first pod's veth is gone: %v", err)
+	}
+	var addrs []string
+	if err := netns.Do(first.Pin, func() error {
+		l, err := netlink.LinkByName(netns.PodIfName)
+		if err != nil {
+			return err
+		}
+		as, err := netlink.AddrList(l, netlink.FAMILY_V4)
+		for _, a := range as {
+			addrs = append(addrs, a.IPNet.String())
+		}
+		return err
+	}); err != nil {
+		t.Fatalf("the first pod's namespace: %v", err)
+	}
+	if len(addrs) != 1 || addrs[0] != first.Addr.String() {
+		t.Errorf("the first pod's addresses: %v; want %v", addrs, first.Addr)
 	}
 }

@@ -28,6 +28,7 @@ import (
 	"github.com/podmesh/podmesh/launcher/cgroups"
 	"github.com/podmesh/podmesh/launcher/initproc"
 	"github.com/podmesh/podmesh/launcher/internal/podtest"
+	"github.com/podmesh/podmesh/launcher/netns"
 	"github.com/podmesh/podmesh/launcher/pod"
 	"github.com/podmesh/podmesh/launcher/supervisor"
 )
@@ -488,7 +489,7 @@ func TestUpIsolationLimitsDown(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer m.Close()
-	cg, err := m.Open("podmesh-" + e.project + "-web-1")
+	cg, err := m.Open(netns.PinName(e.project, "web", 1))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1021,7 +1022,7 @@ func TestIngress(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer m.Close()
-	cg, err := m.Open("podmesh-" + e.project + "-ingress-0")
+	cg, err := m.Open(netns.PinName(e.project, "ingress", 0))
 	if err != nil {
 		t.Fatal(err)
 	}
