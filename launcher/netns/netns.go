@@ -111,6 +111,65 @@ func EnsureBridge(n Network) (BridgeState, error) {
 	return st, nil
 }
 
+// BridgeIntent says what EnsureBridge would create now (the bridge, the gateway address), so
+// a caller records it before EnsureBridge runs: a crash in between still leaves a record of
+// what to remove.
+func BridgeIntent(n Network) (BridgeState, error) {
+	link, err := netlink.LinkByName(n.Bridge)
+	if err != nil {
+		if isNotFound(err) {
+			return BridgeState{CreatedLink: true, AddedAddr: true}, nil
+		}
+		return BridgeState{}, fmt.Errorf("netns: look up bridge %s: %w", n.Bridge, err)
+	}
+	addrs, err := netlink.AddrList(link, netlink.FAMILY_V4)
+	if err != nil {
+		return BridgeState{}, fmt.Errorf("netns: addresses of bridge %s: %w", n.Bridge, err)
+	}
+	gw := gatewayAddr(n)
+	for _, a := range addrs {
+		if a.IPNet.String() == gw.IPNet.String() {
+			return BridgeState{}, nil
+		}
+	}
+	return BridgeState{AddedAddr: true}, nil
+}
+
+// LockDir holds the host-wide bridge locks (LockBridge).
+var LockDir = "/run/podmesh/bridges"
+
+// ErrBridgeBusy: another launcher holds the bridge (LockBridge).
+var ErrBridgeBusy = errors.New("netns: bridge in use by another launcher")
+
+// LockBridge takes the host-wide lock on a bridge for owner (a project name), held until
+// the returned file is closed or the process ends. One launcher per bridge: each allocates
+// its pods' addresses on its own and removes the gateway address when it stops, so two
+// projects on one bridge would hand out the same addresses and cut each other off. When
+// another launcher holds it, the error wraps ErrBridgeBusy and names its owner.
+func LockBridge(bridge, owner string) (*os.File, error) {
+	if err := os.MkdirAll(LockDir, 0o755); err != nil {
+		return nil, fmt.Errorf("netns: bridge lock dir: %w", err)
+	}
+	path := filepath.Join(LockDir, bridge+".lock")
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("netns: bridge lock %s: %w", path, err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		b, _ := os.ReadFile(path)
+		f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil, fmt.Errorf("%w: %s is used by the launcher of project %q; give this project its own x-podmesh bridge and subnet",
+				ErrBridgeBusy, bridge, strings.TrimSpace(string(b)))
+		}
+		return nil, fmt.Errorf("netns: lock bridge %s: %w", bridge, err)
+	}
+	if err := f.Truncate(0); err == nil {
+		_, _ = f.WriteAt([]byte(owner+"\n"), 0)
+	}
+	return f, nil
+}
+
 func gatewayAddr(n Network) *netlink.Addr {
 	gw := n.Gateway()
 	return &netlink.Addr{IPNet: &net.IPNet{IP: gw.AsSlice(), Mask: net.CIDRMask(n.Subnet.Bits(), 32)}}

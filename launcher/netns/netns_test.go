@@ -499,3 +499,40 @@ func TestCreateLeavesOthers(t *testing.T) {
 		t.Errorf("the first pod's addresses: %v; want %v", addrs, first.Addr)
 	}
 }
+
+// TestBridgeIntentAndLock: BridgeIntent names what EnsureBridge is about to create (so it
+// can be recorded first), and a bridge is locked by one owner at a time, the next one told
+// who holds it, until the holder lets go.
+func TestBridgeIntentAndLock(t *testing.T) {
+	testutil.RequirePrivileged(t)
+	bridge, subnet := podtest.Network(t)
+	n := netns.Network{Bridge: bridge, Subnet: subnet}
+	lock, err := netns.LockBridge(bridge, "first")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := netns.LockBridge(bridge, "second"); !errors.Is(err, netns.ErrBridgeBusy) || !strings.Contains(err.Error(), `"first"`) {
+		t.Errorf("second lock of %s: %v; want ErrBridgeBusy naming the first owner", bridge, err)
+	}
+	intent, err := netns.BridgeIntent(n)
+	if err != nil || intent != (netns.BridgeState{CreatedLink: true, AddedAddr: true}) {
+		t.Errorf("intent before the bridge exists: %+v, %v; want both created", intent, err)
+	}
+	st, err := netns.EnsureBridge(n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = netns.RemoveBridge(n, st) })
+	if st != intent {
+		t.Errorf("EnsureBridge created %+v; BridgeIntent said %+v", st, intent)
+	}
+	if again, err := netns.BridgeIntent(n); err != nil || again != (netns.BridgeState{}) {
+		t.Errorf("intent once the bridge is there: %+v, %v; want nothing to create", again, err)
+	}
+	lock.Close()
+	second, err := netns.LockBridge(bridge, "second")
+	if err != nil {
+		t.Fatalf("lock after the first owner let go: %v", err)
+	}
+	second.Close()
+}

@@ -31,6 +31,7 @@ import (
 	"github.com/podmesh/podmesh/launcher/netns"
 	"github.com/podmesh/podmesh/launcher/pod"
 	"github.com/podmesh/podmesh/launcher/supervisor"
+	"github.com/vishvananda/netlink"
 )
 
 // TestMain lets this test binary be, depending on argv[0], the launcher itself (so tests can
@@ -1201,4 +1202,40 @@ func must(b []byte, err error) []byte {
 		panic(err)
 	}
 	return b
+}
+
+// TestSharedBridgeRefused: a second project on a bridge a running launcher uses is refused
+// (it would hand out the same pod addresses and, on down, take the gateway address away
+// from the first), and the first project's pod keeps its address and network.
+func TestSharedBridgeRefused(t *testing.T) {
+	e := newEnv(t)
+	file := e.compose(`  web:
+    command: [APP, -listen, "127.0.0.1:8080"]
+`)
+	e.start(file)
+	first := e.waitFor("web-1", 60*time.Second, func(r supervisor.Row) bool { return r.State == "running" })
+	// Another project, in another directory, on the same bridge and subnet.
+	other := *e
+	other.dir = t.TempDir()
+	other.project = e.project + "x"
+	if err := os.Chmod(other.dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	out, err := other.run("up", "-f", other.compose(`  web:
+    command: [APP, -listen, "127.0.0.1:8080"]
+`))
+	if err == nil || !strings.Contains(out, "used by the launcher of project \""+e.project+"\"") {
+		t.Fatalf("a second project on bridge %s: %v\n%s", e.bridge, err, out)
+	}
+	if r := e.waitFor("web-1", time.Second, func(r supervisor.Row) bool { return r.State == "running" }); r.Pid != first.Pid || r.Addr != first.Addr {
+		t.Errorf("the first project's pod changed: %+v, was %+v", r, first)
+	}
+	link, err := netlink.LinkByName(e.bridge)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addrs, _ := netlink.AddrList(link, netlink.FAMILY_V4)
+	if len(addrs) != 1 || addrs[0].IP.String() != e.subnet.Addr().Next().String() {
+		t.Errorf("bridge %s addresses after the refused project: %v", e.bridge, addrs)
+	}
 }

@@ -112,6 +112,7 @@ type Supervisor struct {
 	state   *stateFile
 	cg      ProjectCgroups
 
+	bridgeLock  *os.File // netns.LockBridge, held until teardown ends
 	registry    *registryProc
 	relay       *relay
 	relayAddr   netip.AddrPort // where pods reach the relay; invalid without a registry
@@ -230,9 +231,19 @@ func (s *Supervisor) start(ctx context.Context) error {
 	s.state = &stateFile{path: filepath.Join(s.dir, "state.json"), st: State{
 		Project: p.Name, Pid: os.Getpid(), Started: time.Now(), Network: network, Cgroup: CgroupName(p.Name),
 	}}
-	// Record the bridge as if created before creating it: a crash in between must not leave
-	// it unrecorded. The real outcome replaces this right after.
-	if err := s.state.update(func(st *State) { st.Bridge = netns.BridgeState{} }); err != nil {
+	// One launcher per bridge, for as long as it runs (teardown releases it last).
+	lock, err := netns.LockBridge(network.Bridge, p.Name)
+	if err != nil {
+		return err
+	}
+	s.bridgeLock = lock
+	// Record what EnsureBridge is about to create before it does: a crash in between must
+	// not leave it unrecorded. The real outcome replaces this right after.
+	intent, err := netns.BridgeIntent(network)
+	if err != nil {
+		return err
+	}
+	if err := s.state.update(func(st *State) { st.Bridge = intent }); err != nil {
 		return err
 	}
 	bst, err := netns.EnsureBridge(network)
@@ -514,12 +525,17 @@ func (s *Supervisor) teardown() error {
 				errs = append(errs, err)
 			}
 		}
-		if err := netns.RemoveBridge(st.Network, st.Bridge); err != nil {
-			errs = append(errs, err)
+		if s.bridgeLock != nil {
+			if err := netns.RemoveBridge(st.Network, st.Bridge); err != nil {
+				errs = append(errs, err)
+			}
 		}
 		if len(errs) == 0 {
 			removeState(s.dir)
 		}
+	}
+	if s.bridgeLock != nil {
+		s.bridgeLock.Close()
 	}
 	return errors.Join(errs...)
 }
@@ -581,8 +597,18 @@ func cleanup(ctx context.Context, cfg Config, st State) error {
 		}
 	}
 	if st.Network.Bridge != "" {
-		if err := netns.RemoveBridge(st.Network, st.Bridge); err != nil {
+		// Unless another launcher has taken the bridge since: then it is that one's.
+		lock, err := netns.LockBridge(st.Network.Bridge, st.Project)
+		switch {
+		case errors.Is(err, netns.ErrBridgeBusy):
+			cfg.Logf("bridge %s left in place: %v", st.Network.Bridge, err)
+		case err != nil:
 			errs = append(errs, err)
+		default:
+			if err := netns.RemoveBridge(st.Network, st.Bridge); err != nil {
+				errs = append(errs, err)
+			}
+			lock.Close()
 		}
 	}
 	if len(errs) == 0 {
