@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"time"
 	"syscall"
 
 	"github.com/podmesh/podmesh/launcher/compose"
@@ -122,6 +123,7 @@ func CLI(ctx context.Context, args []string, stdout io.Writer) error {
 		return Logs(ctx, cfg, project, sub.Arg(0), *process, *follow, stdout)
 	case "down":
 		name := sub.String("p", "", "project name")
+		timeout := sub.Duration("timeout", 5*time.Minute, "give up waiting for the launcher to stop after this long (it goes on stopping)")
 		if err := sub.Parse(rest); err != nil {
 			return err
 		}
@@ -129,7 +131,10 @@ func CLI(ctx context.Context, args []string, stdout io.Writer) error {
 		if err != nil {
 			return err
 		}
-		return Down(context.WithoutCancel(ctx), cfg, project)
+		// SIGINT or SIGTERM (ctx) ends the wait too.
+		dctx, cancel := context.WithTimeout(ctx, *timeout)
+		defer cancel()
+		return Down(dctx, cfg, project)
 	default:
 		fs.Usage()
 		return fmt.Errorf("unknown command %q", cmd)

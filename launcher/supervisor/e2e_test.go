@@ -1239,3 +1239,68 @@ func TestSharedBridgeRefused(t *testing.T) {
 		t.Errorf("bridge %s addresses after the refused project: %v", e.bridge, addrs)
 	}
 }
+
+// TestDownDuringSlowStop: `down` waiting for a launcher that is still stopping (an app
+// that ignores SIGTERM, 30s stop_grace_period) gives up at once on SIGTERM; and when that
+// launcher dies before it has finished, the `down` waiting for it removes what is left and
+// succeeds, instead of returning with the pods still there.
+func TestDownDuringSlowStop(t *testing.T) {
+	e := newEnv(t)
+	before := podtest.Leftovers(t, e.project, e.bridge)
+	file := e.compose(`  slow:
+    command: [APP, -listen, "127.0.0.1:8080", -ignore-term]
+    stop_grace_period: 30s
+`)
+	launcher := e.start(file)
+	e.waitFor("slow-1", 60*time.Second, func(r supervisor.Row) bool { return r.State == "running" })
+	var out1 bytes.Buffer
+	down1 := exec.Command(e.bin, e.args("down", "-p", e.project)...)
+	down1.Stdout, down1.Stderr = &out1, &out1
+	if err := down1.Start(); err != nil {
+		t.Fatal(err)
+	}
+	e.waitFor("slow-1", 10*time.Second, func(r supervisor.Row) bool { return r.State == "stopping" })
+	if err := down1.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- down1.Wait() }()
+	select {
+	case err := <-exited:
+		if err == nil {
+			t.Errorf("down cut short by SIGTERM succeeded:\n%s", out1.String())
+		}
+	case <-time.After(5 * time.Second):
+		_ = down1.Process.Kill()
+		<-exited
+		t.Fatalf("down ignored SIGTERM for 5s:\n%s", out1.String())
+	}
+
+	var out2 bytes.Buffer
+	down2 := exec.Command(e.bin, e.args("down", "-p", e.project)...)
+	down2.Stdout, down2.Stderr = &out2, &out2
+	if err := down2.Start(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(500 * time.Millisecond) // down2 has asked, and waits
+	if err := launcher.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	waitExit(t, launcher)
+	done := make(chan error, 1)
+	go func() { done <- down2.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("down after its launcher died mid-stop: %v\n%s", err, out2.String())
+		}
+	case <-time.After(30 * time.Second):
+		_ = down2.Process.Kill()
+		<-done
+		t.Fatalf("down did not return within 30s of its launcher's death:\n%s", out2.String())
+	}
+	after := podtest.Leftovers(t, e.project, e.bridge)
+	if strings.Join(before, "\n") != strings.Join(after, "\n") {
+		t.Errorf("left behind when the launcher died while stopping:\n%s\ndown said:\n%s", strings.Join(after, "\n"), out2.String())
+	}
+}

@@ -649,47 +649,59 @@ func Running(cfg Config, project string) bool {
 }
 
 // Down stops the project: through the running launcher when there is one (waiting for it
-// to finish), otherwise by removing whatever a killed launcher left.
+// to finish), otherwise by removing whatever a killed launcher left. A launcher that dies
+// while it stops leaves its state file: Down then removes what is left itself. Down gives
+// up when ctx ends (the launcher goes on stopping).
 func Down(ctx context.Context, cfg Config, project string) error {
 	cfg.withDefaults()
 	dir := projectDir(cfg, project)
 	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
 		return nil
 	}
-	lock, err := lockProject(dir)
-	if errors.Is(err, ErrRunning) {
-		running, _ := readState(filepath.Join(dir, "state.json"))
-		if err := controlDo(ctx, dir, http.MethodPost, "/down", nil); err != nil {
-			return err
-		}
-		// The launcher releases the lock when it has stopped everything, then exits.
-		t := time.NewTicker(50 * time.Millisecond)
-		defer t.Stop()
-		for {
-			if l, err := lockProject(dir); err == nil {
-				l.Close()
+	statePath := filepath.Join(dir, "state.json")
+	var running State
+	asked := false
+	t := time.NewTicker(50 * time.Millisecond)
+	defer t.Stop()
+	for {
+		lock, err := lockProject(dir)
+		if err == nil {
+			defer lock.Close()
+			if asked {
+				// The launcher releases the lock when it has stopped everything, then exits.
 				waitExited(ctx, running.Pid, 10*time.Second)
+			}
+			st, err := readState(statePath)
+			if errors.Is(err, os.ErrNotExist) {
 				return nil
 			}
-			select {
-			case <-ctx.Done():
-				return fmt.Errorf("supervisor: waiting for the launcher of %s to stop: %w", project, ctx.Err())
-			case <-t.C:
+			if err != nil {
+				return err
 			}
+			if asked {
+				cfg.Logf("the launcher of %s (pid %d) ended before it had removed everything; removing the rest", project, running.Pid)
+			}
+			return cleanup(ctx, cfg, st)
+		}
+		if !errors.Is(err, ErrRunning) {
+			return err
+		}
+		if !asked {
+			running, _ = readState(statePath)
+			if err := controlDo(ctx, dir, http.MethodPost, "/down", nil); err != nil {
+				if ctx.Err() != nil || Running(cfg, project) {
+					return err
+				}
+				continue // it has just ended: its lock is free
+			}
+			asked = true
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("supervisor: waiting for the launcher of %s to stop: %w", project, ctx.Err())
+		case <-t.C:
 		}
 	}
-	if err != nil {
-		return err
-	}
-	defer lock.Close()
-	st, err := readState(filepath.Join(dir, "state.json"))
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	return cleanup(ctx, cfg, st)
 }
 
 // waitExited waits, at most d, until process pid has exited (gone, or a zombie its parent
