@@ -11,8 +11,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"time"
 	"syscall"
+	"time"
 
 	"github.com/podmesh/podmesh/launcher/compose"
 	"github.com/podmesh/podmesh/launcher/initproc"
