@@ -22,6 +22,8 @@ type State struct {
 	Network netns.Network     `json:"network"`
 	Bridge  netns.BridgeState `json:"bridge"`
 	Cgroup  string            `json:"cgroup"` // directory under the launcher's cgroup holding the pods
+	// CgroupDirs are that directory's absolute paths, one per cgroup hierarchy.
+	CgroupDirs []string `json:"cgroup_dirs,omitempty"`
 	// Registry is the registry process the launcher started, if any.
 	Registry *RegistryProc `json:"registry,omitempty"`
 	// RegistryURL is where the pods were registered, and Instances their IDs, so cleanup

@@ -88,7 +88,9 @@ func DefaultRegistryArgs(addr, dataDir string) []string {
 
 // CgroupSystem hands out the cgroups of one project.
 type CgroupSystem interface {
-	Project(name string) (ProjectCgroups, error)
+	// Project opens the project's pod cgroups: under dirs when given (ProjectCgroups.Dirs
+	// of an earlier launcher, recorded in its state), else under this process's cgroup.
+	Project(name string, dirs []string) (ProjectCgroups, error)
 }
 
 // ProjectCgroups are the pod cgroups of one project.
@@ -96,6 +98,8 @@ type ProjectCgroups interface {
 	pod.Cgroups
 	// Cleanup kills the processes of every pod cgroup of the project and removes them.
 	Cleanup(ctx context.Context) error
+	// Dirs are the absolute directories holding the project's pods, one per hierarchy.
+	Dirs() []string
 	Close() error
 }
 
@@ -256,8 +260,13 @@ func (s *Supervisor) start(ctx context.Context) error {
 	if s.cfg.Cgroups == nil {
 		return errors.New("supervisor: no cgroup system configured")
 	}
-	if s.cg, err = s.cfg.Cgroups.Project(CgroupName(p.Name)); err != nil {
+	if s.cg, err = s.cfg.Cgroups.Project(CgroupName(p.Name), nil); err != nil {
 		return fmt.Errorf("supervisor: cgroups: %w", err)
+	}
+	// Where they are, absolutely, before any is created: a `down` run from another cgroup
+	// than this launcher's finds them there.
+	if err := s.state.update(func(st *State) { st.CgroupDirs = s.cg.Dirs() }); err != nil {
+		return err
 	}
 	regURL := s.cfg.RegistryURL
 	if regURL == "" {
@@ -554,7 +563,7 @@ func removeState(dir string) {
 func cleanup(ctx context.Context, cfg Config, st State) error {
 	var errs []error
 	if cfg.Cgroups != nil && st.Cgroup != "" {
-		cg, err := cfg.Cgroups.Project(st.Cgroup)
+		cg, err := cfg.Cgroups.Project(st.Cgroup, st.CgroupDirs)
 		if err == nil {
 			err = cg.Cleanup(ctx)
 			cg.Close()
