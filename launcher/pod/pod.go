@@ -246,10 +246,10 @@ func (p *Pod) Run(ctx context.Context) error {
 		if err := p.to(Starting); err != nil {
 			return err
 		}
-		began := p.cfg.Clock.Now()
 		run, err := p.start(ctx)
 		var failed bool
 		var why string
+		var ran time.Duration // since the app's exec: a start that failed did not run
 		if err != nil {
 			if ctx.Err() != nil {
 				break
@@ -262,8 +262,10 @@ func (p *Pod) Run(ctx context.Context) error {
 			p.cfg.Logf("pod %s: start: %v", p.name, err)
 			p.logApp.Notef("start failed: %v", err)
 		} else {
+			execAt := p.cfg.Clock.Now() // start returns once the app has exec'd
 			_ = p.to(Running)
 			failed, why = p.supervise(ctx, run)
+			ran = p.cfg.Clock.Now().Sub(execAt)
 			if ctx.Err() != nil {
 				_ = p.to(Stopping)
 				p.stopRun(run)
@@ -275,7 +277,7 @@ func (p *Pod) Run(ctx context.Context) error {
 			p.stopRun(run)
 		}
 		p.update(func() { p.lastExit = why })
-		restart, wait := r.next(failed, p.cfg.Clock.Now().Sub(began))
+		restart, wait := r.next(failed, ran)
 		if !restart {
 			_ = p.to(Exited)
 			p.logApp.Notef("not restarting (restart_policy %s, %d restarts)", p.cfg.Service.Restart.Condition, r.attempts)
@@ -664,6 +666,7 @@ func (p *Pod) supervise(ctx context.Context, r *run) (failed bool, why string) {
 				return true, "app unhealthy: " + res.output
 			}
 		case <-ttl.C:
+			p.noteOOMs(r)
 			if registered {
 				s, out := status()
 				if err := p.cfg.Registry.SetHealth(ctx, p.name, s, out); err != nil {
@@ -672,6 +675,35 @@ func (p *Pod) supervise(ctx context.Context, r *run) (failed bool, why string) {
 			}
 		}
 	}
+}
+
+// noteOOMs counts the OOM kills in the pod that ended neither the app nor the sidecar (a
+// worker the app forked, a health check): they are recorded, and move the run's baseline,
+// so a later SIGKILL of the app by anyone else is not taken for an OOM kill.
+func (p *Pod) noteOOMs(r *run) {
+	st, err := p.cg.Stats()
+	if err != nil || st.OOMKills <= r.ooms {
+		return
+	}
+	// The app or the sidecar may be the one killed, its exit not yet reported by init:
+	// then its exit tells (oomKilled).
+	var sidecarDone <-chan struct{}
+	if r.sidecar != nil {
+		sidecarDone = r.sidecar.Done()
+	}
+	t := time.NewTimer(200 * time.Millisecond)
+	defer t.Stop()
+	select {
+	case <-r.app.Done():
+		return
+	case <-sidecarDone:
+		return
+	case <-t.C:
+	}
+	n := st.OOMKills - r.ooms
+	r.ooms = st.OOMKills
+	p.update(func() { p.ooms += int(n) })
+	p.logApp.Notef("OOM killer: %d process(es) of the pod killed (memory limit %d bytes); the app goes on", n, p.cfg.Service.Limits.MemoryBytes)
 }
 
 // oomKilled reports (and records) whether a SIGKILLed process of the run was the kernel's

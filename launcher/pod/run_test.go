@@ -360,3 +360,54 @@ func TestHealthcheckLeavesAProcess(t *testing.T) {
 		t.Errorf("the pod took %v to stop", d)
 	}
 }
+
+// cgroupOf is the fake cgroup of the pod p.
+func (e *podEnv) cgroupOf(p *Pod) *fakeCgroup {
+	e.cgroups.mu.Lock()
+	defer e.cgroups.mu.Unlock()
+	return e.cgroups.pods[netns.PinName(e.project, p.cfg.Service.Name, p.cfg.Replica)]
+}
+
+// TestOOMOfAnotherProcess: an OOM kill in the pod that the app survives (a worker it
+// forked) is counted as it happens; a later SIGKILL of the app by someone else is then
+// reported as that, not as the app being OOM-killed.
+func TestOOMOfAnotherProcess(t *testing.T) {
+	e := newPodEnv(t)
+	svc := &compose.Service{Name: "oom", StopGracePeriod: time.Second,
+		Restart: compose.RestartPolicy{Condition: compose.RestartNone}}
+	p := e.pod(svc, "", nil)
+	svc.Command = []string{e.program(fakeApp)}
+	e.run(p)
+	info := waitFor(t, p, 10*time.Second, "running", func(i Info) bool { return i.Status == Running && i.Pid > 0 })
+	e.cgroupOf(p).setOOMKills(1) // a worker of the app was OOM-killed
+	waitFor(t, p, 5*time.Second, "counting the worker's OOM kill", func(i Info) bool { return i.OOMKills == 1 })
+	if err := syscall.Kill(info.Pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	got := waitFor(t, p, 10*time.Second, "exited", func(i Info) bool { return i.Status == Exited })
+	if got.LastExit != "app killed by SIGKILL" || got.OOMKills != 1 {
+		t.Errorf("after a worker's OOM kill and a SIGKILL of the app: last exit %q, OOM kills %d; want the SIGKILL, 1", got.LastExit, got.OOMKills)
+	}
+}
+
+// TestBackoffFromAppExec: a start that fails (a sidecar never ready, after ReadyTimeout)
+// did not run, however long it took: the backoff keeps growing instead of starting over
+// because the failed attempt lasted longer than the restart window.
+func TestBackoffFromAppExec(t *testing.T) {
+	e := newPodEnv(t)
+	svc := &compose.Service{Name: "unready", StopGracePeriod: time.Second, Mesh: compose.Mesh{Port: 8080},
+		Restart: compose.RestartPolicy{Condition: compose.RestartAny, Delay: 20 * time.Millisecond, Window: 50 * time.Millisecond}}
+	p := e.pod(svc, fakeSidecarUnready, func(c *Config) { c.ReadyTimeout = 150 * time.Millisecond })
+	svc.Command = []string{e.program(fakeApp)}
+	e.run(p)
+	waitFor(t, p, 20*time.Second, "restarted 4 times", func(i Info) bool { return i.Restarts >= 4 })
+	var waits []string
+	for _, line := range strings.Split(readLog(p, "app"), "\n") {
+		if _, w, ok := strings.Cut(line, "restarting in "); ok {
+			waits = append(waits, w)
+		}
+	}
+	if len(waits) < 3 || waits[0] != "20ms" || waits[1] != "40ms" || waits[2] != "80ms" {
+		t.Errorf("waits between failed starts %v; want 20ms, 40ms, 80ms", waits)
+	}
+}
