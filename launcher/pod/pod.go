@@ -671,6 +671,10 @@ func (p *Pod) supervise(ctx context.Context, r *run) (failed bool, why string) {
 				s, out := status()
 				if err := p.cfg.Registry.SetHealth(ctx, p.name, s, out); err != nil {
 					p.cfg.Logf("pod %s: update TTL: %v", p.name, err)
+					if errors.Is(err, ErrNotRegistered) && s == "passing" {
+						// A registry restarted without the instance: register again.
+						registered = p.register(ctx)
+					}
 				}
 			}
 		}

@@ -185,7 +185,7 @@ func (r *fakeRegistry) SetHealth(_ context.Context, id, status, _ string) error 
 	if r.failTTL > 0 {
 		r.failTTL--
 		r.events = append(r.events, "ttl-failed "+id)
-		return fmt.Errorf("pod: set %s %s: Unexpected response code: 404 (Unknown check ID %q)", CheckID(id), status, CheckID(id))
+		return fmt.Errorf("pod: set %s %s: %w: Unexpected response code: 404 (Unknown check ID %q)", CheckID(id), status, ErrNotRegistered, CheckID(id))
 	}
 	r.events = append(r.events, "ttl "+id+" "+status)
 	return nil
@@ -410,4 +410,32 @@ func TestBackoffFromAppExec(t *testing.T) {
 	if len(waits) < 3 || waits[0] != "20ms" || waits[1] != "40ms" || waits[2] != "80ms" {
 		t.Errorf("waits between failed starts %v; want 20ms, 40ms, 80ms", waits)
 	}
+}
+
+// TestReregisterAfterRegistryLoss: when the registry no longer knows a healthy instance's
+// check (it was restarted without it: 404 Unknown check ID), the pod registers it again
+// instead of failing every TTL update from then on.
+func TestReregisterAfterRegistryLoss(t *testing.T) {
+	e := newPodEnv(t)
+	svc := &compose.Service{Name: "reg", StopGracePeriod: time.Second, Mesh: compose.Mesh{Port: 8080},
+		Restart: compose.RestartPolicy{Condition: compose.RestartNone}}
+	p := e.pod(svc, fakeSidecar, nil)
+	svc.Command = []string{e.program(fakeApp)}
+	e.run(p)
+	waitFor(t, p, 10*time.Second, "healthy", isHealthy)
+	testutil.Eventually(t, 5*time.Second, 10*time.Millisecond, func() error {
+		if n := e.reg.count("register "); n != 1 {
+			return fmt.Errorf("%d registrations", n)
+		}
+		return nil
+	})
+	e.reg.mu.Lock()
+	e.reg.failTTL = 1
+	e.reg.mu.Unlock()
+	testutil.Eventually(t, 5*time.Second, 10*time.Millisecond, func() error {
+		if n := e.reg.count("register "); n != 2 {
+			return fmt.Errorf("%d registrations after the registry lost the instance", n)
+		}
+		return nil
+	})
 }
