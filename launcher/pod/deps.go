@@ -1,8 +1,8 @@
 package pod
 
 import (
-	"errors"
 	"context"
+	"errors"
 	"time"
 
 	"github.com/podmesh/podmesh/launcher/compose"
