@@ -116,13 +116,15 @@ type Supervisor struct {
 	state   *stateFile
 	cg      ProjectCgroups
 
-	bridgeLock  *os.File // netns.LockBridge, held until teardown ends
-	registry    *registryProc
-	relay       *relay
-	relayAddr   netip.AddrPort // where pods reach the relay; invalid without a registry
-	regClient   pod.Registry
-	registryURL string // as pods see it
-	hostReg     string // as the host sees it (the ingress)
+	bridgeLock   *os.File      // netns.LockBridge, held until teardown ends
+	registry     *registryProc // guarded by mu: superviseRegistry replaces it
+	regWatch     chan struct{} // closed when superviseRegistry has returned
+	stopRegWatch context.CancelFunc
+	relay        *relay
+	relayAddr    netip.AddrPort // where pods reach the relay; invalid without a registry
+	regClient    pod.Registry
+	registryURL  string // as pods see it
+	hostReg      string // as the host sees it (the ingress)
 
 	ingress     *ingress // nil: nothing exposed
 	stopIngress context.CancelFunc
@@ -279,10 +281,21 @@ func (s *Supervisor) start(ctx context.Context) error {
 		if _, err := os.Stat(s.cfg.RegistryBin); err != nil {
 			return fmt.Errorf("supervisor: meshed services need a registry: no registry program (%w); build it (make build) or give -registry-bin PATH or -registry URL", err)
 		}
-		if s.registry, err = startRegistry(ctx, s.cfg, s.dir, s.state, p.Mesh.DefaultPolicy); err != nil {
+		reg, err := startRegistry(ctx, s.cfg, s.dir, s.state, p.Mesh.DefaultPolicy, "")
+		if err != nil {
 			return err
 		}
-		regURL = "http://" + s.registry.addr
+		s.mu.Lock()
+		s.registry = reg
+		s.mu.Unlock()
+		regURL = "http://" + reg.addr
+		wctx, cancel := context.WithCancel(context.WithoutCancel(ctx)) // teardown ends it
+		s.regWatch = make(chan struct{})
+		s.stopRegWatch = cancel
+		go func() {
+			defer close(s.regWatch)
+			s.superviseRegistry(wctx, p.Mesh.DefaultPolicy)
+		}()
 	}
 	if regURL != "" {
 		s.hostReg = regURL
@@ -516,8 +529,15 @@ func (s *Supervisor) teardown() error {
 			_ = s.state.update(func(st *State) { st.Intentions = nil })
 		}
 	}
-	if s.registry != nil {
-		if err := s.registry.stop(); err != nil {
+	if s.stopRegWatch != nil {
+		s.stopRegWatch()
+		<-s.regWatch
+	}
+	s.mu.Lock()
+	reg := s.registry
+	s.mu.Unlock()
+	if reg != nil {
+		if err := reg.stop(); err != nil {
 			errs = append(errs, err)
 		}
 	}
