@@ -439,3 +439,48 @@ func TestReregisterAfterRegistryLoss(t *testing.T) {
 		return nil
 	})
 }
+
+// TestSidecarRestartsAlone: a SIGKILLed sidecar is restarted on its own, the app keeps
+// running (same pid, no restart counted), even with restart_policy none; the instance is
+// passing again once the new sidecar is ready.
+func TestSidecarRestartsAlone(t *testing.T) {
+	e := newPodEnv(t)
+	svc := &compose.Service{Name: "side", StopGracePeriod: time.Second, Mesh: compose.Mesh{Port: 8080},
+		Restart: compose.RestartPolicy{Condition: compose.RestartNone}}
+	p := e.pod(svc, fakeSidecar, nil)
+	svc.Command = []string{e.program(fakeApp)}
+	e.run(p)
+	before := waitFor(t, p, 10*time.Second, "healthy", isHealthy)
+	cg := e.cgroupOf(p)
+	old := cg.last("sidecar")
+	if old == 0 {
+		t.Fatal("no sidecar placed in the pod's cgroup")
+	}
+	if err := syscall.Kill(old, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 10*time.Second, 10*time.Millisecond, func() error {
+		if n := cg.last("sidecar"); n == old {
+			return fmt.Errorf("no new sidecar yet")
+		}
+		if !strings.Contains(readLog(p, "sidecar"), "restarted, pid") {
+			return fmt.Errorf("the new sidecar is not ready yet")
+		}
+		return nil
+	})
+	after := p.Info()
+	if after.Status != Running || after.Pid != before.Pid || after.Restarts != 0 {
+		t.Errorf("after the sidecar's restart: %+v; want the app still running as pid %d, no restart", after, before.Pid)
+	}
+	if syscall.Kill(before.Pid, 0) != nil {
+		t.Errorf("the app %d died with its sidecar", before.Pid)
+	}
+	testutil.Eventually(t, 5*time.Second, 10*time.Millisecond, func() error {
+		e.reg.mu.Lock()
+		defer e.reg.mu.Unlock()
+		if n := len(e.reg.events); n == 0 || e.reg.events[n-1] != "ttl side-1 passing" {
+			return fmt.Errorf("the instance is not passing again")
+		}
+		return nil
+	})
+}
