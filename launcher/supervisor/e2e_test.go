@@ -1018,6 +1018,10 @@ func TestDetached(t *testing.T) {
 	if _, err := fmt.Sscan(string(b), &pid); err != nil || syscall.Kill(pid, 0) != nil {
 		t.Fatalf("pid file %q: no running launcher (%v)", b, err)
 	}
+	// "started" means the pods have started, not that they are about to.
+	if rows := e.ps(); len(rows) != 1 || rows[0].State != "running" {
+		t.Errorf("right after up -d: %+v; want web-1 running", rows)
+	}
 	e.waitFor("web-1", 60*time.Second, healthy)
 	if out, err := e.run("ps", "-f", file); err != nil || !strings.Contains(out, "healthy") {
 		t.Errorf("ps -f: %v\n%s", err, out)

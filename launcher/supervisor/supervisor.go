@@ -215,10 +215,37 @@ func Up(ctx context.Context, cfg Config, project *compose.Project, ready func(er
 		ready(err)
 		return err
 	}
+	s.waitStarted(ctx, startedWait)
 	ready(nil)
 	<-ctx.Done()
 	cfg.Logf("stopping %s", project.Name)
 	return nil
+}
+
+// startedWait bounds how long `up` waits, before it reports the project started, for every
+// pod to have been through its first start (a dependency never healthy must not hold it).
+const startedWait = 60 * time.Second
+
+// waitStarted waits until every pod has been through its first start (running, exited or
+// backing off after a failed start), at most d.
+func (s *Supervisor) waitStarted(ctx context.Context, d time.Duration) {
+	ctx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
+	s.mu.Lock()
+	services := s.services
+	s.mu.Unlock()
+	var waiting []string
+	for _, sv := range services {
+		for _, p := range sv.pods {
+			err := p.WaitFor(ctx, func(i pod.Info) bool { return i.Status != pod.Created && i.Status != pod.Starting })
+			if err != nil {
+				waiting = append(waiting, p.Name())
+			}
+		}
+	}
+	if len(waiting) > 0 && ctx.Err() != nil && !errors.Is(ctx.Err(), context.Canceled) {
+		s.cfg.Logf("still starting after %v: %s", d, strings.Join(waiting, ", "))
+	}
 }
 
 // start records the state and creates the shared pieces: bridge, cgroup, registry, relay.
@@ -573,7 +600,7 @@ func removeState(dir string) {
 	_ = os.RemoveAll(filepath.Join(dir, "pods"))
 	_ = os.RemoveAll(filepath.Join(dir, "registry"))
 	_ = os.RemoveAll(filepath.Join(dir, "ingress"))
-	for _, f := range []string{"state.json", "control.sock"} {
+	for _, f := range []string{"state.json", "state.json.tmp", "control.sock"} {
 		_ = os.Remove(filepath.Join(dir, f))
 	}
 }
