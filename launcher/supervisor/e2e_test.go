@@ -942,6 +942,12 @@ func TestOwnRegistry(t *testing.T) {
 	// A request crosses the ingress and two sidecars.
 	throughIngress(t, expose, "hello from catalog-1\n via frontend-1")
 
+	// The registry's output goes through the pods' log files (size-rotated), line by line.
+	regLog := readFile(t, filepath.Join(e.logDir, e.project, "registry.log"))
+	if first, _, _ := strings.Cut(regLog, "\n"); !strings.Contains(first, " stderr ") && !strings.Contains(first, " stdout ") {
+		t.Errorf("registry.log does not hold timestamped stream lines: %q", first)
+	}
+
 	// The registry dies: the launcher restarts it on the same address, the instances are
 	// passing there again, and requests go on crossing the mesh.
 	if err := syscall.Kill(st.Registry.Pid, syscall.SIGKILL); err != nil {
