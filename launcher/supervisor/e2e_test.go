@@ -241,6 +241,7 @@ type env struct {
 	stateDir string
 	logDir   string
 	reg      *registry
+	launcher int // pid of the `up` process start ran, 0 before
 	project  string
 	bridge   string
 	subnet   netip.Prefix
@@ -300,6 +301,7 @@ func (e *env) start(file string) *exec.Cmd {
 	if err := cmd.Start(); err != nil {
 		e.t.Fatal(err)
 	}
+	e.launcher = cmd.Process.Pid
 	e.t.Cleanup(func() {
 		if cmd.ProcessState == nil {
 			_ = cmd.Process.Signal(syscall.SIGTERM)
@@ -352,6 +354,11 @@ func (e *env) waitFor(name string, timeout time.Duration, cond func(supervisor.R
 	e.t.Helper()
 	var last supervisor.Row
 	testutil.Eventually(e.t, timeout, 20*time.Millisecond, func() error {
+		// A launcher that has exited (a zombie until the test reaps it) will not get there:
+		// say so now rather than after the whole timeout.
+		if e.launcher > 0 && exited(e.launcher) {
+			e.t.Fatalf("waiting for pod %s: the launcher (pid %d) has exited; last seen %+v", name, e.launcher, last)
+		}
 		for _, r := range e.ps() {
 			if r.Name == name {
 				last = r
@@ -364,6 +371,16 @@ func (e *env) waitFor(name string, timeout time.Duration, cond func(supervisor.R
 		return fmt.Errorf("pod %s not listed", name)
 	})
 	return last
+}
+
+// exited reports whether process pid is gone or a zombie.
+func exited(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return true
+	}
+	i := strings.LastIndexByte(string(b), ')')
+	return i >= 0 && strings.HasPrefix(string(b[i:]), ") Z")
 }
 
 func healthy(r supervisor.Row) bool { return r.State == "running" && r.Health == pod.HealthHealthy }
