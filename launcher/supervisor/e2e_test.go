@@ -876,7 +876,19 @@ func TestTrafficDuringRestart(t *testing.T) {
 	}
 	t.Logf("%d failed requests around the restart", len(failures))
 	if !restarted || seen["catalog-1"] < 5 || seen["catalog-2"] < 5 {
-		t.Fatalf("after the restart: restarted %v, served by %v; failures %v", restarted, seen, failures)
+		if m, err := cgroups.New(cgroups.Config{Name: supervisor.CgroupName(e.project)}); err == nil {
+			if cg, err := m.Open(netns.PinName(e.project, "catalog", 1)); err == nil {
+				pids, _ := cg.MemberPids(cgroups.Sidecar)
+				for _, pid := range pids {
+					_ = syscall.Kill(pid, syscall.SIGQUIT)
+				}
+				t.Logf("SIGQUIT to catalog-1's sidecar %v (goroutine dump in its log below)", pids)
+				time.Sleep(time.Second)
+			}
+		}
+		app, _ := os.ReadFile(filepath.Join(e.logDir, e.project, "catalog-1", "app.log"))
+		side, _ := os.ReadFile(filepath.Join(e.logDir, e.project, "catalog-1", "sidecar.log"))
+		t.Fatalf("after the restart: restarted %v, served by %v; failures %v\ncatalog-1 app.log:\n%s\nsidecar.log:\n%s", restarted, seen, failures, app, side)
 	}
 	if after := e.waitFor("catalog-1", time.Second, healthy); after.Addr != victim.Addr {
 		t.Errorf("catalog-1 moved from %v to %v", victim.Addr, after.Addr)
