@@ -30,7 +30,7 @@ type Config struct {
 	Service   string            `yaml:"service" json:"service"`     // the local service's registry name
 	ID        string            `yaml:"id" json:"id"`               // instance ID; default SERVICE-HOST-PORT of the advertised inbound
 	Protocol  string            `yaml:"protocol" json:"protocol"`   // what the app speaks: tcp (default), http, http2, grpc
-	Inbound   string            `yaml:"inbound" json:"inbound"`     // listener for peer sidecars, host:port
+	Inbound   string            `yaml:"inbound" json:"inbound"`     // listener for peer sidecars, host:port; with app, or neither (outbound only)
 	Advertise string            `yaml:"advertise" json:"advertise"` // address registered for the inbound; default its host
 	App       string            `yaml:"app" json:"app"`             // the app's host:port inside the pod
 	Admin     string            `yaml:"admin" json:"admin"`         // /ready /live /config /metrics; default 127.0.0.1:19000
@@ -220,13 +220,17 @@ func (c Config) withDefaults(getenv func(string) string) Config {
 		c.Registry = "http://" + c.Registry
 	}
 	if c.Register == nil {
-		t := c.Service != ""
+		// An outbound-only sidecar (no inbound) has nothing to register.
+		t := c.Service != "" && c.Inbound != ""
 		c.Register = &t
 	}
 	if c.Advertise == "" && c.Inbound != "" {
 		if h, _, err := net.SplitHostPort(c.Inbound); err == nil && h != "" && h != "0.0.0.0" && h != "::" {
 			c.Advertise = h
 		}
+	}
+	if c.ID == "" && c.Service != "" && c.Inbound == "" {
+		c.ID = c.Service // outbound only: never registered, the ID only names it in logs
 	}
 	if c.ID == "" && c.Service != "" {
 		_, port, _ := net.SplitHostPort(c.Inbound)
@@ -321,6 +325,14 @@ func fieldErr(field string, value any, problem string) error {
 	return fmt.Errorf("%s: %q: %s", field, fmt.Sprint(value), problem)
 }
 
+// A sidecar has one of three shapes:
+//
+//   - service, inbound and app: it serves the app to peer sidecars (and calls upstreams);
+//   - service and upstreams, no inbound nor app: outbound only. The service name is its
+//     identity towards its upstreams (the name of its mutual TLS leaf); it opens no inbound
+//     listener, registers nothing and probes no app, and /ready still waits for its leaf
+//     and roots when TLS is on (the launcher's ingress, a pod without x-podmesh.port);
+//   - upstreams alone, with -tls=false: outbound only without an identity.
 var checks = []check{
 	{"something to do", func(c *Config) error {
 		if c.Service == "" && len(c.Upstreams) == 0 {
@@ -338,19 +350,26 @@ var checks = []check{
 		if !validName(c.Service) {
 			return fieldErr("service", c.Service, "want letters, digits, '-', '_' or '.'")
 		}
-		if c.Inbound == "" {
-			return fieldErr("inbound", "", "required with service")
+		switch {
+		case c.Inbound == "" && c.App == "" && len(c.Upstreams) == 0:
+			return fieldErr("inbound", "", "required with service (with app), unless the sidecar has upstreams and serves them only")
+		case c.Inbound == "" && c.App != "":
+			return fieldErr("inbound", "", "required with app")
+		case c.Inbound != "" && c.App == "":
+			return fieldErr("app", "", "required with inbound")
 		}
-		if c.App == "" {
-			return fieldErr("app", "", "required with service")
+		return nil
+	}},
+	{"register", func(c *Config) error {
+		if c.Service != "" && c.Inbound == "" && c.Register != nil && *c.Register {
+			return fieldErr("register", true, "an outbound-only sidecar (no inbound) has nothing to register")
 		}
 		return nil
 	}},
 	{"tls", func(c *Config) error {
-		// A sidecar with a service but no inbound is reported by the service check.
 		if c.TLS.On() && c.Service == "" && c.Inbound == "" && c.App == "" && len(c.Upstreams) > 0 {
 			return fieldErr("service", "", "required with tls (the sidecar's identity towards its upstreams): "+
-				"set -service with -inbound and -app, or -tls=false where no sidecar uses mTLS")
+				"set -service (an outbound-only sidecar needs no -inbound nor -app), or -tls=false where no sidecar uses mTLS")
 		}
 		return nil
 	}},
@@ -453,7 +472,13 @@ var checks = []check{
 	}},
 	{"upstreams", func(c *Config) error {
 		names := map[string]bool{}
-		listens := map[string]string{c.Inbound: "inbound", c.Admin: "admin", c.Metrics: "metrics"}
+		listens := map[string]string{c.Admin: "admin"}
+		if c.Inbound != "" {
+			listens[c.Inbound] = "inbound"
+		}
+		if c.Metrics != "" {
+			listens[c.Metrics] = "metrics"
+		}
 		for i, u := range c.Upstreams {
 			f := func(name string) string { return fmt.Sprintf("upstreams[%d].%s", i, name) }
 			if err := checkUpstream(u, f); err != nil {

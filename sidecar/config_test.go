@@ -83,7 +83,7 @@ func TestParseErrors(t *testing.T) {
 		want string
 	}{
 		{"nothing", nil, "config: service: nothing to do: set -service (with -inbound and -app) or at least one -upstream"},
-		{"service alone", []string{"-service", "web"}, "config: inbound: \"\": required with service"},
+		{"service alone", []string{"-service", "web"}, "config: inbound: \"\": required with service (with app), unless the sidecar has upstreams and serves them only"},
 		{"app without service", []string{"-app", "127.0.0.1:1", "-upstream", "a=127.0.0.1:2"}, "config: service: \"\": required with inbound and app"},
 		{"bad service name", []string{"-service", "we b", "-inbound", "127.0.0.1:1", "-app", "127.0.0.1:2"}, "config: service: \"we b\": want letters, digits, '-', '_' or '.'"},
 		{"upstream without =", []string{"-upstream", "db"}, "invalid value \"db\" for flag -upstream: \"db\": want NAME=LOCAL_ADDR"},
@@ -110,6 +110,68 @@ func TestParseErrors(t *testing.T) {
 				t.Errorf("Parse(%q)\n got: %v\nwant: %s", tc.args, err, tc.want)
 			}
 		})
+	}
+}
+
+// TestSidecarShapes: which combinations of service, inbound, app, upstreams and tls load,
+// and what an outbound-only sidecar (a service name for its identity, upstreams, no
+// inbound nor app) becomes: nothing registered, its service name as ID.
+func TestSidecarShapes(t *testing.T) {
+	up := []string{"-upstream", "db=127.0.0.1:5432"}
+	with := func(a ...[]string) []string {
+		var out []string
+		for _, x := range a {
+			out = append(out, x...)
+		}
+		return out
+	}
+	svc := []string{"-service", "web"}
+	in := []string{"-inbound", "127.0.0.1:21000"}
+	app := []string{"-app", "127.0.0.1:8080"}
+	for _, tc := range []struct {
+		name     string
+		args     []string
+		want     string // the error; "" for a valid configuration
+		register bool
+		id       string
+	}{
+		{"serving", with(svc, in, app), "", true, "web-127.0.0.1-21000"},
+		{"serving with upstreams", with(svc, in, app, up), "", true, "web-127.0.0.1-21000"},
+		{"outbound only", with(svc, up), "", false, "web"},
+		{"outbound only with metrics", with(svc, up, []string{"-metrics", "127.0.0.1:9102"}), "", false, "web"},
+		{"outbound only with an id", with(svc, up, []string{"-id", "web-7"}), "", false, "web-7"},
+		{"outbound only without tls or service", with(up, []string{"-tls=false"}), "", false, ""},
+		{"service alone", svc, "config: inbound: \"\": required with service (with app), unless the sidecar has upstreams and serves them only", false, ""},
+		{"inbound without app", with(svc, in, up), "config: app: \"\": required with inbound", false, ""},
+		{"app without inbound", with(svc, app, up), "config: inbound: \"\": required with app", false, ""},
+		{"outbound only asked to register", with(svc, up, []string{"-register=true"}), "config: register: \"true\": an outbound-only sidecar (no inbound) has nothing to register", false, ""},
+		{"upstreams with tls and no service", up, "config: service: \"\": required with tls (the sidecar's identity towards its upstreams): set -service (an outbound-only sidecar needs no -inbound nor -app), or -tls=false where no sidecar uses mTLS", false, ""},
+		{"outbound only listening on the admin address", with(svc, []string{"-upstream", "db=127.0.0.1:19000"}), "config: upstreams[0].listen: \"127.0.0.1:19000\": already used by admin", false, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := Parse(tc.args, env(), io.Discard)
+			if tc.want != "" {
+				if err == nil || err.Error() != tc.want {
+					t.Errorf("Parse(%q)\n got: %v\nwant: %s", tc.args, err, tc.want)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("Parse(%q): %v", tc.args, err)
+			}
+			if *c.Register != tc.register || c.ID != tc.id {
+				t.Errorf("Parse(%q): register %v, id %q; want %v, %q", tc.args, *c.Register, c.ID, tc.register, tc.id)
+			}
+		})
+	}
+	// The YAML the launcher writes for a pod without x-podmesh.port, and for its ingress.
+	c, err := LoadYAML([]byte("service: shop-ingress\nadmin: 127.0.0.1:0\nregistry: http://127.0.0.1:8500\nregister: false\n" +
+		"upstreams:\n  - {name: frontend, listen: '127.0.0.1:18080', protocol: http}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c = c.withDefaults(env()); c.Validate() != nil || *c.Register || c.Inbound != "" || c.App != "" {
+		t.Errorf("outbound-only YAML: %v, %+v", c.Validate(), c)
 	}
 }
 

@@ -72,7 +72,7 @@ func TestParseTLS(t *testing.T) {
 		want string
 	}{
 		{"upstream only with tls", []string{"-upstream", "db=127.0.0.1:1"},
-			"config: service: \"\": required with tls (the sidecar's identity towards its upstreams): set -service with -inbound and -app, or -tls=false where no sidecar uses mTLS"},
+			"config: service: \"\": required with tls (the sidecar's identity towards its upstreams): set -service (an outbound-only sidecar needs no -inbound nor -app), or -tls=false where no sidecar uses mTLS"},
 		{"bad value", append(svc, "-tls=maybe"), "invalid boolean value \"maybe\" for -tls: parse error"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

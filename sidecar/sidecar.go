@@ -251,7 +251,7 @@ func (s *Sidecar) build(life context.Context) error {
 	c := s.cfg
 	lim := c.Limits.proxy()
 	log := s.log
-	if c.Service != "" {
+	if c.Service != "" && c.Inbound != "" { // without an inbound: outbound only
 		in, err := proxy.NewInbound(life, proxy.InboundConfig{
 			Service: c.Service, Protocol: proxy.Protocol(c.Protocol), App: c.App,
 			MaxRequests: c.MaxRequests, Limits: lim, Security: s.sec, Metrics: s.metrics, Log: log,

@@ -710,3 +710,54 @@ func TestFakeLegacyWithoutPids(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestFakeBasesElsewhere: a Manager in another cgroup (a `down` run from another shell)
+// finds a launcher's pods only through the base directories that launcher reported, and
+// cleans them up; a recorded base outside every hierarchy is refused.
+func TestFakeBasesElsewhere(t *testing.T) {
+	h := newFakeV2(t, "4242\n")
+	if _, err := h.m.Create("a", Limits{}); err != nil {
+		t.Fatal(err)
+	}
+	bases := h.m.Bases()
+	if want := filepath.Join(h.root, "user.slice", "launcher.scope", "podmesh"); len(bases) != 1 || bases[0] != want {
+		t.Fatalf("Bases = %v; want [%s]", bases, want)
+	}
+	other := filepath.Join(h.root, "user.slice", "other.scope")
+	writeFiles(t, other, v2Files)
+	dir := t.TempDir()
+	mi, pc := filepath.Join(dir, "mountinfo"), filepath.Join(dir, "cgroup")
+	h.write(mi, fmt.Sprintf("33 25 0:28 / %s rw - cgroup2 cgroup2 rw\n", h.root))
+	h.write(pc, "0::/user.slice/other.scope\n")
+	open := func(bases []string) (*Manager, error) {
+		m, err := New(Config{Root: h.root, Fake: true, MountInfo: mi, ProcCgroup: pc, Bases: bases})
+		if err == nil {
+			t.Cleanup(func() { m.Close() })
+			m.kill = h.kill
+		}
+		return m, err
+	}
+	plain, err := open(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if names, err := plain.List(); err != nil || len(names) != 0 {
+		t.Fatalf("another cgroup's Manager without bases lists %v, %v", names, err)
+	}
+	m, err := open(bases)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if names, err := m.List(); err != nil || strings.Join(names, " ") != "a" {
+		t.Fatalf("with the recorded bases: List = %v, %v; want [a]", names, err)
+	}
+	if err := m.Cleanup(testContext(t)); err != nil {
+		t.Fatal(err)
+	}
+	if h.exists(bases[0]) {
+		t.Errorf("%s left after Cleanup", bases[0])
+	}
+	if _, err := open([]string{"/elsewhere/podmesh"}); err == nil {
+		t.Error("a base outside the hierarchies was accepted")
+	}
+}

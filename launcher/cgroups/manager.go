@@ -81,6 +81,11 @@ type Config struct {
 	// Fake treats Root as a plain directory tree standing in for cgroupfs (unit tests). ProcCgroup
 	// and MountInfo must then describe that tree.
 	Fake bool
+	// Bases are absolute base directories an earlier Manager reported (Bases), perhaps one
+	// of a launcher in another cgroup: each replaces the base of the hierarchy mounted above
+	// it, so its pods are found wherever this process runs. Hierarchies without one keep the
+	// base under this process's own cgroup.
+	Bases []string
 }
 
 func (c Config) withDefaults() Config {
@@ -175,11 +180,50 @@ func New(cfg Config) (*Manager, error) {
 	default:
 		err = fmt.Errorf("cgroups: no cgroup hierarchy mounted under %s", cfg.Root)
 	}
+	if err == nil {
+		err = m.useBases(cfg.Bases)
+	}
 	if err != nil {
 		fsys.close()
 		return nil, err
 	}
 	return m, nil
+}
+
+// useBases puts recorded base directories in place of the computed ones (Config.Bases).
+func (m *Manager) useBases(bases []string) error {
+	for _, b := range bases {
+		b = filepath.Clean(b)
+		var found *hierarchy
+		for _, h := range m.hiers {
+			if strings.HasPrefix(b, h.mount+"/") && (found == nil || len(h.mount) > len(found.mount)) {
+				found = h
+			}
+		}
+		if found == nil || !filepath.IsAbs(b) || !validName(filepath.Base(b)) {
+			return fmt.Errorf("cgroups: recorded base %s is in none of the hierarchies used (%s)", b, m.mounts())
+		}
+		found.base, found.own = b, filepath.Dir(b)
+	}
+	return nil
+}
+
+func (m *Manager) mounts() string {
+	var out []string
+	for _, h := range m.hiers {
+		out = append(out, h.mount)
+	}
+	return strings.Join(out, ", ")
+}
+
+// Bases are the absolute directories holding the pods, one per hierarchy used: what a later
+// Manager, perhaps in another process's cgroup, needs (Config.Bases) to find them.
+func (m *Manager) Bases() []string {
+	var out []string
+	for _, h := range m.hiers {
+		out = append(out, h.base)
+	}
+	return out
 }
 
 // ownDir maps the launcher's cgroup path (as /proc/self/cgroup shows it) to a directory.

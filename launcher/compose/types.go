@@ -33,7 +33,18 @@ type ProjectMesh struct {
 	Subnet   netip.Prefix // pod addresses; default 10.89.0.0/16
 	Bridge   string       // bridge interface name; default "podmesh0"
 	Registry string       // registry URL; "" = the launcher starts its own
+	// DefaultPolicy decides calls between services that no intention allows: "allow" (the
+	// default) or "deny". Under deny only the declared edges (x-podmesh.upstreams, and the
+	// ingress to its exposed services) are allowed: the launcher creates an allow intention
+	// for each, and starts its own registry with that default.
+	DefaultPolicy string
 }
+
+// Default intention policies (ProjectMesh.DefaultPolicy).
+const (
+	PolicyAllow = "allow"
+	PolicyDeny  = "deny"
+)
 
 // Service is one service of the project; each replica of it runs as its own pod.
 type Service struct {

@@ -32,12 +32,14 @@ type Init struct {
 	cmd  *exec.Cmd
 	conn *net.UnixConn
 
-	spawnMu sync.Mutex    // one spawn at a time: replies are matched by order
-	replies chan received // ready, spawned, error replies to the request in flight
+	spawnMu sync.Mutex // one spawn at a time: init may then replace an unreleased child of the same name
 
-	mu     sync.Mutex
-	procs  map[string]*Proc // live children by name
-	closed bool
+	mu      sync.Mutex
+	procs   map[string]*Proc // live children by name
+	closed  bool
+	seq     uint64
+	pending map[uint64]chan received // requests waiting for their reply, by Seq
+	gone    bool                     // the reader has stopped: no reply will come
 
 	done    chan struct{} // init has exited and been waited for
 	waitErr error
@@ -117,7 +119,7 @@ func Start(ctx context.Context, cfg Config) (*Init, error) {
 	in := &Init{
 		cmd:     cmd,
 		conn:    fc.(*net.UnixConn),
-		replies: make(chan received, 4),
+		pending: map[uint64]chan received{},
 		procs:   map[string]*Proc{},
 		done:    make(chan struct{}),
 		readErr: make(chan struct{}),
@@ -161,8 +163,8 @@ func (in *Init) wait() {
 	close(in.done)
 }
 
-// read dispatches init's messages: exits to their Proc, starts to their Proc, everything
-// else to the request in flight.
+// read dispatches init's messages: exits to their Proc, starts to their Proc, replies to
+// the request of the same Seq. A spawned child whose request was given up on is cancelled.
 func (in *Init) read() {
 	defer close(in.readErr)
 	buf := make([]byte, maxPacket)
@@ -170,16 +172,25 @@ func (in *Init) read() {
 	for {
 		r, err := recv(in.conn, buf, oob)
 		if err != nil {
-			close(in.replies)
+			in.mu.Lock()
+			in.gone = true
+			for seq, ch := range in.pending {
+				close(ch)
+				delete(in.pending, seq)
+			}
+			in.mu.Unlock()
 			return
 		}
 		closeAll(r.fds)
 		switch r.Event {
 		case evExited:
+			// Matched by pid too: a child given up on may share its name with a later one.
 			in.mu.Lock()
 			p := in.procs[r.Name]
 			if p != nil && p.PodPid == r.Pid {
 				delete(in.procs, r.Name)
+			} else {
+				p = nil
 			}
 			in.mu.Unlock()
 			if p != nil {
@@ -189,22 +200,54 @@ func (in *Init) read() {
 			in.mu.Lock()
 			p := in.procs[r.Name]
 			in.mu.Unlock()
-			if p != nil {
+			if p != nil && p.PodPid == r.Pid {
 				p.startE = r.Err
 				close(p.started)
 			}
 		default:
-			in.replies <- r
+			in.mu.Lock()
+			ch := in.pending[r.Seq]
+			delete(in.pending, r.Seq)
+			in.mu.Unlock()
+			if ch != nil {
+				ch <- r // buffered: never blocks
+			} else {
+				in.abandoned(r)
+			}
 		}
 	}
 }
 
+// abandoned handles a reply nobody waits for any more: a child spawned for a request given
+// up on waits, as a shim, for a release that will never come, holding the output
+// descriptors it was given. It is killed.
+func (in *Init) abandoned(r received) {
+	if r.Event == evSpawned {
+		_ = send(in.conn, message{Op: opCancel, Name: r.Name, Pid: r.Pid}, nil)
+	}
+}
+
+// request sends m with a new Seq and waits for init's reply to it. When ctx ends first the
+// request is given up on, and its reply, whenever it comes, is handled by abandoned.
 func (in *Init) request(ctx context.Context, m message, oob []byte) (received, error) {
+	ch := make(chan received, 1)
+	in.mu.Lock()
+	if in.gone {
+		in.mu.Unlock()
+		return received{}, errors.New("init exited")
+	}
+	in.seq++
+	m.Seq = in.seq
+	in.pending[m.Seq] = ch
+	in.mu.Unlock()
 	if err := send(in.conn, m, oob); err != nil {
+		in.mu.Lock()
+		delete(in.pending, m.Seq)
+		in.mu.Unlock()
 		return received{}, err
 	}
 	select {
-	case r, ok := <-in.replies:
+	case r, ok := <-ch:
 		if !ok {
 			return received{}, errors.New("init exited")
 		}
@@ -213,14 +256,32 @@ func (in *Init) request(ctx context.Context, m message, oob []byte) (received, e
 		}
 		return r, nil
 	case <-ctx.Done():
+		in.mu.Lock()
+		_, waiting := in.pending[m.Seq]
+		delete(in.pending, m.Seq)
+		in.mu.Unlock()
+		if !waiting {
+			// The reply was delivered just now: it is abandoned all the same.
+			if r, ok := <-ch; ok {
+				in.abandoned(r)
+			}
+		}
 		return received{}, ctx.Err()
 	}
 }
 
-// Spawn starts spec in the pod with stdout and stderr as its fds 1 and 2, calls place with
-// the new process's pid (in the launcher's namespace) while it is still waiting, and lets it
-// exec only when place succeeds. It returns once the exec has happened (or failed).
+// Spawn starts spec in the pod with stdout and stderr as its fds 1 and 2 (and /dev/null as
+// its stdin), calls place with the new process's pid (in the launcher's namespace) while it
+// is still waiting, and lets it exec only when place succeeds. It returns once the exec has
+// happened (or failed).
 func (in *Init) Spawn(ctx context.Context, spec Spec, stdout, stderr *os.File, place func(pid int) error) (*Proc, error) {
+	return in.SpawnStdin(ctx, spec, nil, stdout, stderr, place)
+}
+
+// SpawnStdin is Spawn with stdin as the program's fd 0 (nil: /dev/null). A file opened by
+// the launcher reaches a program that could not open it by its path (a directory on the
+// way it may not search): the sidecar reads its configuration from /dev/stdin.
+func (in *Init) SpawnStdin(ctx context.Context, spec Spec, stdin, stdout, stderr *os.File, place func(pid int) error) (*Proc, error) {
 	in.spawnMu.Lock()
 	defer in.spawnMu.Unlock()
 	in.mu.Lock()
@@ -229,7 +290,11 @@ func (in *Init) Spawn(ctx context.Context, spec Spec, stdout, stderr *os.File, p
 	if closed {
 		return nil, fmt.Errorf("initproc: spawn %s: %w", spec.Name, net.ErrClosed)
 	}
-	rights := unix.UnixRights(int(stdout.Fd()), int(stderr.Fd()))
+	fds := []int{int(stdout.Fd()), int(stderr.Fd())}
+	if stdin != nil {
+		fds = append(fds, int(stdin.Fd()))
+	}
+	rights := unix.UnixRights(fds...)
 	r, err := in.request(ctx, message{Op: opSpawn, Name: spec.Name, Spec: &spec}, rights)
 	if err != nil {
 		return nil, fmt.Errorf("initproc: spawn %s: %w", spec.Name, err)
@@ -243,11 +308,11 @@ func (in *Init) Spawn(ctx context.Context, spec Spec, stdout, stderr *os.File, p
 	in.mu.Unlock()
 	if place != nil {
 		if err := place(p.Pid); err != nil {
-			_ = send(in.conn, message{Op: opCancel, Name: spec.Name}, nil)
+			_ = send(in.conn, message{Op: opCancel, Name: spec.Name, Pid: r.Pid}, nil)
 			return nil, fmt.Errorf("initproc: place %s (pid %d): %w", spec.Name, p.Pid, err)
 		}
 	}
-	if err := send(in.conn, message{Op: opRelease, Name: spec.Name}, nil); err != nil {
+	if err := send(in.conn, message{Op: opRelease, Name: spec.Name, Pid: r.Pid}, nil); err != nil {
 		return nil, err
 	}
 	select {

@@ -69,6 +69,11 @@ func execSpec(spec Spec) error {
 	if err := dropPrivileges(spec.User); err != nil {
 		return fmt.Errorf("exec %s: %w", spec.Argv[0], err)
 	}
+	// The program gets its stdin, stdout and stderr, nothing else (fd 4, the status pipe,
+	// already closes at exec).
+	if err := CloseOnExecFrom(3); err != nil {
+		return fmt.Errorf("exec %s: mark descriptors close-on-exec: %w", spec.Argv[0], err)
+	}
 	if err := syscall.Exec(path, spec.Argv, spec.Env); err != nil {
 		return fmt.Errorf("exec %s: %w", path, err)
 	}

@@ -58,6 +58,12 @@ type initState struct {
 
 func runInit() int {
 	logger := log.New(os.Stderr, "init: ", log.LstdFlags|log.Lmicroseconds)
+	// Descriptors leaked to the launcher must not reach the pod's programs (fd 3, the control
+	// socket, is duplicated close-on-exec by FileConn below).
+	if err := CloseOnExecFrom(3); err != nil {
+		logger.Printf("mark inherited descriptors close-on-exec: %v", err)
+		return 1
+	}
 	f := os.NewFile(3, "control")
 	fc, err := net.FileConn(f)
 	f.Close()
@@ -103,20 +109,20 @@ func (s *initState) run() int {
 		switch r.Op {
 		case opSetup:
 			if r.Setup == nil {
-				s.send(message{Event: evError, Err: "setup without a body"}, nil)
+				s.send(message{Seq: r.Seq, Event: evError, Err: "setup without a body"}, nil)
 				continue
 			}
 			if err := setup(*r.Setup); err != nil {
-				s.send(message{Event: evError, Err: err.Error()}, nil)
+				s.send(message{Seq: r.Seq, Event: evError, Err: err.Error()}, nil)
 				continue
 			}
-			s.send(message{Event: evReady}, nil)
+			s.send(message{Seq: r.Seq, Event: evReady}, nil)
 		case opSpawn:
 			s.spawn(r)
 		case opRelease:
-			s.release(r.Name)
+			s.release(r.Name, r.Pid)
 		case opCancel:
-			s.signalChild(r.Name, syscall.SIGKILL)
+			s.cancel(r.Name, r.Pid)
 		case opSignal:
 			s.signalChild(r.Name, r.Signal)
 		case opShutdown:
@@ -169,7 +175,9 @@ func (s *initState) reap() {
 			continue
 		}
 		delete(s.children, pid)
-		delete(s.byName, c.name)
+		if s.byName[c.name] == c {
+			delete(s.byName, c.name)
+		}
 		c.close()
 		m := message{Event: evExited, Name: c.name, Pid: pid}
 		if ws.Signaled() {
@@ -198,10 +206,10 @@ func (c *child) close() {
 func (s *initState) spawn(r received) {
 	fail := func(err error) {
 		closeAll(r.fds)
-		s.send(message{Event: evError, Name: r.Name, Err: err.Error()}, nil)
+		s.send(message{Seq: r.Seq, Event: evError, Name: r.Name, Err: err.Error()}, nil)
 	}
-	if r.Spec == nil || len(r.fds) != 2 {
-		fail(fmt.Errorf("spawn %q: need a spec and 2 file descriptors, got %d", r.Name, len(r.fds)))
+	if r.Spec == nil || len(r.fds) < 2 || len(r.fds) > 3 {
+		fail(fmt.Errorf("spawn %q: need a spec and 2 or 3 file descriptors (stdout, stderr, stdin), got %d", r.Name, len(r.fds)))
 		return
 	}
 	spec, err := json.Marshal(r.Spec)
@@ -221,8 +229,11 @@ func (s *initState) spawn(r received) {
 		fail(err)
 		return
 	}
-	devnull, err := os.Open(os.DevNull)
-	if err != nil {
+	var stdin *os.File
+	if len(r.fds) == 3 {
+		stdin = os.NewFile(uintptr(r.fds[2]), "stdin")
+		r.fds = r.fds[:2]
+	} else if stdin, err = os.Open(os.DevNull); err != nil {
 		specR.Close()
 		specW.Close()
 		errR.Close()
@@ -232,17 +243,24 @@ func (s *initState) spawn(r received) {
 	}
 	attr := &syscall.ProcAttr{
 		Env:   os.Environ(), // the shim's own; the program gets Spec.Env
-		Files: []uintptr{devnull.Fd(), uintptr(r.fds[0]), uintptr(r.fds[1]), specR.Fd(), errW.Fd()},
+		Files: []uintptr{stdin.Fd(), uintptr(r.fds[0]), uintptr(r.fds[1]), specR.Fd(), errW.Fd()},
 		Sys:   &syscall.SysProcAttr{Setsid: true},
 	}
 	s.mu.Lock()
+	// A child of the same name that was never released was given up on by the launcher,
+	// which spawns one child at a time: its cancel may still be on the way. It goes now, so
+	// the name is free (it is reaped, and reported, as usual).
+	if c := s.byName[r.Spec.Name]; c != nil && !c.started && !s.stopping {
+		_ = syscall.Kill(c.pid, syscall.SIGKILL)
+		delete(s.byName, c.name)
+	}
 	if s.stopping || s.byName[r.Spec.Name] != nil {
 		s.mu.Unlock()
 		specR.Close()
 		specW.Close()
 		errR.Close()
 		errW.Close()
-		devnull.Close()
+		stdin.Close()
 		fail(fmt.Errorf("spawn %q: a child of that name is running or init is stopping", r.Spec.Name))
 		return
 	}
@@ -255,7 +273,7 @@ func (s *initState) spawn(r received) {
 	s.mu.Unlock()
 	specR.Close()
 	errW.Close()
-	devnull.Close()
+	stdin.Close()
 	closeAll(r.fds)
 	if err != nil {
 		specW.Close()
@@ -266,18 +284,20 @@ func (s *initState) spawn(r received) {
 	// The credentials name the child itself, so the launcher learns its pid in its own
 	// namespace from the kernel rather than from a number that means nothing there.
 	cred := unix.UnixCredentials(&unix.Ucred{Pid: int32(pid), Uid: uint32(os.Getuid()), Gid: uint32(os.Getgid())})
-	s.send(message{Event: evSpawned, Name: r.Spec.Name, Pid: pid}, cred)
+	s.send(message{Seq: r.Seq, Event: evSpawned, Name: r.Spec.Name, Pid: pid}, cred)
 }
 
 // release lets a placed child go on: it writes the spec to the shim, then waits on the
 // close-on-exec pipe to learn whether the exec worked.
-func (s *initState) release(name string) {
+func (s *initState) release(name string, want int) {
 	s.mu.Lock()
 	c := s.byName[name]
 	var specW, errR *os.File
 	var spec []byte
 	var reported chan struct{}
-	if c != nil && !c.started {
+	pid := 0
+	if c != nil && !c.started && (want == 0 || c.pid == want) {
+		pid = c.pid
 		reported = c.reported
 		c.started = true
 		specW, c.specW = c.specW, nil
@@ -286,7 +306,7 @@ func (s *initState) release(name string) {
 	}
 	s.mu.Unlock()
 	if specW == nil {
-		s.send(message{Event: evError, Name: name, Err: fmt.Sprintf("release %q: no such child waiting", name)}, nil)
+		s.send(message{Event: evStarted, Name: name, Pid: want, Err: fmt.Sprintf("release %q (pid %d): no such child waiting", name, want)}, nil)
 		return
 	}
 	_, werr := specW.Write(spec)
@@ -294,7 +314,7 @@ func (s *initState) release(name string) {
 	go func() {
 		defer errR.Close()
 		b, _ := io.ReadAll(errR)
-		m := message{Event: evStarted, Name: name}
+		m := message{Event: evStarted, Name: name, Pid: pid}
 		switch {
 		case len(b) > 0:
 			m.Err = string(b)
@@ -304,6 +324,20 @@ func (s *initState) release(name string) {
 		s.send(m, nil)
 		close(reported)
 	}()
+}
+
+// cancel kills a spawned child that will not be released: the named one, if pid is 0 or
+// its pid.
+func (s *initState) cancel(name string, pid int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if c := s.byName[name]; c != nil && (pid == 0 || c.pid == pid) {
+		_ = syscall.Kill(c.pid, syscall.SIGKILL)
+		return
+	}
+	if c := s.children[pid]; c != nil && pid != 0 && c.name == name {
+		_ = syscall.Kill(c.pid, syscall.SIGKILL)
+	}
 }
 
 func (s *initState) signalChild(name string, sig syscall.Signal) {
@@ -403,8 +437,21 @@ func setup(st Setup) error {
 		}
 		keepSrc[i] = os.NewFile(uintptr(fd), k.Source)
 	}
+	// The host's device nodes the pod gets, held open before the pod's /dev hides them.
+	devs, err := openDevices()
+	defer func() {
+		for _, d := range devs {
+			d.f.Close()
+		}
+	}()
+	if err != nil {
+		return err
+	}
 	if err := unix.Mount("proc", "/proc", "proc", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
 		return fmt.Errorf("setup: mount /proc: %w", err)
+	}
+	if err := setupDev(devs); err != nil {
+		return err
 	}
 	for _, dir := range tmpfses {
 		if _, err := os.Stat(dir); err != nil {
@@ -459,16 +506,102 @@ func setup(st Setup) error {
 			}
 		}
 	}
-	// cgroupfs read-only for everything in the pod: a uid-0 app without capabilities could
-	// otherwise write its own pid into another cgroup and leave its limits behind. The
-	// launcher places children from the host's view, which stays writable.
+	return readOnlyKernelFiles(infos)
+}
+
+// readOnlyProc are the paths of the pod's own /proc that write to the kernel as a whole
+// rather than to the pod (Docker's list): sysctls (kernel.core_pattern runs a program as
+// root on the host at the next crash; vm.* and most others are host-wide), the magic SysRq
+// trigger, interrupt affinities. Only the owner's permission bits guard them, which a uid-0
+// app passes even without capabilities.
+var readOnlyProc = []string{"/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus", "/proc/fs"}
+
+// readOnlyKernelFiles remounts read-only, inside the pod, every mount at or under /sys
+// (sysfs and what is mounted on it: cgroupfs, where an app could otherwise write its pid
+// into another cgroup and leave its limits behind, securityfs, debugfs…) and binds
+// readOnlyProc read-only over themselves. The launcher works on the host's view, which
+// stays writable. infos is /proc/self/mountinfo after every other mount of the setup.
+func readOnlyKernelFiles(infos []mountEntry) error {
+	const ro = unix.MS_BIND | unix.MS_REMOUNT | unix.MS_RDONLY | unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC
 	for _, mi := range infos {
-		if mi.fstype != "cgroup" && mi.fstype != "cgroup2" {
+		if mi.point != "/sys" && !strings.HasPrefix(mi.point, "/sys/") {
 			continue
 		}
-		flags := uintptr(unix.MS_BIND | unix.MS_REMOUNT | unix.MS_RDONLY | unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC)
-		if err := unix.Mount("", mi.point, "", flags, ""); err != nil {
+		if err := unix.Mount("", mi.point, "", ro, ""); err != nil {
 			return fmt.Errorf("setup: remount %s read-only: %w", mi.point, err)
+		}
+	}
+	for _, p := range readOnlyProc {
+		if _, err := os.Lstat(p); err != nil {
+			continue // not in this kernel
+		}
+		if err := unix.Mount(p, p, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+			return fmt.Errorf("setup: bind %s: %w", p, err)
+		}
+		if err := unix.Mount("", p, "", ro, ""); err != nil {
+			return fmt.Errorf("setup: remount %s read-only: %w", p, err)
+		}
+	}
+	return nil
+}
+
+// podDevices are the device nodes of the pod's /dev, bind-mounted from the host's: what
+// programs expect to open, nothing that reaches hardware, the kernel log or other
+// terminals.
+var podDevices = []string{"null", "zero", "full", "random", "urandom", "tty"}
+
+type device struct {
+	name string
+	f    *os.File // O_PATH descriptor of the host's node
+}
+
+// openDevices holds the host's podDevices open (O_PATH), so they can be bound into the
+// pod's /dev once it hides the host's.
+func openDevices() ([]device, error) {
+	var out []device
+	for _, name := range podDevices {
+		path := filepath.Join("/dev", name)
+		fd, err := unix.Open(path, unix.O_PATH|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return out, fmt.Errorf("setup: device %s: %w", path, err)
+		}
+		out = append(out, device{name: name, f: os.NewFile(uintptr(fd), path)})
+	}
+	return out, nil
+}
+
+// setupDev gives the pod a /dev of its own: a small tmpfs with devs bound in, a private
+// devpts instance on /dev/pts (and /dev/ptmx), /dev/shm (a tmpfs mounted by the caller),
+// and the usual links to /proc/self/fd. Needs the pod's /proc mounted.
+func setupDev(devs []device) error {
+	if err := unix.Mount("tmpfs", "/dev", "tmpfs", unix.MS_NOSUID|unix.MS_NOEXEC, "mode=755,size=65536"); err != nil {
+		return fmt.Errorf("setup: mount tmpfs on /dev: %w", err)
+	}
+	for _, d := range devs {
+		target := filepath.Join("/dev", d.name)
+		f, err := os.OpenFile(target, os.O_CREATE|os.O_EXCL|os.O_RDONLY, 0o666)
+		if err != nil {
+			return fmt.Errorf("setup: %s: %w", target, err)
+		}
+		f.Close()
+		if err := bind(Mount{Source: d.f.Name(), Target: target}, d.f); err != nil {
+			return err
+		}
+	}
+	for _, dir := range []string{"/dev/pts", "/dev/shm"} {
+		if err := os.Mkdir(dir, 0o755); err != nil {
+			return fmt.Errorf("setup: %s: %w", dir, err)
+		}
+	}
+	if err := unix.Mount("devpts", "/dev/pts", "devpts", unix.MS_NOSUID|unix.MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620"); err != nil {
+		return fmt.Errorf("setup: mount devpts on /dev/pts: %w", err)
+	}
+	for link, to := range map[string]string{
+		"/dev/ptmx": "pts/ptmx", "/dev/fd": "/proc/self/fd",
+		"/dev/stdin": "/proc/self/fd/0", "/dev/stdout": "/proc/self/fd/1", "/dev/stderr": "/proc/self/fd/2",
+	} {
+		if err := os.Symlink(to, link); err != nil {
+			return fmt.Errorf("setup: %s: %w", link, err)
 		}
 	}
 	return nil

@@ -2,6 +2,7 @@ package initproc_test
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"io"
 	"os"
@@ -173,6 +174,18 @@ func TestPodIsolation(t *testing.T) {
 		"grep -E '^(CapEff|CapBnd|CapPrm|CapAmb|NoNewPrivs)' /proc/self/status",
 		"(echo $$ > /sys/fs/cgroup/pids/cgroup.procs) 2>/dev/null && echo cgroup-writable || echo cgroup-readonly",
 		"ip -4 -o addr show eth0 | awk '{print \"addr=\" $4}'",
+		// Host-wide kernel settings: written back with the value they hold, so a failure
+		// of the test changes nothing on the host.
+		"(cat /proc/sys/vm/swappiness > /proc/sys/vm/swappiness) 2>/dev/null && echo procsys-writable || echo procsys-readonly",
+		"(cat /proc/sys/kernel/core_pattern > /proc/sys/kernel/core_pattern) 2>/dev/null && echo core-writable || echo core-readonly",
+		"awk '$5==\"/sys\" {print \"sys=\" $6}' /proc/self/mountinfo | cut -d, -f1",
+		"awk '$5 ~ /^\\/sys\\// && $6 !~ /^ro/ {print \"sys-writable=\" $5}' /proc/self/mountinfo",
+		"echo devs=$(ls /dev | tr '\\n' ' ')",
+		"echo x > /dev/null && echo null-ok",
+		"head -c 16 /dev/urandom | wc -c | sed s/^/urandom=/",
+		"head -c 4 /dev/zero | od -An -tx1 | tr -d ' ' | sed s/^/zero=/",
+		"stat -f -c shm=%T /dev/shm",
+		"ls /dev/sda /dev/vda /dev/kmsg /dev/mem 2>/dev/null | sed s/^/hostdev=/",
 	}, "; ")
 	out, exit := run(t, in, sh("probe", script))
 	if !exit.OK() {
@@ -194,9 +207,22 @@ func TestPodIsolation(t *testing.T) {
 		"NoNewPrivs:\t1\n",
 		"cgroup-readonly\n",
 		"addr=" + pod.Addr.String() + "\n",
+		"procsys-readonly\n",
+		"core-readonly\n",
+		"sys=ro\n",
+		"devs=fd full null ptmx pts random shm stderr stdin stdout tty urandom zero\n",
+		"null-ok\n",
+		"urandom=16\n",
+		"zero=00000000\n",
+		"shm=tmpfs\n",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("probe output lacks %q:\n%s", want, out)
+		}
+	}
+	for _, unwanted := range []string{"sys-writable=", "hostdev="} {
+		if strings.Contains(out, unwanted) {
+			t.Errorf("probe output has %q:\n%s", unwanted, out)
 		}
 	}
 	// Nothing of the pod's mounts leaked to the host.
@@ -393,5 +419,76 @@ func TestKeepUnderTmp(t *testing.T) {
 	// The host's file was not touched by the pod's setup.
 	if b, _ := os.ReadFile(file); string(b) != "kept-dir" {
 		t.Errorf("host file now %q", b)
+	}
+}
+
+// TestNoLeakedDescriptors: a descriptor the launcher inherited without close-on-exec (from a
+// shell, say) reaches neither init's children nor their programs: each sees its stdin,
+// stdout and stderr only.
+func TestNoLeakedDescriptors(t *testing.T) {
+	testutil.RequirePrivileged(t)
+	fd, err := unix.Open(t.TempDir(), unix.O_RDONLY|unix.O_DIRECTORY, 0) // no O_CLOEXEC
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(fd) })
+	in := startInit(t, initproc.Config{Setup: initproc.Setup{Hostname: "t"}})
+	// ls opens a descriptor of its own to read the directory: 3, the lowest free one.
+	out, exit := run(t, in, initproc.Spec{Name: "fds", Argv: []string{"ls", "/proc/self/fd"}, Env: []string{"PATH=/usr/bin:/bin"}})
+	if !exit.OK() {
+		t.Fatalf("ls: %s: %s", exit, out)
+	}
+	if got := strings.Fields(out); strings.Join(got, " ") != "0 1 2 3" {
+		t.Errorf("the program's descriptors: %v; want 0 1 2 and ls's own 3 (%d leaked from the launcher?)", got, fd)
+	}
+}
+
+// TestAbandonedSpawn: a spawn given up on while init is still forking (a health check whose
+// timeout ran out) leaves no half-started child holding its output descriptors, and its
+// late reply is never taken for the answer to a later spawn.
+func TestAbandonedSpawn(t *testing.T) {
+	testutil.RequirePrivileged(t)
+	in := startInit(t, initproc.Config{Setup: initproc.Setup{Hostname: "t"}})
+	for try := 0; ; try++ {
+		r, w, err := os.Pipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Cancelled before the call: Spawn sends the request, then gives up before init,
+		// which has to fork first, can answer.
+		ctx, cancel := context.WithCancel(t.Context())
+		cancel()
+		_, err = in.Spawn(ctx, sh("health", "echo ran"), w, w, nil)
+		w.Close()
+		if err == nil {
+			// The answer beat the cancelled context: nothing was given up on; try again.
+			r.Close()
+			if try < 5 {
+				continue
+			}
+			t.Fatal("every spawn with a cancelled context succeeded")
+		}
+		// The pipe's last writer is the abandoned child: once it is killed, the read ends.
+		got := make(chan []byte, 1)
+		go func() { b, _ := io.ReadAll(r); r.Close(); got <- b }()
+		timer := time.NewTimer(5 * time.Second)
+		select {
+		case b := <-got:
+			if len(b) != 0 {
+				t.Errorf("the abandoned spawn ran: %q", b)
+			}
+		case <-timer.C:
+			r.Close()
+			t.Fatal("5s after the spawn was given up on, a half-started child still holds its output")
+		}
+		timer.Stop()
+		break
+	}
+	// Later spawns get their own answers, the same name included.
+	for _, name := range []string{"other", "health"} {
+		out, exit := run(t, in, sh(name, "echo "+name))
+		if !exit.OK() || out != name+"\n" {
+			t.Errorf("spawn %s after an abandoned one: %s, %q", name, exit, out)
+		}
 	}
 }

@@ -9,8 +9,10 @@
 // and, on the spawned event, the child's pid as SCM_CREDENTIALS, which the kernel translates
 // from the pod's pid namespace into the launcher's.
 //
-// Init sets the pod up (hostname, private mounts, its own /proc, /tmp and /dev/shm, the
-// generated /etc/hosts, bind volumes, cgroupfs read-only, other pods' netns pins detached),
+// Init sets the pod up (hostname, private mounts, its own /proc, a minimal /dev of its own
+// (null, zero, full, random, urandom, tty, a private devpts, /dev/shm), its own /tmp, the
+// generated /etc/hosts, bind volumes, everything under /sys and the host-wide parts of /proc
+// (/proc/sys, /proc/sysrq-trigger…) read-only, other pods' netns pins detached),
 // reaps every zombie (it owns all waits: it forks with syscall.ForkExec and never uses
 // os/exec), forwards the signals it receives to its children, and starts children on request.
 // A child starts as a shim (argv[0] ExecName, the same binary again) that blocks until the
@@ -83,7 +85,7 @@ const (
 	opSetup    = "setup"    // Setup; answered by evReady or evError
 	opSpawn    = "spawn"    // Spec + 2 fds (stdout, stderr); answered by evSpawned or evError
 	opRelease  = "release"  // the spawned child is in its cgroup: let it exec; then evStarted
-	opCancel   = "cancel"   // the spawned child could not be placed: kill it
+	opCancel   = "cancel"   // Name (and Pid): the spawned child could not be placed, or was given up on: kill it
 	opSignal   = "signal"   // Name, Signal
 	opShutdown = "shutdown" // kill everything and exit
 )
@@ -98,6 +100,11 @@ const (
 )
 
 type message struct {
+	// Seq numbers a request (setup, spawn) and is repeated in its reply (ready, spawned,
+	// error), so a reply that comes after its request was given up on (a spawn whose
+	// deadline passed while init was still forking) is recognised as such and never taken
+	// for the answer to a later request.
+	Seq    uint64         `json:"seq,omitempty"`
 	Op     string         `json:"op,omitempty"`
 	Event  string         `json:"event,omitempty"`
 	Name   string         `json:"name,omitempty"`

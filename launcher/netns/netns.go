@@ -111,6 +111,65 @@ func EnsureBridge(n Network) (BridgeState, error) {
 	return st, nil
 }
 
+// BridgeIntent says what EnsureBridge would create now (the bridge, the gateway address), so
+// a caller records it before EnsureBridge runs: a crash in between still leaves a record of
+// what to remove.
+func BridgeIntent(n Network) (BridgeState, error) {
+	link, err := netlink.LinkByName(n.Bridge)
+	if err != nil {
+		if isNotFound(err) {
+			return BridgeState{CreatedLink: true, AddedAddr: true}, nil
+		}
+		return BridgeState{}, fmt.Errorf("netns: look up bridge %s: %w", n.Bridge, err)
+	}
+	addrs, err := netlink.AddrList(link, netlink.FAMILY_V4)
+	if err != nil {
+		return BridgeState{}, fmt.Errorf("netns: addresses of bridge %s: %w", n.Bridge, err)
+	}
+	gw := gatewayAddr(n)
+	for _, a := range addrs {
+		if a.IPNet.String() == gw.IPNet.String() {
+			return BridgeState{}, nil
+		}
+	}
+	return BridgeState{AddedAddr: true}, nil
+}
+
+// LockDir holds the host-wide bridge locks (LockBridge).
+var LockDir = "/run/podmesh/bridges"
+
+// ErrBridgeBusy: another launcher holds the bridge (LockBridge).
+var ErrBridgeBusy = errors.New("netns: bridge in use by another launcher")
+
+// LockBridge takes the host-wide lock on a bridge for owner (a project name), held until
+// the returned file is closed or the process ends. One launcher per bridge: each allocates
+// its pods' addresses on its own and removes the gateway address when it stops, so two
+// projects on one bridge would hand out the same addresses and cut each other off. When
+// another launcher holds it, the error wraps ErrBridgeBusy and names its owner.
+func LockBridge(bridge, owner string) (*os.File, error) {
+	if err := os.MkdirAll(LockDir, 0o755); err != nil {
+		return nil, fmt.Errorf("netns: bridge lock dir: %w", err)
+	}
+	path := filepath.Join(LockDir, bridge+".lock")
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("netns: bridge lock %s: %w", path, err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		b, _ := os.ReadFile(path)
+		f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil, fmt.Errorf("%w: %s is used by the launcher of project %q; give this project its own x-podmesh bridge and subnet",
+				ErrBridgeBusy, bridge, strings.TrimSpace(string(b)))
+		}
+		return nil, fmt.Errorf("netns: lock bridge %s: %w", bridge, err)
+	}
+	if err := f.Truncate(0); err == nil {
+		_, _ = f.WriteAt([]byte(owner+"\n"), 0)
+	}
+	return f, nil
+}
+
 func gatewayAddr(n Network) *netlink.Addr {
 	gw := n.Gateway()
 	return &netlink.Addr{IPNet: &net.IPNet{IP: gw.AsSlice(), Mask: net.CIDRMask(n.Subnet.Bits(), 32)}}
@@ -199,18 +258,23 @@ func isNotFound(err error) bool {
 
 // Pod is one pod's network: a pinned namespace with a veth to the bridge.
 type Pod struct {
-	Name   string       `json:"name"`    // pin name: "podmesh-<project>-<service>-<n>"
+	Name   string       `json:"name"`    // pin name: "podmesh-<project>.<service>-<n>"
 	Pin    string       `json:"pin"`     // PinDir/Name
 	HostIf string       `json:"host_if"` // host end of the veth
 	Addr   netip.Prefix `json:"addr"`    // the pod's address with the subnet's length
 	// Open lists the TCP ports reachable on the pod's address from outside the pod; every
 	// other inbound packet on eth0 is dropped (connections the pod opened excepted).
 	Open []uint16 `json:"open,omitempty"`
+	// Guard lists destinations only one user may connect to from inside the pod.
+	Guard []Guard `json:"guard,omitempty"`
 }
 
-// PinName is the namespace pin name for a replica.
+// PinName is the namespace pin name for a replica: "podmesh-<project>.<service>-<n>". It is
+// injective: neither a project name nor a service name holds a '.' (compose allows
+// [a-z0-9_-] and DNS labels), and the replica follows the last '-', so projects "a-b" and
+// "a" with a service "b-c" do not share a pin ("podmesh-a-b.c-1", "podmesh-a.b-c-1").
 func PinName(project, service string, replica int) string {
-	return fmt.Sprintf("%s-%s-%s-%d", Prefix, project, service, replica)
+	return fmt.Sprintf("%s-%s.%s-%d", Prefix, project, service, replica)
 }
 
 // HostIfName is the host end's name for a pin: Prefix plus 8 hex digits of a hash of the
@@ -240,21 +304,24 @@ func Plan(name string, addr netip.Addr, n Network) Pod {
 // capabilities; the sysctl is per namespace), a veth pair whose pod end (eth0) is created
 // inside the namespace and whose host end joins the bridge, the pod's address, a default
 // route through the gateway, and the isolation rules (only p.Open reachable from outside).
-// On error, whatever was created is removed.
+// On error, whatever this call created is removed, and nothing else: a pin or veth of the
+// same name that already existed (another pod's) is left alone.
 func Create(n Network, p Pod) (err error) {
 	bridge, err := netlink.LinkByName(n.Bridge)
 	if err != nil {
 		return fmt.Errorf("netns: look up bridge %s: %w", n.Bridge, err)
 	}
+	var created Pod // what this call made, for the cleanup on error
 	defer func() {
 		if err != nil {
-			_ = Remove(p)
+			_ = Remove(created)
 		}
 	}()
 	h, err := newPinnedNS(p.Pin)
 	if err != nil {
 		return err
 	}
+	created.Pin = p.Pin
 	defer h.Close()
 
 	nsf, err := os.Open(p.Pin)
@@ -270,6 +337,7 @@ func Create(n Network, p Pod) (err error) {
 	if err := netlink.LinkAdd(veth); err != nil {
 		return fmt.Errorf("netns: create veth %s (peer %s in %s): %w", p.HostIf, PodIfName, p.Name, err)
 	}
+	created.HostIf = p.HostIf
 	host, err := netlink.LinkByName(p.HostIf)
 	if err != nil {
 		return fmt.Errorf("netns: look up veth %s: %w", p.HostIf, err)
@@ -293,12 +361,13 @@ func Create(n Network, p Pod) (err error) {
 	if err := h.RouteAdd(route); err != nil {
 		return fmt.Errorf("netns: default route via %v in %s: %w", n.Gateway(), p.Name, err)
 	}
-	return isolate(p.Pin, p.Open)
+	return isolate(p.Pin, p.Open, p.Guard)
 }
 
 // newPinnedNS creates a network namespace on a throw-away thread, pins it at pin, brings
-// its loopback up, and returns a netlink handle whose sockets live in it.
-func newPinnedNS(pin string) (*netlink.Handle, error) {
+// its loopback up, and returns a netlink handle whose sockets live in it. A pin that exists
+// already is an error and stays as it is; on any other error the pin is removed.
+func newPinnedNS(pin string) (_ *netlink.Handle, err error) {
 	if err := os.MkdirAll(filepath.Dir(pin), 0o755); err != nil {
 		return nil, fmt.Errorf("netns: create %s: %w", filepath.Dir(pin), err)
 	}
@@ -307,6 +376,11 @@ func newPinnedNS(pin string) (*netlink.Handle, error) {
 		return nil, fmt.Errorf("netns: create pin %s: %w", pin, err)
 	}
 	f.Close()
+	defer func() {
+		if err != nil {
+			_ = Remove(Pod{Pin: pin})
+		}
+	}()
 	type result struct {
 		h   *netlink.Handle
 		err error
@@ -441,6 +515,28 @@ func Dial(ctx context.Context, pin, network, addr string) (net.Conn, error) {
 	})
 	if err != nil {
 		return nil, fmt.Errorf("netns: dial %s %s in %s: %w", network, addr, pin, err)
+	}
+	return conn, nil
+}
+
+// DialAs is Dial from a socket owned by uid: the thread that creates it takes uid as its
+// file-system uid first (per thread, and the thread is thrown away afterwards), so
+// firewall rules on the socket's user (Guard) treat the connection as that user's.
+func DialAs(ctx context.Context, pin string, uid uint32, network, addr string) (net.Conn, error) {
+	var conn net.Conn
+	err := Do(pin, func() error {
+		// setfsuid reports the previous value, never an error: ask again to know.
+		_, _ = unix.SetfsuidRetUid(int(uid))
+		if cur, _ := unix.SetfsuidRetUid(-1); cur != int(uid) {
+			return fmt.Errorf("set the thread's file-system uid to %d: it stays %d", uid, cur)
+		}
+		var d net.Dialer
+		var err error
+		conn, err = d.DialContext(ctx, network, addr)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("netns: dial %s %s as uid %d in %s: %w", network, addr, uid, pin, err)
 	}
 	return conn, nil
 }

@@ -3,6 +3,7 @@ package netns_test
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -10,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -81,6 +83,31 @@ func TestHostIfName(t *testing.T) {
 	}
 	if a != netns.HostIfName(netns.PinName("shop", "catalog", 1)) {
 		t.Fatal("HostIfName is not deterministic")
+	}
+}
+
+// TestPinNameInjective: projects and services whose names differ only in where a '-' falls
+// get different pins (and so veths): "a-b" + "c" is not "a" + "b-c".
+func TestPinNameInjective(t *testing.T) {
+	seen := map[string]string{}
+	for _, c := range []struct {
+		project, service string
+		replica          int
+	}{
+		{"reviewq-a", "b", 1}, {"reviewq", "a-b", 1}, {"reviewq-a-b", "c", 1}, {"reviewq", "a-b-c", 1},
+		{"p", "a-1", 2}, {"p", "a", 12}, {"p-a", "1", 2}, {"p_a", "b", 1}, {"p", "a-b", 1},
+	} {
+		name := netns.PinName(c.project, c.service, c.replica)
+		key := fmt.Sprintf("%s/%s/%d", c.project, c.service, c.replica)
+		if other, ok := seen[name]; ok {
+			t.Errorf("%s and %s share the pin %s", other, key, name)
+		}
+		seen[name] = key
+		if hi := netns.HostIfName(name); seen[hi] != "" {
+			t.Errorf("%s and %s share the veth %s", seen[hi], key, hi)
+		} else {
+			seen[hi] = key
+		}
 	}
 }
 
@@ -340,4 +367,172 @@ func BenchmarkCreatePod(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// TestGuard: a guarded destination (the registry relay on the gateway, the sidecar's admin
+// listener on the pod's loopback) refuses connections from inside the pod unless the
+// socket belongs to the guard's user; other destinations are not affected.
+func TestGuard(t *testing.T) {
+	testutil.RequirePrivileged(t)
+	bridge, subnet := podtest.Network(t)
+	n := netns.Network{Bridge: bridge, Subnet: subnet}
+	st, err := netns.EnsureBridge(n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = netns.RemoveBridge(n, st) })
+	// The relay: a listener on the gateway address, in the host's namespace.
+	relay, err := net.Listen("tcp", netip.AddrPortFrom(n.Gateway(), 0).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer relay.Close()
+	const owner = 65533
+	p := netns.Plan(netns.PinName(fmt.Sprintf("guard%d", os.Getpid()), "svc", 1), subnet.Addr().Next().Next(), n)
+	p.Guard = []netns.Guard{
+		{Addr: netip.MustParseAddrPort(relay.Addr().String()), UID: owner},
+		{Addr: netip.MustParseAddrPort("127.0.0.1:15000"), UID: owner},
+	}
+	t.Cleanup(func() { _ = netns.Remove(p) })
+	if err := netns.Create(n, p); err != nil {
+		t.Fatal(err)
+	}
+	admin, err := netns.Listen(p.Pin, "tcp", "127.0.0.1:15000")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close()
+	other, err := netns.Listen(p.Pin, "tcp", "127.0.0.1:15001")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	for _, l := range []net.Listener{relay, admin, other} {
+		go func() {
+			for {
+				c, err := l.Accept()
+				if err != nil {
+					return
+				}
+				c.Close()
+			}
+		}()
+	}
+	ctx := testutil.Context(t, 10*time.Second)
+	for _, tc := range []struct {
+		addr string
+		uid  int // -1: the test's own (root)
+		ok   bool
+	}{
+		{relay.Addr().String(), -1, false},
+		{relay.Addr().String(), 65534, false},
+		{relay.Addr().String(), owner, true},
+		{"127.0.0.1:15000", -1, false},
+		{"127.0.0.1:15000", 65534, false},
+		{"127.0.0.1:15000", owner, true},
+		{"127.0.0.1:15001", -1, true},
+		{"127.0.0.1:15001", 65534, true},
+	} {
+		var c net.Conn
+		var err error
+		if tc.uid < 0 {
+			c, err = netns.Dial(ctx, p.Pin, "tcp", tc.addr)
+		} else {
+			c, err = netns.DialAs(ctx, p.Pin, uint32(tc.uid), "tcp", tc.addr)
+		}
+		if err == nil {
+			c.Close()
+		}
+		switch {
+		case tc.ok && err != nil:
+			t.Errorf("uid %d to %s: %v; want a connection", tc.uid, tc.addr, err)
+		case !tc.ok && err == nil:
+			t.Errorf("uid %d reached %s, guarded for uid %d", tc.uid, tc.addr, owner)
+		case !tc.ok && !errors.Is(err, syscall.ECONNREFUSED):
+			t.Errorf("uid %d to %s: %v; want connection refused at once", tc.uid, tc.addr, err)
+		}
+	}
+}
+
+// TestCreateLeavesOthers: creating a pod whose pin (and so veth) name is already taken by a
+// running pod fails and leaves that pod's namespace, veth and address as they were.
+func TestCreateLeavesOthers(t *testing.T) {
+	testutil.RequirePrivileged(t)
+	bridge, subnet := podtest.Network(t)
+	n := netns.Network{Bridge: bridge, Subnet: subnet}
+	st, err := netns.EnsureBridge(n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = netns.RemoveBridge(n, st) })
+	name := netns.PinName(fmt.Sprintf("clash%d", os.Getpid()), "svc", 1)
+	first := netns.Plan(name, subnet.Addr().Next().Next(), n)
+	t.Cleanup(func() { _ = netns.Remove(first) })
+	if err := netns.Create(n, first); err != nil {
+		t.Fatal(err)
+	}
+	second := netns.Plan(name, subnet.Addr().Next().Next().Next(), n)
+	if err := netns.Create(n, second); err == nil {
+		t.Fatal("a second pod with the same pin name was created")
+	}
+	if _, err := os.Stat(first.Pin); err != nil {
+		t.Fatalf("the first pod's pin is gone: %v", err)
+	}
+	if _, err := netlink.LinkByName(first.HostIf); err != nil {
+		t.Fatalf("the first pod's veth is gone: %v", err)
+	}
+	var addrs []string
+	if err := netns.Do(first.Pin, func() error {
+		l, err := netlink.LinkByName(netns.PodIfName)
+		if err != nil {
+			return err
+		}
+		as, err := netlink.AddrList(l, netlink.FAMILY_V4)
+		for _, a := range as {
+			addrs = append(addrs, a.IPNet.String())
+		}
+		return err
+	}); err != nil {
+		t.Fatalf("the first pod's namespace: %v", err)
+	}
+	if len(addrs) != 1 || addrs[0] != first.Addr.String() {
+		t.Errorf("the first pod's addresses: %v; want %v", addrs, first.Addr)
+	}
+}
+
+// TestBridgeIntentAndLock: BridgeIntent names what EnsureBridge is about to create (so it
+// can be recorded first), and a bridge is locked by one owner at a time, the next one told
+// who holds it, until the holder lets go.
+func TestBridgeIntentAndLock(t *testing.T) {
+	testutil.RequirePrivileged(t)
+	bridge, subnet := podtest.Network(t)
+	n := netns.Network{Bridge: bridge, Subnet: subnet}
+	lock, err := netns.LockBridge(bridge, "first")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := netns.LockBridge(bridge, "second"); !errors.Is(err, netns.ErrBridgeBusy) || !strings.Contains(err.Error(), `"first"`) {
+		t.Errorf("second lock of %s: %v; want ErrBridgeBusy naming the first owner", bridge, err)
+	}
+	intent, err := netns.BridgeIntent(n)
+	if err != nil || intent != (netns.BridgeState{CreatedLink: true, AddedAddr: true}) {
+		t.Errorf("intent before the bridge exists: %+v, %v; want both created", intent, err)
+	}
+	st, err := netns.EnsureBridge(n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = netns.RemoveBridge(n, st) })
+	if st != intent {
+		t.Errorf("EnsureBridge created %+v; BridgeIntent said %+v", st, intent)
+	}
+	if again, err := netns.BridgeIntent(n); err != nil || again != (netns.BridgeState{}) {
+		t.Errorf("intent once the bridge is there: %+v, %v; want nothing to create", again, err)
+	}
+	lock.Close()
+	second, err := netns.LockBridge(bridge, "second")
+	if err != nil {
+		t.Fatalf("lock after the first owner let go: %v", err)
+	}
+	second.Close()
 }

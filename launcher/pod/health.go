@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"sync"
 	"syscall"
 	"time"
 
@@ -25,6 +24,9 @@ const (
 	defaultTCPTimeout  = time.Second
 	defaultTCPRetries  = 3
 	maxCheckOutput     = 4 << 10
+	// outputGrace is how long a finished check's output may still come, from processes it
+	// left behind, before the launcher stops reading it.
+	outputGrace = 100 * time.Millisecond
 )
 
 type result struct {
@@ -159,11 +161,9 @@ func (p *Pod) execCheck(ctx context.Context, r *run, test []string, timeout time
 		return false, err.Error()
 	}
 	var out tail
-	var wg sync.WaitGroup
-	wg.Add(1)
+	read := make(chan struct{})
 	go func() {
-		defer wg.Done()
-		defer rd.Close()
+		defer close(read)
 		buf := make([]byte, 4096)
 		for {
 			n, err := rd.Read(buf)
@@ -173,6 +173,20 @@ func (p *Pod) execCheck(ctx context.Context, r *run, test []string, timeout time
 			}
 		}
 	}()
+	// The output ends when every process holding the pipe has: the check, and whatever it
+	// left running in the background (sh -c 'daemon &'). Once the check itself is done its
+	// output gets outputGrace more, then the read end is closed, so a leftover never holds
+	// the check up.
+	finish := func() {
+		t := time.NewTimer(outputGrace)
+		defer t.Stop()
+		select {
+		case <-read:
+		case <-t.C:
+		}
+		rd.Close()
+		<-read
+	}
 	if timeout <= 0 {
 		timeout = 30 * time.Second
 	}
@@ -181,7 +195,7 @@ func (p *Pod) execCheck(ctx context.Context, r *run, test []string, timeout time
 	proc, err := r.init.Spawn(sctx, spec, w, w, func(pid int) error { return p.cg.Add("app", pid) })
 	w.Close()
 	if err != nil {
-		wg.Wait()
+		finish()
 		return false, err.Error()
 	}
 	select {
@@ -189,10 +203,10 @@ func (p *Pod) execCheck(ctx context.Context, r *run, test []string, timeout time
 	case <-sctx.Done():
 		_ = r.init.Signal("health", syscall.SIGKILL)
 		<-proc.Done()
-		wg.Wait()
+		finish()
 		return false, fmt.Sprintf("timed out after %v", timeout)
 	}
-	wg.Wait()
+	finish()
 	e := proc.Exit()
 	msg := out.String()
 	if !e.OK() {

@@ -9,9 +9,52 @@ import (
 	"time"
 
 	"github.com/podmesh/podmesh/launcher/compose"
+	"github.com/podmesh/podmesh/launcher/initproc"
+	"github.com/podmesh/podmesh/launcher/netns"
 	"github.com/podmesh/podmesh/sidecar"
 	"gopkg.in/yaml.v3"
 )
+
+// SidecarUID is the user (and group) every pod's sidecar runs as: its own, neither root nor
+// an app's, so the pod's firewall can tell its connections from the app's (netns.Guard):
+// only the sidecar, and the launcher dialling as it, reach the registry relay and the
+// sidecar's admin listener (/drain). It also keeps the sidecar's memory, and so its private
+// key, out of reach of a compromised app. No app may run as it (CheckUsers). The sidecar
+// reads its configuration from /dev/stdin, so the launcher's state directory need not be
+// readable by it; its program must be.
+const SidecarUID = 65533
+
+// SidecarUser is SidecarUID as initproc runs it.
+func SidecarUser() *initproc.User {
+	return &initproc.User{UID: SidecarUID, GID: SidecarUID, Groups: []uint32{SidecarUID}}
+}
+
+// Guards are the destinations a pod's app may not reach: the registry relay (relay, the
+// gateway address and port pods reach the registry at; invalid when there is none) and
+// the sidecar's admin listener. The supervisor plans them into every pod's network.
+func Guards(relay netip.AddrPort) []netns.Guard {
+	g := []netns.Guard{{Addr: netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), AdminPort), UID: SidecarUID}}
+	if relay.IsValid() {
+		g = append(g, netns.Guard{Addr: relay, UID: SidecarUID})
+	}
+	return g
+}
+
+// CheckUsers resolves the user of every service of the project, as the pods will: an
+// unknown user or group, or the sidecars' own uid, is an error naming the service.
+func CheckUsers(p *compose.Project) error {
+	for i := range p.Services {
+		svc := &p.Services[i]
+		u, err := ResolveUser(svc.User)
+		if err == nil && u.UID == SidecarUID {
+			err = fmt.Errorf("uid %d is the sidecars' own (pod.SidecarUID): an app running as it would reach the registry relay and its sidecar's admin port", SidecarUID)
+		}
+		if err != nil {
+			return &compose.FieldError{File: p.File, Path: "services." + svc.Name + ".user", Msg: err.Error()}
+		}
+	}
+	return nil
+}
 
 // Ports of the sidecar inside every pod. Each pod has its own address, so the same numbers
 // serve every pod.
@@ -21,24 +64,15 @@ const (
 	MetricsPort = 15090 // POD_IP:15090, /metrics for Prometheus (Meta metrics_port)
 )
 
-// noInbound is the inbound listener and app address of a sidecar that only serves its
-// app's outbound calls (a service without x-podmesh.port, or the launcher's ingress). The
-// sidecar still needs a service name, its identity towards its upstreams (the name its
-// mutual TLS leaf is issued for), and the sidecar's configuration ties a service to an
-// inbound listener and an app. So it gets an inbound side nobody can use: an ephemeral
-// loopback port (inside a pod, only the pod reaches it) in front of port 0, where nothing
-// listens; nothing is registered.
-const noInbound = "127.0.0.1:0"
-
 // SidecarConfig is the YAML the launcher writes for a sidecar and passes as
 // `sidecar -config FILE`. Its keys are a subset of the sidecar's own (sidecar.Config),
 // whose loader rejects unknown keys; the launcher's tests load it with that loader.
 type SidecarConfig struct {
 	Service      string            `yaml:"service"`
 	ID           string            `yaml:"id"`
-	Protocol     string            `yaml:"protocol"`
-	Inbound      string            `yaml:"inbound"`
-	App          string            `yaml:"app"`
+	Protocol     string            `yaml:"protocol,omitempty"`
+	Inbound      string            `yaml:"inbound,omitempty"` // "": outbound only (no x-podmesh.port)
+	App          string            `yaml:"app,omitempty"`
 	Admin        string            `yaml:"admin"`
 	Metrics      string            `yaml:"metrics,omitempty"`
 	Registry     string            `yaml:"registry"`
@@ -82,7 +116,9 @@ func NewSidecarConfig(svc *compose.Service, id string, podAddr netip.Addr, regis
 		c.DrainTimeout = svc.StopGracePeriod.String()
 	}
 	if svc.Mesh.Port == 0 {
-		c.Protocol, c.Inbound, c.App, c.Metrics = "tcp", noInbound, noInbound, ""
+		// Outbound only: the service name is its identity towards its upstreams; no inbound
+		// listener, nothing registered.
+		c.Protocol, c.Inbound, c.App, c.Metrics = "", "", "", ""
 	}
 	for i, u := range svc.Mesh.Upstreams {
 		addr, err := UpstreamAddr(i)
@@ -105,9 +141,6 @@ func NewIngressConfig(project string, services []*compose.Service, admin netip.A
 	c := SidecarConfig{
 		Service:      IngressService(project),
 		ID:           IngressService(project),
-		Protocol:     "tcp",
-		Inbound:      noInbound,
-		App:          noInbound,
 		Admin:        admin.String(),
 		Registry:     registryURL,
 		DrainTimeout: (5 * time.Second).String(),
@@ -176,6 +209,12 @@ func CheckSidecars(p *compose.Project) error {
 		svc, _ := p.Service(name)
 		if !HasSidecar(svc) {
 			continue
+		}
+		switch svc.Mesh.Port {
+		case AdminPort, InboundPort, MetricsPort:
+			return &compose.FieldError{File: p.File, Path: "services." + name + ".x-podmesh.port",
+				Msg: fmt.Sprintf("%d is a port of the pod's sidecar (admin %d, inbound %d, metrics %d); the app must use another",
+					svc.Mesh.Port, AdminPort, InboundPort, MetricsPort)}
 		}
 		c, err := NewSidecarConfig(svc, svc.Name+"-1", netip.MustParseAddr("10.89.0.2"), "http://10.89.0.1:8500")
 		if err == nil {

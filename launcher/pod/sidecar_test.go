@@ -1,6 +1,7 @@
 package pod
 
 import (
+	"fmt"
 	"io"
 	"net/netip"
 	"os"
@@ -84,7 +85,8 @@ func TestSidecarConfigLoadsInSidecar(t *testing.T) {
 	if err != nil {
 		t.Fatalf("the sidecar rejects a port-less pod's config: %v", err)
 	}
-	if got.Service != "worker" || got.Inbound != "127.0.0.1:0" || got.Metrics != "" || *got.Register ||
+	// Outbound only: no inbound listener nor app, no placeholder addresses.
+	if got.Service != "worker" || got.Inbound != "" || got.App != "" || got.Metrics != "" || *got.Register ||
 		len(got.Upstreams) != 1 || got.Upstreams[0].Listen != "127.0.0.2:80" {
 		t.Errorf("port-less pod's sidecar config as the sidecar reads it: %+v", got)
 	}
@@ -95,6 +97,7 @@ func TestSidecarConfigLoadsInSidecar(t *testing.T) {
 		t.Fatalf("the sidecar rejects the ingress config: %v", err)
 	}
 	if got.Service != "shop-ingress" || got.Admin != "127.0.0.1:39000" || *got.Register || got.Registry != "http://127.0.0.1:8500" ||
+		got.Inbound != "" || got.App != "" ||
 		len(got.Upstreams) != 1 || got.Upstreams[0].Name != "frontend" || got.Upstreams[0].Listen != "127.0.0.1:18080" ||
 		got.Upstreams[0].Protocol != "http" {
 		t.Errorf("ingress config as the sidecar reads it: %+v", got)
@@ -137,5 +140,33 @@ func TestUpstreamPolicyKeys(t *testing.T) {
 	slices.Sort(want)
 	if !slices.Equal(got, want) {
 		t.Errorf("compose.UpstreamPolicyKeys = %v; the sidecar's upstream keys are %v", got, want)
+	}
+}
+
+// TestCheckBeforeStart: an app port that is one of the sidecar's, and a user that does not
+// resolve or is the sidecars' own, are refused before anything starts, naming the service
+// and the field.
+func TestCheckBeforeStart(t *testing.T) {
+	for _, port := range []int{AdminPort, InboundPort, MetricsPort} {
+		p := &compose.Project{File: "/x/compose.yaml", Services: []compose.Service{{Name: "api", Mesh: compose.Mesh{Port: port}}}}
+		err := CheckSidecars(p)
+		if err == nil || !strings.Contains(err.Error(), "services.api.x-podmesh.port") || !strings.Contains(err.Error(), fmt.Sprint(port)) {
+			t.Errorf("app port %d: %v; want an error naming services.api.x-podmesh.port", port, err)
+		}
+	}
+	for _, tc := range []struct{ user, want string }{
+		{"no-such-user-podmesh", "no-such-user-podmesh"},
+		{fmt.Sprint(SidecarUID), "sidecars' own"},
+		{"", ""},
+		{"nobody", ""},
+	} {
+		p := &compose.Project{File: "/x/compose.yaml", Services: []compose.Service{{Name: "api", User: tc.user}}}
+		err := CheckUsers(p)
+		switch {
+		case tc.want == "" && err != nil:
+			t.Errorf("user %q: %v", tc.user, err)
+		case tc.want != "" && (err == nil || !strings.Contains(err.Error(), "services.api.user") || !strings.Contains(err.Error(), tc.want)):
+			t.Errorf("user %q: %v; want an error on services.api.user naming %q", tc.user, err, tc.want)
+		}
 	}
 }

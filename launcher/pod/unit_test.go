@@ -233,13 +233,12 @@ func TestSleepFakeClock(t *testing.T) {
 
 func TestResolveUser(t *testing.T) {
 	tests := []struct {
-		in   string
-		uid  uint32
-		gid  uint32
-		none bool
-		err  string
+		in  string
+		uid uint32
+		gid uint32
+		err string
 	}{
-		{in: "", none: true},
+		{in: "", uid: DefaultUID, gid: DefaultGID}, // nobody, not root
 		{in: "0", uid: 0, gid: 0},
 		{in: "root", uid: 0, gid: 0},
 		{in: "nobody", uid: 65534, gid: 65534},
@@ -255,10 +254,6 @@ func TestResolveUser(t *testing.T) {
 		case tc.err != "":
 			if err == nil || !strings.Contains(err.Error(), tc.err) {
 				t.Errorf("ResolveUser(%q) = %+v, %v; want error naming %q", tc.in, u, err, tc.err)
-			}
-		case tc.none:
-			if u != nil || err != nil {
-				t.Errorf("ResolveUser(%q) = %+v, %v; want nil", tc.in, u, err)
 			}
 		default:
 			if err != nil || u == nil || u.UID != tc.uid || u.GID != tc.gid {

@@ -9,13 +9,24 @@ import (
 	"github.com/podmesh/podmesh/launcher/initproc"
 )
 
+// DefaultUID and DefaultGID are who a service's programs (the app and its healthcheck) run
+// as when its compose file says no `user:`: nobody. Pods share the host's filesystem, so
+// an app running as uid 0, even without any capability, could read and write everything
+// root owns (/etc/shadow, /etc itself); as nobody it reaches what every user may. The
+// directories and files an app needs (its program, working_dir, volumes) must be readable
+// by it, or the file must name a user that can read them (`user: root` restores uid 0).
+const (
+	DefaultUID = 65534
+	DefaultGID = 65534
+)
+
 // ResolveUser turns a compose `user` ("", "uid", "uid:gid", "name", "name:group") into
 // ids, from the host's user database (pods share the host's filesystem). A user without a
 // group takes its primary group and supplementary groups from the database; a numeric uid
-// unknown there gets gid 0, as Docker does. "" means: stay uid 0 (without capabilities).
+// unknown there gets gid 0, as Docker does. "" means DefaultUID:DefaultGID.
 func ResolveUser(s string) (*initproc.User, error) {
 	if s == "" {
-		return nil, nil
+		return &initproc.User{UID: DefaultUID, GID: DefaultGID, Groups: []uint32{DefaultGID}}, nil
 	}
 	name, group, hasGroup := strings.Cut(s, ":")
 	u := &initproc.User{}

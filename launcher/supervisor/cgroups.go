@@ -17,9 +17,9 @@ import (
 // <launcher's own cgroup>/podmesh-<project>/ in every hierarchy (launcher/cgroups).
 type HostCgroups struct{}
 
-// Project opens the cgroups of one project.
-func (HostCgroups) Project(name string) (ProjectCgroups, error) {
-	m, err := cgroups.New(cgroups.Config{Name: name})
+// Project opens the cgroups of one project, under dirs when given.
+func (HostCgroups) Project(name string, dirs []string) (ProjectCgroups, error) {
+	m, err := cgroups.New(cgroups.Config{Name: name, Bases: dirs})
 	if err != nil {
 		return nil, err
 	}
@@ -48,6 +48,7 @@ func (h *hostProject) Pod(name string, limits compose.Limits) (pod.Cgroup, error
 
 func (h *hostProject) Cleanup(ctx context.Context) error { return h.m.Cleanup(ctx) }
 func (h *hostProject) Close() error                      { return h.m.Close() }
+func (h *hostProject) Dirs() []string                    { return h.m.Bases() }
 
 type hostPod struct{ p *cgroups.Pod }
 

@@ -12,8 +12,10 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/podmesh/podmesh/launcher/compose"
+	"github.com/podmesh/podmesh/launcher/initproc"
 )
 
 const usage = `usage: launcher [flags] up [-d] [-f FILE]
@@ -28,6 +30,12 @@ const daemonEnv = "PODMESH_LAUNCHER_READY_FD"
 
 // CLI runs the launcher command line (os.Args[1:]); cmd/launcher is a thin wrapper.
 func CLI(ctx context.Context, args []string, stdout io.Writer) error {
+	// What the launcher inherited without close-on-exec (a shell's descriptors) must not
+	// reach the registry, the ingress or the pods; fd 3 of a background launcher, its
+	// readiness pipe, is read through os.NewFile, which does not care.
+	if err := initproc.CloseOnExecFrom(3); err != nil {
+		return fmt.Errorf("mark inherited descriptors close-on-exec: %w", err)
+	}
 	fs := flag.NewFlagSet("launcher", flag.ContinueOnError)
 	fs.Usage = func() { fmt.Fprint(fs.Output(), usage); fs.PrintDefaults() }
 	self, _ := os.Executable()
@@ -115,6 +123,7 @@ func CLI(ctx context.Context, args []string, stdout io.Writer) error {
 		return Logs(ctx, cfg, project, sub.Arg(0), *process, *follow, stdout)
 	case "down":
 		name := sub.String("p", "", "project name")
+		timeout := sub.Duration("timeout", 5*time.Minute, "give up waiting for the launcher to stop after this long (it goes on stopping)")
 		if err := sub.Parse(rest); err != nil {
 			return err
 		}
@@ -122,7 +131,10 @@ func CLI(ctx context.Context, args []string, stdout io.Writer) error {
 		if err != nil {
 			return err
 		}
-		return Down(context.WithoutCancel(ctx), cfg, project)
+		// SIGINT or SIGTERM (ctx) ends the wait too.
+		dctx, cancel := context.WithTimeout(ctx, *timeout)
+		defer cancel()
+		return Down(dctx, cfg, project)
 	default:
 		fs.Usage()
 		return fmt.Errorf("unknown command %q", cmd)

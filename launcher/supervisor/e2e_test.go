@@ -28,8 +28,10 @@ import (
 	"github.com/podmesh/podmesh/launcher/cgroups"
 	"github.com/podmesh/podmesh/launcher/initproc"
 	"github.com/podmesh/podmesh/launcher/internal/podtest"
+	"github.com/podmesh/podmesh/launcher/netns"
 	"github.com/podmesh/podmesh/launcher/pod"
 	"github.com/podmesh/podmesh/launcher/supervisor"
+	"github.com/vishvananda/netlink"
 )
 
 // TestMain lets this test binary be, depending on argv[0], the launcher itself (so tests can
@@ -52,6 +54,10 @@ func TestMain(m *testing.M) {
 	}
 	os.Setenv("GORACE", "atexit_sleep_ms=0")
 	dir, err := os.MkdirTemp("", "podmesh-e2e-bin")
+	if err == nil {
+		// The pods' programs run as nobody (the app) and as the sidecar's own user.
+		err = os.Chmod(dir, 0o755)
+	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
@@ -165,6 +171,26 @@ func (r *registry) record(event, deregistered string) {
 	}
 }
 
+// intentions lists the registry's intentions, "SOURCE -> DESTINATION ACTION", one a line.
+func (r *registry) intentions(t testing.TB) string {
+	t.Helper()
+	resp, err := http.Get("http://" + r.addr + "/v1/connect/intentions")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var xs []struct{ SourceName, DestinationName, Action string }
+	if err := json.NewDecoder(resp.Body).Decode(&xs); err != nil {
+		t.Fatal(err)
+	}
+	var lines []string
+	for _, x := range xs {
+		lines = append(lines, x.SourceName+" -> "+x.DestinationName+" "+x.Action)
+	}
+	sort.Strings(lines)
+	return strings.Join(lines, "\n")
+}
+
 // events is what the registry was told through the proxy, in order.
 func (r *registry) events() []string {
 	r.mu.Lock()
@@ -215,6 +241,7 @@ type env struct {
 	stateDir string
 	logDir   string
 	reg      *registry
+	launcher int // pid of the `up` process start ran, 0 before
 	project  string
 	bridge   string
 	subnet   netip.Prefix
@@ -225,6 +252,10 @@ var projectSeq int
 func newEnv(t testing.TB) *env {
 	testutil.RequirePrivileged(t)
 	dir := t.TempDir()
+	// The apps run as nobody, in the compose file's directory.
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
 	e := &env{t: t, dir: dir, stateDir: filepath.Join(dir, "state"), logDir: filepath.Join(dir, "logs"),
 		sidecar: sidecarBin, app: testApp, reg: startRegistry(t)}
 	exe, err := os.Executable()
@@ -270,6 +301,7 @@ func (e *env) start(file string) *exec.Cmd {
 	if err := cmd.Start(); err != nil {
 		e.t.Fatal(err)
 	}
+	e.launcher = cmd.Process.Pid
 	e.t.Cleanup(func() {
 		if cmd.ProcessState == nil {
 			_ = cmd.Process.Signal(syscall.SIGTERM)
@@ -281,6 +313,24 @@ func (e *env) start(file string) *exec.Cmd {
 		}
 	})
 	return cmd
+}
+
+// runInOtherCgroup runs a launcher command to completion from a new cgroup of its own (in
+// the memory hierarchy on v1, the launcher's primary one; in the unified one on v2).
+func (e *env) runInOtherCgroup(args ...string) (string, error) {
+	e.t.Helper()
+	root := "/sys/fs/cgroup/memory"
+	if _, err := os.Stat("/sys/fs/cgroup/cgroup.controllers"); err == nil {
+		root = "/sys/fs/cgroup"
+	}
+	dir := filepath.Join(root, "elsewhere-"+e.project)
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		e.t.Fatal(err)
+	}
+	defer os.Remove(dir)
+	cmd := exec.Command("sh", append([]string{"-c", `echo $$ > "$0/cgroup.procs" && exec "$@"`, dir, e.bin}, e.args(args...)...)...)
+	out, err := cmd.CombinedOutput()
+	return string(out), err
 }
 
 // run runs a launcher command to completion.
@@ -304,6 +354,11 @@ func (e *env) waitFor(name string, timeout time.Duration, cond func(supervisor.R
 	e.t.Helper()
 	var last supervisor.Row
 	testutil.Eventually(e.t, timeout, 20*time.Millisecond, func() error {
+		// A launcher that has exited (a zombie until the test reaps it) will not get there:
+		// say so now rather than after the whole timeout.
+		if e.launcher > 0 && exited(e.launcher) {
+			e.t.Fatalf("waiting for pod %s: the launcher (pid %d) has exited; last seen %+v", name, e.launcher, last)
+		}
 		for _, r := range e.ps() {
 			if r.Name == name {
 				last = r
@@ -318,7 +373,33 @@ func (e *env) waitFor(name string, timeout time.Duration, cond func(supervisor.R
 	return last
 }
 
+// exited reports whether process pid is gone or a zombie.
+func exited(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return true
+	}
+	i := strings.LastIndexByte(string(b), ')')
+	return i >= 0 && strings.HasPrefix(string(b[i:]), ") Z")
+}
+
 func healthy(r supervisor.Row) bool { return r.State == "running" && r.Health == pod.HealthHealthy }
+
+// statusLine returns the value of a field of /proc/PID/status.
+func statusLine(t *testing.T, pid int, field string) string {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, field+":"); ok {
+			return strings.TrimSpace(v)
+		}
+	}
+	t.Fatalf("/proc/%d/status has no %s", pid, field)
+	return ""
+}
 
 func nsOf(t *testing.T, pid int, kind string) string {
 	t.Helper()
@@ -411,13 +492,40 @@ func TestUpIsolationLimitsDown(t *testing.T) {
 	if nsOf(t, rows[0].Pid, "net") == nsOf(t, rows[1].Pid, "net") {
 		t.Error("two replicas share a network namespace")
 	}
+	// Without `user:` in the file the app runs as nobody, not root.
+	if ids := statusLine(t, r.Pid, "Uid"); ids != "65534\t65534\t65534\t65534" {
+		t.Errorf("app uids %q; want nobody's", ids)
+	}
+	// From the app's network namespace, as the app's user (or root), neither the registry
+	// relay nor the sidecar's admin listener (/drain) answers; the app's own port does. The
+	// sidecar, its own user, reaches both (the pods got healthy, registered and served).
+	relay := netip.AddrPortFrom(e.subnet.Addr().Next(), supervisor.DefaultRelayPort)
+	for _, tc := range []struct {
+		url, user string
+		ok        bool
+	}{
+		{"http://" + relay.String() + "/v1/status/leader", "65534", false},
+		{"http://" + relay.String() + "/v1/status/leader", "0", false},
+		{"http://127.0.0.1:15000/ready", "65534", false},
+		{"http://127.0.0.1:15000/ready", "0", false},
+		{"http://127.0.0.1:8080/", "65534", true},
+	} {
+		out, err := exec.Command("nsenter", "-t", fmt.Sprint(r.Pid), "-n", "setpriv", "--reuid="+tc.user, "--regid="+tc.user,
+			"--clear-groups", testApp, "-probe", tc.url).CombinedOutput()
+		if tc.ok && err != nil {
+			t.Errorf("uid %s in the pod: GET %s: %v %s", tc.user, tc.url, err, out)
+		}
+		if !tc.ok && (err == nil || !strings.Contains(string(out), "connection refused")) {
+			t.Errorf("uid %s in the pod: GET %s: %v %s; want the connection refused", tc.user, tc.url, err, out)
+		}
+	}
 	// The sidecar, found through its cgroup, shares the app's network namespace.
 	m, err := cgroups.New(cgroups.Config{Name: supervisor.CgroupName(e.project)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer m.Close()
-	cg, err := m.Open("podmesh-" + e.project + "-web-1")
+	cg, err := m.Open(netns.PinName(e.project, "web", 1))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -489,12 +597,19 @@ func TestUpIsolationLimitsDown(t *testing.T) {
 	}
 
 	// 3. down stops the running launcher in order and leaves nothing behind.
+	// The ingress's call to web is declared: the launcher created its intention.
+	if got := e.reg.intentions(t); got != pod.IngressService(e.project)+" -> web allow" {
+		t.Errorf("intentions in the registry: %q; want the ingress to web", got)
+	}
 	if out, err := e.run("down", "-p", e.project); err != nil {
 		t.Fatalf("down: %v\n%s", err, out)
 	}
 	waitExit(t, launcher)
 	if e.reg.registered("web-1") != nil || e.reg.registered("web-2") != nil {
 		t.Errorf("still registered after down: %v", e.reg.events())
+	}
+	if got := e.reg.intentions(t); got != "" {
+		t.Errorf("intentions left in the registry after down: %q", got)
 	}
 	after := podtest.Leftovers(t, e.project, e.bridge)
 	if strings.Join(before, "\n") != strings.Join(after, "\n") {
@@ -578,7 +693,9 @@ func TestKilledLauncherThenDown(t *testing.T) {
 	if len(left) <= len(before) {
 		t.Fatalf("a killed launcher left nothing to clean up; the test proves nothing: %v", left)
 	}
-	if out, err := e.run("down", "-p", e.project); err != nil {
+	// `down` from a shell in another cgroup than the launcher's: it finds the pods through
+	// the absolute cgroup directories recorded in the state.
+	if out, err := e.runInOtherCgroup("down", "-p", e.project); err != nil {
 		t.Fatalf("down after kill: %v\n%s", err, out)
 	}
 	if e.reg.registered("web-1") != nil || e.reg.registered("web-2") != nil {
@@ -759,7 +876,19 @@ func TestTrafficDuringRestart(t *testing.T) {
 	}
 	t.Logf("%d failed requests around the restart", len(failures))
 	if !restarted || seen["catalog-1"] < 5 || seen["catalog-2"] < 5 {
-		t.Fatalf("after the restart: restarted %v, served by %v; failures %v", restarted, seen, failures)
+		if m, err := cgroups.New(cgroups.Config{Name: supervisor.CgroupName(e.project)}); err == nil {
+			if cg, err := m.Open(netns.PinName(e.project, "catalog", 1)); err == nil {
+				pids, _ := cg.MemberPids(cgroups.Sidecar)
+				for _, pid := range pids {
+					_ = syscall.Kill(pid, syscall.SIGQUIT)
+				}
+				t.Logf("SIGQUIT to catalog-1's sidecar %v (goroutine dump in its log below)", pids)
+				time.Sleep(time.Second)
+			}
+		}
+		app, _ := os.ReadFile(filepath.Join(e.logDir, e.project, "catalog-1", "app.log"))
+		side, _ := os.ReadFile(filepath.Join(e.logDir, e.project, "catalog-1", "sidecar.log"))
+		t.Fatalf("after the restart: restarted %v, served by %v; failures %v\ncatalog-1 app.log:\n%s\nsidecar.log:\n%s", restarted, seen, failures, app, side)
 	}
 	if after := e.waitFor("catalog-1", time.Second, healthy); after.Addr != victim.Addr {
 		t.Errorf("catalog-1 moved from %v to %v", victim.Addr, after.Addr)
@@ -772,8 +901,9 @@ func TestTrafficDuringRestart(t *testing.T) {
 // TestOwnRegistry: without -registry the launcher starts the registry program itself
 // (cmd/registry, with its default arguments -http ADDR -data DIR), pods reach it through the
 // relay on the bridge's gateway, instances show up passing with their meta, a request
-// crosses two sidecars, and after a SIGKILLed launcher `down` also ends the registry it had
-// started.
+// crosses two sidecars; a registry that dies is restarted and the instances are passing
+// there again; a SIGKILLed launcher's registry ends with it, and `down` removes what is
+// left.
 func TestOwnRegistry(t *testing.T) {
 	e := newEnv(t)
 	before := podtest.Leftovers(t, e.project, e.bridge)
@@ -841,12 +971,56 @@ func TestOwnRegistry(t *testing.T) {
 	// A request crosses the ingress and two sidecars.
 	throughIngress(t, expose, "hello from catalog-1\n via frontend-1")
 
+	// The registry's output goes through the pods' log files (size-rotated), line by line.
+	regLog := readFile(t, filepath.Join(e.logDir, e.project, "registry.log"))
+	if first, _, _ := strings.Cut(regLog, "\n"); !strings.Contains(first, " stderr ") && !strings.Contains(first, " stdout ") {
+		t.Errorf("registry.log does not hold timestamped stream lines: %q", first)
+	}
+
+	// The registry dies: the launcher restarts it on the same address, the instances are
+	// passing there again, and requests go on crossing the mesh.
+	if err := syscall.Kill(st.Registry.Pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 30*time.Second, 50*time.Millisecond, func() error {
+		b, err := os.ReadFile(filepath.Join(e.stateDir, e.project, "state.json"))
+		if err != nil {
+			return err
+		}
+		var now supervisor.State
+		if err := json.Unmarshal(b, &now); err != nil || now.Registry == nil || now.Registry.Pid == st.Registry.Pid || now.Registry.Pid == 0 {
+			return fmt.Errorf("registry in the state: %+v, %v", now.Registry, err)
+		}
+		if now.Registry.Addr != st.Registry.Addr {
+			t.Fatalf("the registry moved from %s to %s", st.Registry.Addr, now.Registry.Addr)
+		}
+		resp, err := http.Get("http://" + now.Registry.Addr + "/v1/health/service/catalog?passing=1")
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		var es []json.RawMessage
+		if err := json.NewDecoder(resp.Body).Decode(&es); err != nil || len(es) != 1 {
+			return fmt.Errorf("passing catalog instances after the registry's restart: %d, %v", len(es), err)
+		}
+		st = now
+		return nil
+	})
+	throughIngress(t, expose, "hello from catalog-1\n via frontend-1")
+
 	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
 	waitExit(t, cmd)
-	if left := podtest.Leftovers(t, e.project, e.bridge); !strings.Contains(strings.Join(left, "\n"), "process") {
-		t.Fatalf("the registry did not outlive the killed launcher; nothing to prove: %v", left)
+	// The registry ends with its launcher (its parent-death signal), even a SIGKILLed one.
+	testutil.Eventually(t, 10*time.Second, 20*time.Millisecond, func() error {
+		if err := syscall.Kill(st.Registry.Pid, 0); err == nil {
+			return fmt.Errorf("the registry %d outlives its SIGKILLed launcher", st.Registry.Pid)
+		}
+		return nil
+	})
+	if left := podtest.Leftovers(t, e.project, e.bridge); len(left) == 0 {
+		t.Fatalf("the killed launcher left nothing; nothing to prove")
 	}
 	if out, err := exec.Command(e.bin, "-state-dir", e.stateDir, "-log-dir", e.logDir, "down", "-p", e.project).CombinedOutput(); err != nil {
 		t.Fatalf("down: %v\n%s", err, out)
@@ -878,6 +1052,10 @@ func TestDetached(t *testing.T) {
 	var pid int
 	if _, err := fmt.Sscan(string(b), &pid); err != nil || syscall.Kill(pid, 0) != nil {
 		t.Fatalf("pid file %q: no running launcher (%v)", b, err)
+	}
+	// "started" means the pods have started, not that they are about to.
+	if rows := e.ps(); len(rows) != 1 || rows[0].State != "running" {
+		t.Errorf("right after up -d: %+v; want web-1 running", rows)
 	}
 	e.waitFor("web-1", 60*time.Second, healthy)
 	if out, err := e.run("ps", "-f", file); err != nil || !strings.Contains(out, "healthy") {
@@ -936,7 +1114,7 @@ func TestIngress(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer m.Close()
-	cg, err := m.Open("podmesh-" + e.project + "-ingress-0")
+	cg, err := m.Open(netns.PinName(e.project, "ingress", 0))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1011,5 +1189,209 @@ func TestIngress(t *testing.T) {
 	after := podtest.Leftovers(t, e.project, e.bridge)
 	if strings.Join(before, "\n") != strings.Join(after, "\n") {
 		t.Errorf("left behind after down:\n%s", strings.Join(after, "\n"))
+	}
+}
+
+// TestDefaultPolicyDeny: with `x-podmesh: {default_policy: deny}` the launcher starts its
+// registry denying by default and allows exactly the declared edges (frontend → catalog,
+// the ingress → frontend), which work; a call along an undeclared edge (frontend → admin,
+// made by a sidecar holding frontend's identity) is answered 403.
+func TestDefaultPolicyDeny(t *testing.T) {
+	e := newEnv(t)
+	expose := testutil.FreePort(t)
+	file := e.compose(fmt.Sprintf(`  catalog:
+    command: [APP, -listen, "127.0.0.1:8080"]
+    x-podmesh: {port: 8080}
+  admin:
+    command: [APP, -listen, "127.0.0.1:8080"]
+    x-podmesh: {port: 8080}
+  frontend:
+    command: [APP, -listen, "127.0.0.1:8080", -upstream, "http://catalog/"]
+    x-podmesh: {port: 8080, upstreams: [catalog], expose: "%s"}
+`, expose))
+	if err := os.WriteFile(file, bytes.Replace(must(os.ReadFile(file)), []byte("x-podmesh:\n"), []byte("x-podmesh:\n  default_policy: deny\n"), 1), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(e.bin, "-state-dir", e.stateDir, "-log-dir", e.logDir, "-init-bin", smallInit, "-sidecar-bin", e.sidecar,
+		"-registry-bin", registryBin, "up", "-f", file)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			_ = cmd.Process.Signal(syscall.SIGTERM)
+			_ = cmd.Wait()
+		}
+		_ = exec.Command(e.bin, "-state-dir", e.stateDir, "-log-dir", e.logDir, "down", "-p", e.project).Run()
+		if t.Failed() {
+			t.Logf("launcher output:\n%s", out.String())
+		}
+	})
+	for _, name := range []string{"catalog-1", "admin-1", "frontend-1"} {
+		e.waitFor(name, 60*time.Second, healthy)
+	}
+	var st supervisor.State
+	if err := json.Unmarshal(must(os.ReadFile(filepath.Join(e.stateDir, e.project, "state.json"))), &st); err != nil || st.Registry == nil {
+		t.Fatalf("state: %v %+v", err, st)
+	}
+	want := []supervisor.Edge{{Source: "frontend", Destination: "catalog"}, {Source: pod.IngressService(e.project), Destination: "frontend"}}
+	if fmt.Sprint(st.Intentions) != fmt.Sprint(want) {
+		t.Errorf("intentions created %v; want %v", st.Intentions, want)
+	}
+	// The declared edges: the ingress to frontend, frontend to catalog.
+	throughIngress(t, expose, "hello from catalog-1\n via frontend-1")
+
+	// A sidecar with frontend's identity, on the host, calling catalog (declared) and admin
+	// (not declared anywhere).
+	toCatalog, toAdmin, admin := testutil.FreePort(t), testutil.FreePort(t), testutil.FreePort(t)
+	c := pod.SidecarConfig{Service: "frontend", ID: "frontend-rogue", Admin: admin, Registry: "http://" + st.Registry.Addr,
+		Upstreams: []pod.SidecarUpstream{
+			{Name: "catalog", Listen: toCatalog, Policy: map[string]any{"protocol": "http"}},
+			{Name: "admin", Listen: toAdmin, Policy: map[string]any{"protocol": "http"}},
+		}}
+	b, err := c.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	conf := filepath.Join(e.dir, "rogue.yaml")
+	if err := os.WriteFile(conf, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	rogue := exec.Command(e.sidecar, "-config", conf)
+	var rout bytes.Buffer
+	rogue.Stdout, rogue.Stderr = &rout, &rout
+	if err := rogue.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = rogue.Process.Kill()
+		_ = rogue.Wait()
+		if t.Failed() {
+			t.Logf("rogue sidecar output:\n%s", rout.String())
+		}
+	})
+	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	testutil.Eventually(t, 30*time.Second, 50*time.Millisecond, func() error {
+		_, err := getBody(client, "http://"+toCatalog+"/")
+		return err
+	})
+	resp, err := client.Get("http://" + toAdmin + "/")
+	if err != nil {
+		t.Fatalf("frontend's identity to admin: %v; want a 403", err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusForbidden {
+		t.Errorf("frontend's identity to admin, an undeclared edge: %s %s; want 403", resp.Status, body)
+	}
+}
+
+func must(b []byte, err error) []byte {
+	if err != nil {
+		panic(err)
+	}
+	return b
+}
+
+// TestSharedBridgeRefused: a second project on a bridge a running launcher uses is refused
+// (it would hand out the same pod addresses and, on down, take the gateway address away
+// from the first), and the first project's pod keeps its address and network.
+func TestSharedBridgeRefused(t *testing.T) {
+	e := newEnv(t)
+	file := e.compose(`  web:
+    command: [APP, -listen, "127.0.0.1:8080"]
+`)
+	e.start(file)
+	first := e.waitFor("web-1", 60*time.Second, func(r supervisor.Row) bool { return r.State == "running" })
+	// Another project, in another directory, on the same bridge and subnet.
+	other := *e
+	other.dir = t.TempDir()
+	other.project = e.project + "x"
+	if err := os.Chmod(other.dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	out, err := other.run("up", "-f", other.compose(`  web:
+    command: [APP, -listen, "127.0.0.1:8080"]
+`))
+	if err == nil || !strings.Contains(out, "used by the launcher of project \""+e.project+"\"") {
+		t.Fatalf("a second project on bridge %s: %v\n%s", e.bridge, err, out)
+	}
+	if r := e.waitFor("web-1", time.Second, func(r supervisor.Row) bool { return r.State == "running" }); r.Pid != first.Pid || r.Addr != first.Addr {
+		t.Errorf("the first project's pod changed: %+v, was %+v", r, first)
+	}
+	link, err := netlink.LinkByName(e.bridge)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addrs, _ := netlink.AddrList(link, netlink.FAMILY_V4)
+	if len(addrs) != 1 || addrs[0].IP.String() != e.subnet.Addr().Next().String() {
+		t.Errorf("bridge %s addresses after the refused project: %v", e.bridge, addrs)
+	}
+}
+
+// TestDownDuringSlowStop: `down` waiting for a launcher that is still stopping (an app
+// that ignores SIGTERM, 30s stop_grace_period) gives up at once on SIGTERM; and when that
+// launcher dies before it has finished, the `down` waiting for it removes what is left and
+// succeeds, instead of returning with the pods still there.
+func TestDownDuringSlowStop(t *testing.T) {
+	e := newEnv(t)
+	before := podtest.Leftovers(t, e.project, e.bridge)
+	file := e.compose(`  slow:
+    command: [APP, -listen, "127.0.0.1:8080", -ignore-term]
+    stop_grace_period: 30s
+`)
+	launcher := e.start(file)
+	e.waitFor("slow-1", 60*time.Second, func(r supervisor.Row) bool { return r.State == "running" })
+	var out1 bytes.Buffer
+	down1 := exec.Command(e.bin, e.args("down", "-p", e.project)...)
+	down1.Stdout, down1.Stderr = &out1, &out1
+	if err := down1.Start(); err != nil {
+		t.Fatal(err)
+	}
+	e.waitFor("slow-1", 10*time.Second, func(r supervisor.Row) bool { return r.State == "stopping" })
+	if err := down1.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- down1.Wait() }()
+	select {
+	case err := <-exited:
+		if err == nil {
+			t.Errorf("down cut short by SIGTERM succeeded:\n%s", out1.String())
+		}
+	case <-time.After(5 * time.Second):
+		_ = down1.Process.Kill()
+		<-exited
+		t.Fatalf("down ignored SIGTERM for 5s:\n%s", out1.String())
+	}
+
+	var out2 bytes.Buffer
+	down2 := exec.Command(e.bin, e.args("down", "-p", e.project)...)
+	down2.Stdout, down2.Stderr = &out2, &out2
+	if err := down2.Start(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(500 * time.Millisecond) // down2 has asked, and waits
+	if err := launcher.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	waitExit(t, launcher)
+	done := make(chan error, 1)
+	go func() { done <- down2.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("down after its launcher died mid-stop: %v\n%s", err, out2.String())
+		}
+	case <-time.After(30 * time.Second):
+		_ = down2.Process.Kill()
+		<-done
+		t.Fatalf("down did not return within 30s of its launcher's death:\n%s", out2.String())
+	}
+	after := podtest.Leftovers(t, e.project, e.bridge)
+	if strings.Join(before, "\n") != strings.Join(after, "\n") {
+		t.Errorf("left behind when the launcher died while stopping:\n%s\ndown said:\n%s", strings.Join(after, "\n"), out2.String())
 	}
 }

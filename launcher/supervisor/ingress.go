@@ -204,7 +204,7 @@ func (in *ingress) once(ctx context.Context, logf *logs.File) string {
 		out.Close()
 		return err.Error()
 	}
-	exe, err := filepath.Abs(in.cfg.SidecarBin)
+	exe, err := resolveExe(in.cfg.SidecarBin)
 	if err != nil {
 		return err.Error()
 	}
@@ -212,21 +212,17 @@ func (in *ingress) once(ctx context.Context, logf *logs.File) string {
 	cmd.Stdout, cmd.Stderr = out, errw
 	cmd.Dir = "/"
 	// Its own process group: a terminal's Ctrl-C reaches the launcher, which stops the
-	// ingress first, in order.
+	// ingress first, in order. It ends with the launcher (startChild).
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	err = cmd.Start()
+	exited, err := startChild(cmd)
 	out.Close()
 	errw.Close()
 	if err != nil {
 		return fmt.Sprintf("start %s: %v", exe, err)
 	}
-	exited := make(chan struct{})
-	go func() {
-		_ = cmd.Wait()
-		close(exited)
-	}()
 	pid := cmd.Process.Pid
-	if err := in.state.update(func(st *State) { st.Ingress = &Proc{Pid: pid, Exe: exe} }); err != nil {
+	start, _ := procStart(pid)
+	if err := in.state.update(func(st *State) { st.Ingress = &Proc{Pid: pid, Start: start, Exe: exe} }); err != nil {
 		in.cfg.Logf("ingress: record pid %d: %v", pid, err)
 	}
 	in.mu.Lock()

@@ -10,59 +10,159 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/podmesh/podmesh/launcher/compose"
+	"github.com/podmesh/podmesh/launcher/logs"
 )
 
 // registryProc is the registry the launcher started.
 type registryProc struct {
 	cmd  *exec.Cmd
 	addr string
-	done chan struct{}
+	done <-chan struct{}
+}
+
+// resolveExe is the absolute path of a program with its symlinks resolved: what
+// /proc/PID/exe of its process shows, so a later launcher recognises the process.
+func resolveExe(path string) (string, error) {
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return "", err
+	}
+	return filepath.EvalSymlinks(abs)
+}
+
+// startChild starts cmd with SIGTERM as its parent-death signal, from a goroutine locked to
+// its thread which stays there in cmd.Wait: the kernel sends the signal when the starting
+// thread ends, so it must be one that lives as long as the child, not any runtime thread.
+// A launcher that dies, even by SIGKILL, so takes the process with it. done is closed when
+// cmd.Wait has returned.
+func startChild(cmd *exec.Cmd) (done <-chan struct{}, err error) {
+	if cmd.SysProcAttr == nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{}
+	}
+	cmd.SysProcAttr.Pdeathsig = syscall.SIGTERM
+	started := make(chan error, 1)
+	d := make(chan struct{})
+	go func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		if err := cmd.Start(); err != nil {
+			started <- err
+			return
+		}
+		started <- nil
+		_ = cmd.Wait()
+		close(d)
+	}()
+	if err := <-started; err != nil {
+		return nil, err
+	}
+	return d, nil
+}
+
+// procStart is a process's start time (clock ticks after boot, /proc/PID/stat field 22):
+// with the pid, it names one process, not whichever reuses the pid later.
+func procStart(pid int) (uint64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 {
+		return 0, fmt.Errorf("supervisor: /proc/%d/stat: no command", pid)
+	}
+	// After ") ": field 3 (state) onwards; the start time is field 22.
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 20 {
+		return 0, fmt.Errorf("supervisor: /proc/%d/stat: %d fields", pid, len(f)+2)
+	}
+	return strconv.ParseUint(f[19], 10, 64)
 }
 
 // startRegistry starts the registry binary on a free loopback port with its data under the
 // project's state dir, records it in the state first, and waits until it answers.
-func startRegistry(ctx context.Context, cfg Config, dir string, sf *stateFile) (*registryProc, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return nil, fmt.Errorf("supervisor: pick a registry port: %w", err)
+// addr "" picks a free port; a restart passes the address the relay and the launcher use.
+func startRegistry(ctx context.Context, cfg Config, dir string, sf *stateFile, policy, addr string) (*registryProc, error) {
+	if addr == "" {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, fmt.Errorf("supervisor: pick a registry port: %w", err)
+		}
+		addr = l.Addr().String()
+		l.Close()
 	}
-	addr := l.Addr().String()
-	l.Close()
 	data := filepath.Join(dir, "registry")
 	if err := os.MkdirAll(data, 0o755); err != nil {
 		return nil, fmt.Errorf("supervisor: registry data dir: %w", err)
 	}
-	logf, err := os.OpenFile(filepath.Join(cfg.LogDir, sf.get().Project, "registry.log"), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o640)
+	// Size-rotated like the pods' logs (cfg.LogPolicy), closed once the registry has exited
+	// and its output is drained.
+	logf, err := logs.Open(filepath.Join(cfg.LogDir, sf.get().Project, "registry.log"), cfg.LogPolicy)
 	if err != nil {
-		if err := os.MkdirAll(filepath.Join(cfg.LogDir, sf.get().Project), 0o755); err != nil {
-			return nil, fmt.Errorf("supervisor: registry log: %w", err)
-		}
-		if logf, err = os.OpenFile(filepath.Join(cfg.LogDir, sf.get().Project, "registry.log"), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o640); err != nil {
-			return nil, fmt.Errorf("supervisor: registry log: %w", err)
-		}
+		return nil, fmt.Errorf("supervisor: registry log: %w", err)
 	}
-	defer logf.Close()
-	exe, err := filepath.Abs(cfg.RegistryBin)
+	out, outDone, err := logf.Capture("stdout")
 	if err != nil {
+		logf.Close()
+		return nil, fmt.Errorf("supervisor: registry log: %w", err)
+	}
+	errw, errDone, err := logf.Capture("stderr")
+	if err != nil {
+		out.Close()
+		<-outDone
+		logf.Close()
+		return nil, fmt.Errorf("supervisor: registry log: %w", err)
+	}
+	started := false
+	defer func() {
+		out.Close()
+		errw.Close()
+		if !started {
+			<-outDone
+			<-errDone
+			logf.Close()
+		}
+	}()
+	exe, err := resolveExe(cfg.RegistryBin)
+	if err != nil {
+		return nil, fmt.Errorf("supervisor: registry program: %w", err)
+	}
+	args := cfg.RegistryArgs(addr, data)
+	if policy == compose.PolicyDeny {
+		// cmd/registry's flag; the sidecars take the default from the registry's answers.
+		args = append(args, "-default-intention-policy", "deny")
+	}
+	// Recorded before it starts (without a pid yet): a launcher killed in between leaves
+	// at most a registry that its parent-death signal ends, and a data dir cleanup finds.
+	if err := sf.update(func(st *State) {
+		st.Registry = &RegistryProc{Exe: exe, DataDir: data, Addr: addr}
+	}); err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(exe, cfg.RegistryArgs(addr, data)...)
-	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd := exec.Command(exe, args...)
+	cmd.Stdout, cmd.Stderr = out, errw
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true} // not killed by the terminal's Ctrl-C before the pods deregister
-	if err := cmd.Start(); err != nil {
+	done, err := startChild(cmd)
+	if err != nil {
 		return nil, fmt.Errorf("supervisor: start registry %s: %w", exe, err)
 	}
-	r := &registryProc{cmd: cmd, addr: addr, done: make(chan struct{})}
+	started = true
 	go func() {
-		_ = cmd.Wait()
-		close(r.done)
+		<-outDone
+		<-errDone
+		logf.Close()
 	}()
+	r := &registryProc{cmd: cmd, addr: addr, done: done}
+	start, _ := procStart(cmd.Process.Pid)
 	if err := sf.update(func(st *State) {
-		st.Registry = &RegistryProc{Pid: cmd.Process.Pid, Exe: exe, DataDir: data, Addr: addr}
+		st.Registry = &RegistryProc{Pid: cmd.Process.Pid, Start: start, Exe: exe, DataDir: data, Addr: addr}
 	}); err != nil {
 		_ = r.stop()
 		return nil, err
@@ -94,6 +194,51 @@ func startRegistry(ctx context.Context, cfg Config, dir string, sf *stateFile) (
 	}
 }
 
+// RegistryRestartMax caps the wait between restarts of a registry that keeps exiting.
+const RegistryRestartMax = 30 * time.Second
+
+// superviseRegistry restarts the launcher's registry whenever it exits before teardown, on
+// the same address and data (the relay and the pods keep their URL), after a wait that
+// doubles from 500ms while restarts fail. The pods register again when the restarted
+// registry does not know them (pod.ErrNotRegistered). It returns when ctx ends.
+func (s *Supervisor) superviseRegistry(ctx context.Context, policy string) {
+	wait := 500 * time.Millisecond
+	for {
+		s.mu.Lock()
+		r := s.registry
+		s.mu.Unlock()
+		select {
+		case <-ctx.Done():
+			return
+		case <-r.done:
+		}
+		s.cfg.Logf("registry exited (%v); restarting it in %v", r.cmd.ProcessState, wait)
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		next, err := startRegistry(ctx, s.cfg, s.dir, s.state, policy, r.addr)
+		if err != nil {
+			s.cfg.Logf("restart registry: %v", err)
+			wait = min(2*wait, RegistryRestartMax)
+			// Still watching the dead one: its done channel is closed, so the loop retries.
+			continue
+		}
+		wait = 500 * time.Millisecond
+		s.mu.Lock()
+		s.registry = next
+		s.mu.Unlock()
+		s.cfg.Logf("registry restarted, pid %d", next.cmd.Process.Pid)
+		// Its data kept the intentions; any it lost are made again.
+		if err := s.allowEdges(ctx, "http://"+next.addr); err != nil {
+			s.cfg.Logf("after the registry's restart: %v", err)
+		}
+	}
+}
+
 func (r *registryProc) stop() error {
 	_ = r.cmd.Process.Signal(syscall.SIGTERM)
 	t := time.NewTimer(10 * time.Second)
@@ -107,9 +252,9 @@ func (r *registryProc) stop() error {
 	return nil
 }
 
-// killOrphan ends a process a dead launcher started, if pid still runs exe: SIGTERM, then
-// SIGKILL after grace.
-func killOrphan(pid int, exe string, grace time.Duration) error {
+// killOrphan ends a process a dead launcher started, if pid still runs exe and (when start
+// is known) began at start: SIGTERM, then SIGKILL after grace.
+func killOrphan(pid int, exe string, start uint64, grace time.Duration) error {
 	if pid <= 0 {
 		return nil
 	}
@@ -121,6 +266,11 @@ func killOrphan(pid int, exe string, grace time.Duration) error {
 		got = strings.TrimSuffix(got, " (deleted)")
 		if got != exe {
 			return false
+		}
+		if start != 0 {
+			if s, err := procStart(pid); err != nil || s != start {
+				return false
+			}
 		}
 		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 		if err != nil {

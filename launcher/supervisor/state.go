@@ -22,13 +22,18 @@ type State struct {
 	Network netns.Network     `json:"network"`
 	Bridge  netns.BridgeState `json:"bridge"`
 	Cgroup  string            `json:"cgroup"` // directory under the launcher's cgroup holding the pods
+	// CgroupDirs are that directory's absolute paths, one per cgroup hierarchy.
+	CgroupDirs []string `json:"cgroup_dirs,omitempty"`
 	// Registry is the registry process the launcher started, if any.
 	Registry *RegistryProc `json:"registry,omitempty"`
 	// RegistryURL is where the pods were registered, and Instances their IDs, so cleanup
 	// after a crash deregisters them from a registry that outlives the launcher.
-	RegistryURL string      `json:"registry_url,omitempty"`
-	Instances   []string    `json:"instances,omitempty"`
-	Pods        []netns.Pod `json:"pods"`
+	RegistryURL string   `json:"registry_url,omitempty"`
+	Instances   []string `json:"instances,omitempty"`
+	// Intentions are the allow intentions the launcher created in that registry for the
+	// project's declared edges, each recorded before it was created.
+	Intentions []Edge      `json:"intentions,omitempty"`
+	Pods       []netns.Pod `json:"pods"`
 	// Ingress is the ingress sidecar's current process, if the project exposes a service.
 	// It also sits in the project's cgroups; the pid is a second way to find it.
 	Ingress *Proc `json:"ingress,omitempty"`
@@ -36,13 +41,15 @@ type State struct {
 
 // Proc identifies a process the launcher started outside a pod.
 type Proc struct {
-	Pid int    `json:"pid"`
-	Exe string `json:"exe"`
+	Pid   int    `json:"pid"`
+	Start uint64 `json:"start,omitempty"` // clock ticks after boot (/proc/PID/stat), against pid reuse
+	Exe   string `json:"exe"`             // symlinks resolved, as /proc/PID/exe shows it
 }
 
 // RegistryProc identifies a registry the launcher started.
 type RegistryProc struct {
-	Pid     int    `json:"pid"`
+	Pid     int    `json:"pid"` // 0: recorded before it started
+	Start   uint64 `json:"start,omitempty"`
 	Exe     string `json:"exe"`
 	DataDir string `json:"data_dir"`
 	Addr    string `json:"addr"`
@@ -67,6 +74,7 @@ func (f *stateFile) get() State {
 	defer f.mu.Unlock()
 	st := f.st
 	st.Pods = append([]netns.Pod(nil), f.st.Pods...)
+	st.Intentions = append([]Edge(nil), f.st.Intentions...)
 	return st
 }
 

@@ -88,7 +88,9 @@ func DefaultRegistryArgs(addr, dataDir string) []string {
 
 // CgroupSystem hands out the cgroups of one project.
 type CgroupSystem interface {
-	Project(name string) (ProjectCgroups, error)
+	// Project opens the project's pod cgroups: under dirs when given (ProjectCgroups.Dirs
+	// of an earlier launcher, recorded in its state), else under this process's cgroup.
+	Project(name string, dirs []string) (ProjectCgroups, error)
 }
 
 // ProjectCgroups are the pod cgroups of one project.
@@ -96,6 +98,8 @@ type ProjectCgroups interface {
 	pod.Cgroups
 	// Cleanup kills the processes of every pod cgroup of the project and removes them.
 	Cleanup(ctx context.Context) error
+	// Dirs are the absolute directories holding the project's pods, one per hierarchy.
+	Dirs() []string
 	Close() error
 }
 
@@ -112,11 +116,15 @@ type Supervisor struct {
 	state   *stateFile
 	cg      ProjectCgroups
 
-	registry    *registryProc
-	relay       *relay
-	regClient   pod.Registry
-	registryURL string // as pods see it
-	hostReg     string // as the host sees it (the ingress)
+	bridgeLock   *os.File      // netns.LockBridge, held until teardown ends
+	registry     *registryProc // guarded by mu: superviseRegistry replaces it
+	regWatch     chan struct{} // closed when superviseRegistry has returned
+	stopRegWatch context.CancelFunc
+	relay        *relay
+	relayAddr    netip.AddrPort // where pods reach the relay; invalid without a registry
+	regClient    pod.Registry
+	registryURL  string // as pods see it
+	hostReg      string // as the host sees it (the ingress)
 
 	ingress     *ingress // nil: nothing exposed
 	stopIngress context.CancelFunc
@@ -153,6 +161,10 @@ func Up(ctx context.Context, cfg Config, project *compose.Project, ready func(er
 	// Every sidecar configuration the file leads to must load in the sidecar: checked
 	// before anything is created, so a bad policy value starts nothing.
 	if err := pod.CheckSidecars(project); err != nil {
+		ready(err)
+		return err
+	}
+	if err := pod.CheckUsers(project); err != nil {
 		ready(err)
 		return err
 	}
@@ -203,10 +215,37 @@ func Up(ctx context.Context, cfg Config, project *compose.Project, ready func(er
 		ready(err)
 		return err
 	}
+	s.waitStarted(ctx, startedWait)
 	ready(nil)
 	<-ctx.Done()
 	cfg.Logf("stopping %s", project.Name)
 	return nil
+}
+
+// startedWait bounds how long `up` waits, before it reports the project started, for every
+// pod to have been through its first start (a dependency never healthy must not hold it).
+const startedWait = 60 * time.Second
+
+// waitStarted waits until every pod has been through its first start (running, exited or
+// backing off after a failed start), at most d.
+func (s *Supervisor) waitStarted(ctx context.Context, d time.Duration) {
+	ctx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
+	s.mu.Lock()
+	services := s.services
+	s.mu.Unlock()
+	var waiting []string
+	for _, sv := range services {
+		for _, p := range sv.pods {
+			err := p.WaitFor(ctx, func(i pod.Info) bool { return i.Status != pod.Created && i.Status != pod.Starting })
+			if err != nil {
+				waiting = append(waiting, p.Name())
+			}
+		}
+	}
+	if len(waiting) > 0 && ctx.Err() != nil && !errors.Is(ctx.Err(), context.Canceled) {
+		s.cfg.Logf("still starting after %v: %s", d, strings.Join(waiting, ", "))
+	}
 }
 
 // start records the state and creates the shared pieces: bridge, cgroup, registry, relay.
@@ -225,9 +264,19 @@ func (s *Supervisor) start(ctx context.Context) error {
 	s.state = &stateFile{path: filepath.Join(s.dir, "state.json"), st: State{
 		Project: p.Name, Pid: os.Getpid(), Started: time.Now(), Network: network, Cgroup: CgroupName(p.Name),
 	}}
-	// Record the bridge as if created before creating it: a crash in between must not leave
-	// it unrecorded. The real outcome replaces this right after.
-	if err := s.state.update(func(st *State) { st.Bridge = netns.BridgeState{} }); err != nil {
+	// One launcher per bridge, for as long as it runs (teardown releases it last).
+	lock, err := netns.LockBridge(network.Bridge, p.Name)
+	if err != nil {
+		return err
+	}
+	s.bridgeLock = lock
+	// Record what EnsureBridge is about to create before it does: a crash in between must
+	// not leave it unrecorded. The real outcome replaces this right after.
+	intent, err := netns.BridgeIntent(network)
+	if err != nil {
+		return err
+	}
+	if err := s.state.update(func(st *State) { st.Bridge = intent }); err != nil {
 		return err
 	}
 	bst, err := netns.EnsureBridge(network)
@@ -240,8 +289,13 @@ func (s *Supervisor) start(ctx context.Context) error {
 	if s.cfg.Cgroups == nil {
 		return errors.New("supervisor: no cgroup system configured")
 	}
-	if s.cg, err = s.cfg.Cgroups.Project(CgroupName(p.Name)); err != nil {
+	if s.cg, err = s.cfg.Cgroups.Project(CgroupName(p.Name), nil); err != nil {
 		return fmt.Errorf("supervisor: cgroups: %w", err)
+	}
+	// Where they are, absolutely, before any is created: a `down` run from another cgroup
+	// than this launcher's finds them there.
+	if err := s.state.update(func(st *State) { st.CgroupDirs = s.cg.Dirs() }); err != nil {
+		return err
 	}
 	regURL := s.cfg.RegistryURL
 	if regURL == "" {
@@ -254,10 +308,21 @@ func (s *Supervisor) start(ctx context.Context) error {
 		if _, err := os.Stat(s.cfg.RegistryBin); err != nil {
 			return fmt.Errorf("supervisor: meshed services need a registry: no registry program (%w); build it (make build) or give -registry-bin PATH or -registry URL", err)
 		}
-		if s.registry, err = startRegistry(ctx, s.cfg, s.dir, s.state); err != nil {
+		reg, err := startRegistry(ctx, s.cfg, s.dir, s.state, p.Mesh.DefaultPolicy, "")
+		if err != nil {
 			return err
 		}
-		regURL = "http://" + s.registry.addr
+		s.mu.Lock()
+		s.registry = reg
+		s.mu.Unlock()
+		regURL = "http://" + reg.addr
+		wctx, cancel := context.WithCancel(context.WithoutCancel(ctx)) // teardown ends it
+		s.regWatch = make(chan struct{})
+		s.stopRegWatch = cancel
+		go func() {
+			defer close(s.regWatch)
+			s.superviseRegistry(wctx, p.Mesh.DefaultPolicy)
+		}()
 	}
 	if regURL != "" {
 		s.hostReg = regURL
@@ -272,9 +337,18 @@ func (s *Supervisor) start(ctx context.Context) error {
 		if s.relay, err = startRelay(gw.String(), target); err != nil {
 			return err
 		}
+		s.relayAddr = gw
 		s.registryURL = "http://" + gw.String()
 		if s.regClient, err = pod.NewConsulRegistry(regURL); err != nil {
 			return err
+		}
+		// The declared edges are allowed before any sidecar asks; under default_policy
+		// deny they are the only calls that are.
+		if err := s.allowEdges(ctx, regURL); err != nil {
+			if p.Mesh.DefaultPolicy == compose.PolicyDeny {
+				return err
+			}
+			s.cfg.Logf("%v (default policy allow: the call is allowed anyway)", err)
 		}
 	}
 	return nil
@@ -315,6 +389,8 @@ func (s *Supervisor) startServices(ctx context.Context) error {
 			if svc.Mesh.Port > 0 {
 				np.Open = []uint16{pod.InboundPort, pod.MetricsPort}
 			}
+			// The registry relay and the sidecar's admin listener: for the sidecar only.
+			np.Guard = pod.Guards(s.relayAddr)
 			planned = append(planned, np)
 			name := fmt.Sprintf("%s-%d", svc.Name, r)
 			if svc.Mesh.Port > 0 {
@@ -472,8 +548,23 @@ func (s *Supervisor) teardown() error {
 	if s.relay != nil {
 		s.relay.Close()
 	}
-	if s.registry != nil {
-		if err := s.registry.stop(); err != nil {
+	if s.state != nil {
+		st := s.state.get()
+		if err := removeIntentions(ctx, st.RegistryURL, st.Intentions); err != nil {
+			errs = append(errs, err)
+		} else {
+			_ = s.state.update(func(st *State) { st.Intentions = nil })
+		}
+	}
+	if s.stopRegWatch != nil {
+		s.stopRegWatch()
+		<-s.regWatch
+	}
+	s.mu.Lock()
+	reg := s.registry
+	s.mu.Unlock()
+	if reg != nil {
+		if err := reg.stop(); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -490,12 +581,17 @@ func (s *Supervisor) teardown() error {
 				errs = append(errs, err)
 			}
 		}
-		if err := netns.RemoveBridge(st.Network, st.Bridge); err != nil {
-			errs = append(errs, err)
+		if s.bridgeLock != nil {
+			if err := netns.RemoveBridge(st.Network, st.Bridge); err != nil {
+				errs = append(errs, err)
+			}
 		}
 		if len(errs) == 0 {
 			removeState(s.dir)
 		}
+	}
+	if s.bridgeLock != nil {
+		s.bridgeLock.Close()
 	}
 	return errors.Join(errs...)
 }
@@ -504,7 +600,7 @@ func removeState(dir string) {
 	_ = os.RemoveAll(filepath.Join(dir, "pods"))
 	_ = os.RemoveAll(filepath.Join(dir, "registry"))
 	_ = os.RemoveAll(filepath.Join(dir, "ingress"))
-	for _, f := range []string{"state.json", "control.sock"} {
+	for _, f := range []string{"state.json", "state.json.tmp", "control.sock"} {
 		_ = os.Remove(filepath.Join(dir, f))
 	}
 }
@@ -514,7 +610,7 @@ func removeState(dir string) {
 func cleanup(ctx context.Context, cfg Config, st State) error {
 	var errs []error
 	if cfg.Cgroups != nil && st.Cgroup != "" {
-		cg, err := cfg.Cgroups.Project(st.Cgroup)
+		cg, err := cfg.Cgroups.Project(st.Cgroup, st.CgroupDirs)
 		if err == nil {
 			err = cg.Cleanup(ctx)
 			cg.Close()
@@ -534,13 +630,20 @@ func cleanup(ctx context.Context, cfg Config, st State) error {
 			}
 		}
 	}
+	// The intentions it created there, likewise; a registry the launcher started goes with
+	// its data.
+	if st.RegistryURL != "" && st.Registry == nil {
+		if err := removeIntentions(ctx, st.RegistryURL, st.Intentions); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	if st.Registry != nil {
-		if err := killOrphan(st.Registry.Pid, st.Registry.Exe, 5*time.Second); err != nil {
+		if err := killOrphan(st.Registry.Pid, st.Registry.Exe, st.Registry.Start, 5*time.Second); err != nil {
 			errs = append(errs, err)
 		}
 	}
 	if st.Ingress != nil {
-		if err := killOrphan(st.Ingress.Pid, st.Ingress.Exe, 5*time.Second); err != nil {
+		if err := killOrphan(st.Ingress.Pid, st.Ingress.Exe, st.Ingress.Start, 5*time.Second); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -550,8 +653,18 @@ func cleanup(ctx context.Context, cfg Config, st State) error {
 		}
 	}
 	if st.Network.Bridge != "" {
-		if err := netns.RemoveBridge(st.Network, st.Bridge); err != nil {
+		// Unless another launcher has taken the bridge since: then it is that one's.
+		lock, err := netns.LockBridge(st.Network.Bridge, st.Project)
+		switch {
+		case errors.Is(err, netns.ErrBridgeBusy):
+			cfg.Logf("bridge %s left in place: %v", st.Network.Bridge, err)
+		case err != nil:
 			errs = append(errs, err)
+		default:
+			if err := netns.RemoveBridge(st.Network, st.Bridge); err != nil {
+				errs = append(errs, err)
+			}
+			lock.Close()
 		}
 	}
 	if len(errs) == 0 {
@@ -592,47 +705,59 @@ func Running(cfg Config, project string) bool {
 }
 
 // Down stops the project: through the running launcher when there is one (waiting for it
-// to finish), otherwise by removing whatever a killed launcher left.
+// to finish), otherwise by removing whatever a killed launcher left. A launcher that dies
+// while it stops leaves its state file: Down then removes what is left itself. Down gives
+// up when ctx ends (the launcher goes on stopping).
 func Down(ctx context.Context, cfg Config, project string) error {
 	cfg.withDefaults()
 	dir := projectDir(cfg, project)
 	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
 		return nil
 	}
-	lock, err := lockProject(dir)
-	if errors.Is(err, ErrRunning) {
-		running, _ := readState(filepath.Join(dir, "state.json"))
-		if err := controlDo(ctx, dir, http.MethodPost, "/down", nil); err != nil {
-			return err
-		}
-		// The launcher releases the lock when it has stopped everything, then exits.
-		t := time.NewTicker(50 * time.Millisecond)
-		defer t.Stop()
-		for {
-			if l, err := lockProject(dir); err == nil {
-				l.Close()
+	statePath := filepath.Join(dir, "state.json")
+	var running State
+	asked := false
+	t := time.NewTicker(50 * time.Millisecond)
+	defer t.Stop()
+	for {
+		lock, err := lockProject(dir)
+		if err == nil {
+			defer lock.Close()
+			if asked {
+				// The launcher releases the lock when it has stopped everything, then exits.
 				waitExited(ctx, running.Pid, 10*time.Second)
+			}
+			st, err := readState(statePath)
+			if errors.Is(err, os.ErrNotExist) {
 				return nil
 			}
-			select {
-			case <-ctx.Done():
-				return fmt.Errorf("supervisor: waiting for the launcher of %s to stop: %w", project, ctx.Err())
-			case <-t.C:
+			if err != nil {
+				return err
 			}
+			if asked {
+				cfg.Logf("the launcher of %s (pid %d) ended before it had removed everything; removing the rest", project, running.Pid)
+			}
+			return cleanup(ctx, cfg, st)
+		}
+		if !errors.Is(err, ErrRunning) {
+			return err
+		}
+		if !asked {
+			running, _ = readState(statePath)
+			if err := controlDo(ctx, dir, http.MethodPost, "/down", nil); err != nil {
+				if ctx.Err() != nil || Running(cfg, project) {
+					return err
+				}
+				continue // it has just ended: its lock is free
+			}
+			asked = true
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("supervisor: waiting for the launcher of %s to stop: %w", project, ctx.Err())
+		case <-t.C:
 		}
 	}
-	if err != nil {
-		return err
-	}
-	defer lock.Close()
-	st, err := readState(filepath.Join(dir, "state.json"))
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	return cleanup(ctx, cfg, st)
 }
 
 // waitExited waits, at most d, until process pid has exited (gone, or a zombie its parent

@@ -16,15 +16,22 @@ import (
 	"github.com/vishvananda/netlink"
 )
 
+// TestRange holds every subnet the launcher's tests use: outside the default pod subnet
+// (compose.DefaultSubnet, 10.89.0.0/16, which `make demo` uses), the demo test's
+// (examples/shop, 10.232.0.0/16) and the launcher benchmark's (10.86.0.0/24), so tests never
+// clash with a demo or a benchmark running on the same machine.
+var TestRange = netip.MustParsePrefix("10.231.0.0/16")
+
 // Network returns a bridge name and a subnet unique to this test process and call:
-// "podmesh-t" plus 5 hex digits, and a /24 inside 10.89.0.0/16 chosen from the same number.
+// "podmesh-t" plus 5 hex digits, and a /24 inside TestRange chosen from the same number.
 // The bridge is removed when the test ends.
 func Network(t testing.TB) (bridge string, subnet netip.Prefix) {
 	t.Helper()
 	n := (os.Getpid()*7 + int(counter.Add(1))) % 0xfffff
 	bridge = fmt.Sprintf("podmesh-t%05x", n)
 	third := 1 + n%250
-	subnet = netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 89, byte(third), 0}), 24)
+	b := TestRange.Addr().As4()
+	subnet = netip.PrefixFrom(netip.AddrFrom4([4]byte{b[0], b[1], byte(third), 0}), 24)
 	t.Cleanup(func() {
 		if l, err := netlink.LinkByName(bridge); err == nil {
 			_ = netlink.LinkDel(l)

@@ -88,7 +88,11 @@ func run(args []string) int {
 	})}
 	go func() { _ = srv.Serve(l) }()
 	fmt.Printf("testapp on %s (%s), holding %d MiB, env %s\n", l.Addr(), host, len(hold)*8, strings.Join(os.Environ(), " "))
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	sigs := []os.Signal{syscall.SIGTERM, syscall.SIGINT}
+	if *ignoreTerm {
+		sigs = sigs[1:] // signal.Notify would undo signal.Ignore
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), sigs...)
 	defer stop()
 	if *exitAfter > 0 {
 		t := time.NewTimer(*exitAfter)
