@@ -841,12 +841,22 @@ func TestTrafficDuringRestart(t *testing.T) {
 	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
 	get := func() (string, error) { return getBody(client, url) }
 	throughIngress(t, expose, "hello from catalog-1\n via frontend-1", "hello from catalog-2\n via frontend-1")
-	// Bounded load: at most 2000 requests or 60 s, one at a time.
+	// Bounded load, one request at a time with a short pause between them, until the
+	// restarted replica and the other one have each served a few requests, for at most 90 s
+	// (and 20000 requests). The bound is in time, not in requests: the restart (kill, 50ms
+	// delay, a new sidecar ready, health check, registration, the frontend's watch) and
+	// the least_request balancer sending traffic back to the returning replica (its
+	// latency estimate must decay below the busy one's) each take seconds, more on a loaded
+	// machine, while a fast run used to spend 2000 requests in ten seconds. The loop ends
+	// as soon as both replicas have served after the restart.
 	var failures []string
 	seen := map[string]int{}
 	killed, restarted := false, false
-	deadline := time.Now().Add(60 * time.Second)
-	for n := 0; n < 2000 && time.Now().Before(deadline); n++ {
+	deadline := time.Now().Add(90 * time.Second)
+	for n := 0; n < 20000 && time.Now().Before(deadline); n++ {
+		if n > 0 {
+			time.Sleep(5 * time.Millisecond)
+		}
 		body, err := get()
 		if err != nil {
 			failures = append(failures, err.Error())
