@@ -86,7 +86,7 @@ func EnsureBridge(n Network) (BridgeState, error) {
 		if !errors.As(err, &nf) {
 			return st, fmt.Errorf("netns: look up bridge %s: %w", n.Bridge, err)
 		}
-		br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: n.Bridge}}
+		br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: n.Bridge, HardwareAddr: BridgeMAC(n)}}
 		if err := netlink.LinkAdd(br); err != nil && !errors.Is(err, unix.EEXIST) {
 			return st, fmt.Errorf("netns: create bridge %s: %w", n.Bridge, err)
 		}
@@ -109,6 +109,17 @@ func EnsureBridge(n Network) (BridgeState, error) {
 		return st, fmt.Errorf("netns: set bridge %s up: %w", n.Bridge, err)
 	}
 	return st, nil
+}
+
+// BridgeMAC is the fixed MAC address EnsureBridge gives a bridge it creates: locally
+// administered (02:50) followed by the gateway's IPv4 address, so it is unique on the host.
+// A bridge without an address of its own takes the lowest MAC among its ports and changes it
+// whenever a port with a lower one joins; pods that learned the old one in their ARP cache
+// then send frames the host drops as not its own, and new connections to the gateway (the
+// registry relay) hang until the entry expires, 10–50 s later.
+func BridgeMAC(n Network) net.HardwareAddr {
+	gw := n.Gateway().As4()
+	return net.HardwareAddr{0x02, 0x50, gw[0], gw[1], gw[2], gw[3]}
 }
 
 // BridgeIntent says what EnsureBridge would create now (the bridge, the gateway address), so

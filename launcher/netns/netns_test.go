@@ -335,6 +335,45 @@ func TestPodNetwork(t *testing.T) {
 	}
 }
 
+// TestBridgeMACStable: the bridge keeps the MAC EnsureBridge gave it when a port with a lower
+// MAC joins. Without a fixed address the kernel moves the bridge to the lowest port MAC, and
+// pods that cached the old one can no longer open connections to the gateway.
+func TestBridgeMACStable(t *testing.T) {
+	testutil.RequirePrivileged(t)
+	bridge, subnet := podtest.Network(t)
+	n := netns.Network{Bridge: bridge, Subnet: subnet}
+	if _, err := netns.EnsureBridge(n); err != nil {
+		t.Fatal(err)
+	}
+	br, err := netlink.LinkByName(bridge)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := netns.BridgeMAC(n)
+	if got := br.Attrs().HardwareAddr; got.String() != want.String() {
+		t.Fatalf("new bridge MAC %v; want %v", got, want)
+	}
+	for i, mac := range []string{"02:00:00:00:00:09", "00:00:00:00:00:01"} {
+		name := fmt.Sprintf("pmd%sd%d", bridge[len(bridge)-5:], i)
+		hw, _ := net.ParseMAC(mac)
+		d := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: name, HardwareAddr: hw, MasterIndex: br.Attrs().Index},
+			PeerName: name + "p"}
+		if err := netlink.LinkAdd(d); err != nil {
+			t.Fatalf("add port %s: %v", name, err)
+		}
+		t.Cleanup(func() { _ = netlink.LinkDel(d) })
+		if err := netlink.LinkSetUp(d); err != nil {
+			t.Fatal(err)
+		}
+		if br, err = netlink.LinkByName(bridge); err != nil {
+			t.Fatal(err)
+		}
+		if got := br.Attrs().HardwareAddr; got.String() != want.String() {
+			t.Fatalf("after port %s (%s) joined, bridge MAC %v; want it to stay %v", name, mac, got, want)
+		}
+	}
+}
+
 func TestEnsureBridgeRefusesOverlap(t *testing.T) {
 	testutil.RequirePrivileged(t)
 	bridge, _ := podtest.Network(t)
