@@ -429,7 +429,12 @@ func (u *Upstream) try(ctx context.Context, out *http.Request, body *reqBody, ho
 	}
 	ejected := host.Ejected()
 	host.Begin()
+	// sent is when the request went out on a connection: a success's latency, the load
+	// balancer's signal, leaves out the dial and TLS handshake of a new connection, a
+	// one-off cost that would otherwise keep a freshly (re)started host out of rotation
+	// for the EWMA's decay time. A failure's counts from start: a slow dial is the host's.
 	start := time.Now()
+	sent := start
 	var res *http.Response
 	var err error
 	if u.roundTrip != nil {
@@ -440,6 +445,7 @@ func (u *Upstream) try(ctx context.Context, out *http.Request, body *reqBody, ho
 		cc, err = u.h2.get(actx, host.Address())
 		u.pending.release()
 		if err == nil {
+			sent = time.Now()
 			res, err = cc.RoundTrip(out)
 			if err != nil {
 				err = classifyRoundTrip(err)
@@ -470,7 +476,7 @@ func (u *Upstream) try(ctx context.Context, out *http.Request, body *reqBody, ho
 		return nil, nil, tracing.Span{}, err
 	}
 	outcome := outcomeOf(res)
-	host.Done(latency, outcome)
+	host.Done(time.Since(sent), outcome)
 	if span.Recording() && !ejected && host.Ejected() {
 		span.Ejected(host.Address(), outcomeName(outcome))
 	}
