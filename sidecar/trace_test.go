@@ -8,12 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os"
-	"os/exec"
-	"path/filepath"
-	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -21,48 +16,9 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/podmesh/podmesh/examples/shop/shop"
+	"github.com/podmesh/podmesh/internal/jaegertest"
 	"github.com/podmesh/podmesh/internal/testutil"
 )
-
-// jaegerConfig runs Jaeger v2 (the binary `make tools` builds from v1.76.0's cmd/jaeger, an
-// OpenTelemetry Collector distribution) in memory with only an OTLP/HTTP receiver and the
-// query API, on the loopback ports given (its built-in configuration binds a dozen fixed
-// ports). The same configuration as tracing/jaeger_test.go.
-const jaegerConfig = `
-service:
-  extensions: [jaeger_storage, jaeger_query]
-  pipelines:
-    traces:
-      receivers: [otlp]
-      exporters: [jaeger_storage_exporter]
-  telemetry:
-    metrics:
-      level: none
-    logs:
-      level: warn
-extensions:
-  jaeger_storage:
-    backends:
-      mem:
-        memory:
-          max_traces: 10000
-  jaeger_query:
-    enable_tracing: false
-    storage:
-      traces: mem
-    http:
-      endpoint: %s
-    grpc:
-      endpoint: %s
-receivers:
-  otlp:
-    protocols:
-      http:
-        endpoint: %s
-exporters:
-  jaeger_storage_exporter:
-    trace_storage: mem
-`
 
 type lockedBuffer struct {
 	mu sync.Mutex
@@ -79,85 +35,6 @@ func (l *lockedBuffer) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.String()
-}
-
-// startJaeger runs the real Jaeger until the test ends and returns its OTLP/HTTP address
-// and query API URL. A start that loses a port race is retried with new ports.
-func startJaeger(t *testing.T) (otlpAddr, queryURL string) {
-	t.Helper()
-	bin := testutil.Tool(t, "jaeger")
-	for try := 1; ; try++ {
-		otlpAddr, queryAddr, grpcAddr := testutil.FreePort(t), testutil.FreePort(t), testutil.FreePort(t)
-		cfg := filepath.Join(t.TempDir(), "jaeger.yaml")
-		if err := os.WriteFile(cfg, fmt.Appendf(nil, jaegerConfig, queryAddr, grpcAddr, otlpAddr), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		logs := &lockedBuffer{}
-		cmd := exec.Command(bin, "--config", cfg)
-		cmd.Stdout, cmd.Stderr = logs, logs
-		if err := cmd.Start(); err != nil {
-			t.Fatalf("start jaeger: %v", err)
-		}
-		exited := make(chan error, 1)
-		go func() { exited <- cmd.Wait() }()
-		stop := func() {
-			_ = cmd.Process.Signal(syscall.SIGTERM)
-			timer := time.NewTimer(10 * time.Second)
-			defer timer.Stop()
-			select {
-			case <-exited:
-			case <-timer.C:
-				_ = cmd.Process.Kill()
-				<-exited
-			}
-		}
-		queryURL = "http://" + queryAddr
-		// Startup takes a second or two: the collector starts every component.
-		deadline := time.Now().Add(30 * time.Second)
-		var err error
-		for err == nil {
-			select {
-			case werr := <-exited:
-				err = fmt.Errorf("jaeger exited during startup (%v):\n%s", werr, logs.String())
-			default:
-			}
-			if err == nil && jaegerReady(queryURL, otlpAddr) {
-				t.Cleanup(func() {
-					stop()
-					if t.Failed() {
-						t.Logf("jaeger output:\n%s", logs.String())
-					}
-				})
-				return otlpAddr, queryURL
-			}
-			if err == nil && time.Now().After(deadline) {
-				stop()
-				err = fmt.Errorf("jaeger not ready within 30s:\n%s", logs.String())
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
-		if try == 3 || !strings.Contains(err.Error(), "address already in use") {
-			t.Fatal(err)
-		}
-		t.Logf("jaeger start %d: %v; retrying with other ports", try, err)
-	}
-}
-
-func jaegerReady(queryURL, otlpAddr string) bool {
-	res, err := http.Get(queryURL + "/api/services")
-	if err != nil {
-		return false
-	}
-	res.Body.Close()
-	if res.StatusCode != 200 {
-		return false
-	}
-	c, err := net.Dial("tcp", otlpAddr)
-	if err != nil {
-		return false
-	}
-	c.Close()
-	return true
 }
 
 // jaegerTrace is the part of Jaeger's /api/traces/{id} answer the tests read.
@@ -369,7 +246,7 @@ func checkShopTrace(t *testing.T, prefix string, m *shopMesh, queryURL, traceID,
 func TestShopTraceW3C(t *testing.T) {
 	needAgent(t)
 	testutil.CheckGoroutines(t)
-	otlp, query := startJaeger(t)
+	otlp, query := jaegertest.Start(t)
 	const prefix = "obtw-"
 	ep := []string{"-trace-endpoint", otlp}
 	m := startShop(t, prefix, map[string][]string{"frontend": ep, "catalog": ep, "prices": ep})
@@ -384,7 +261,7 @@ func TestShopTraceW3C(t *testing.T) {
 func TestShopTraceB3(t *testing.T) {
 	needAgent(t)
 	testutil.CheckGoroutines(t)
-	otlp, query := startJaeger(t)
+	otlp, query := jaegertest.Start(t)
 	const prefix = "obtb-"
 	m := startShop(t, prefix, map[string][]string{
 		"frontend": {"-trace-endpoint", otlp, "-trace-propagation", "b3multi"},
