@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -238,7 +239,7 @@ func (cc *h2ClientConn) RoundTrip(req *http.Request) (*http.Response, error) {
 		err := cc.werr
 		cc.wmu.Unlock()
 		cc.releaseSlot()
-		return nil, RefusedError{Err: err}
+		return nil, RefusedError{Err: fmt.Errorf("%w: %w", errH2NotSent, err)}
 	}
 	if err := cc.encodeRequestLocked(req, hasBody); err != nil {
 		cc.wmu.Unlock()

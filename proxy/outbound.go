@@ -440,7 +440,7 @@ func (u *Upstream) try(ctx context.Context, out *http.Request, body *reqBody, ho
 		cc, err = u.h2.get(actx, host.Address())
 		u.pending.release()
 		if err == nil {
-			res, err = cc.RoundTrip(out)
+			res, err = u.h2.send(actx, cc, out, host.Address())
 			if err != nil {
 				err = classifyRoundTrip(err)
 			}
