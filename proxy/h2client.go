@@ -321,6 +321,19 @@ func (cc *h2ClientConn) encodeRequestLocked(req *http.Request, hasBody bool) err
 	if !httpguts.ValidHeaderFieldValue(host) {
 		return errors.New("proxy: invalid Host " + strconv.Quote(host))
 	}
+	// Every field is checked before any is encoded: the encoder's dynamic table is shared
+	// with the peer's decoder, and a block abandoned halfway would leave entries there
+	// that the peer never saw, breaking the connection for every later request.
+	for k, vv := range req.Header {
+		if !validToken(k) {
+			return errors.New("proxy: invalid header name " + strconv.Quote(k))
+		}
+		for _, v := range vv {
+			if !httpguts.ValidHeaderFieldValue(v) {
+				return errors.New("proxy: invalid value of header " + k)
+			}
+		}
+	}
 	cc.hbuf.Reset()
 	cc.enc.WriteField(hpack.HeaderField{Name: ":method", Value: req.Method})
 	if req.Method == http.MethodConnect {
@@ -337,14 +350,8 @@ func (cc *h2ClientConn) encodeRequestLocked(req *http.Request, hasBody bool) err
 			"Upgrade", "Trailer":
 			continue
 		}
-		if !validToken(k) {
-			return errors.New("proxy: invalid header name " + strconv.Quote(k))
-		}
 		name := cc.lowerName(k)
 		for _, v := range vv {
-			if !httpguts.ValidHeaderFieldValue(v) {
-				return errors.New("proxy: invalid value of header " + k)
-			}
 			if name == "te" && v != "trailers" {
 				continue
 			}

@@ -515,3 +515,27 @@ func goAwayConn(c net.Conn, goAway bool, n int) {
 		}
 	}
 }
+
+// A request refused for an invalid header leaves the connection usable: nothing of it
+// reached the encoder's table, which the peer's decoder mirrors.
+func TestH2ClientInvalidHeaderKeepsConnection(t *testing.T) {
+	addr := startH2CApp(t, 0, func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, r.Host) })
+	cc := dialH2Client(t, addr)
+	bad := newReq(t, context.Background(), "GET", "http://"+addr+"/", nil, 0)
+	bad.Host = "first.example"
+	bad.Header.Set("X-Bad", "a\x00b")
+	if _, err := cc.RoundTrip(bad); err == nil {
+		t.Fatal("a header value with NUL was sent")
+	}
+	good := newReq(t, context.Background(), "GET", "http://"+addr+"/", nil, 0)
+	good.Host = "first.example"
+	res, err := cc.RoundTrip(good)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	if res.StatusCode != 200 || string(b) != "first.example" {
+		t.Errorf("%d %q", res.StatusCode, b)
+	}
+}
