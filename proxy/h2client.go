@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -238,7 +239,7 @@ func (cc *h2ClientConn) RoundTrip(req *http.Request) (*http.Response, error) {
 		err := cc.werr
 		cc.wmu.Unlock()
 		cc.releaseSlot()
-		return nil, RefusedError{Err: err}
+		return nil, RefusedError{Err: fmt.Errorf("%w: %w", errH2NotSent, err)}
 	}
 	if err := cc.encodeRequestLocked(req, hasBody); err != nil {
 		cc.wmu.Unlock()
@@ -320,6 +321,19 @@ func (cc *h2ClientConn) encodeRequestLocked(req *http.Request, hasBody bool) err
 	if !httpguts.ValidHeaderFieldValue(host) {
 		return errors.New("proxy: invalid Host " + strconv.Quote(host))
 	}
+	// Every field is checked before any is encoded: the encoder's dynamic table is shared
+	// with the peer's decoder, and a block abandoned halfway would leave entries there
+	// that the peer never saw, breaking the connection for every later request.
+	for k, vv := range req.Header {
+		if !validToken(k) {
+			return errors.New("proxy: invalid header name " + strconv.Quote(k))
+		}
+		for _, v := range vv {
+			if !httpguts.ValidHeaderFieldValue(v) {
+				return errors.New("proxy: invalid value of header " + k)
+			}
+		}
+	}
 	cc.hbuf.Reset()
 	cc.enc.WriteField(hpack.HeaderField{Name: ":method", Value: req.Method})
 	if req.Method == http.MethodConnect {
@@ -336,14 +350,8 @@ func (cc *h2ClientConn) encodeRequestLocked(req *http.Request, hasBody bool) err
 			"Upgrade", "Trailer":
 			continue
 		}
-		if !validToken(k) {
-			return errors.New("proxy: invalid header name " + strconv.Quote(k))
-		}
 		name := cc.lowerName(k)
 		for _, v := range vv {
-			if !httpguts.ValidHeaderFieldValue(v) {
-				return errors.New("proxy: invalid value of header " + k)
-			}
 			if name == "te" && v != "trailers" {
 				continue
 			}

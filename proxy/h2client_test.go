@@ -391,3 +391,151 @@ func TestH2PoolDepartedPeerFinishesStreams(t *testing.T) {
 		t.Errorf("request in flight: %q %v", r.body, r.err)
 	}
 }
+
+// A peer that closes its connection gracefully (GOAWAY) while requests are in flight on it:
+// the pool sends the streams the GOAWAY refused again on a new connection, bodies in memory
+// included, instead of failing them; the caller sees no error. (Each failure would cost
+// the outbound a retry and a slot of its retry budget: with more requests in flight than
+// the budget's floor of 3, some failed with 503 while sidecars replaced connections.)
+func TestH2PoolResendsRefusedStreams(t *testing.T) {
+	const n = 4
+	ln := listen(t)
+	var accepted atomic.Int32
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go goAwayConn(c, accepted.Add(1) == 1, n)
+		}
+	}()
+	addr := ln.Addr().String()
+	d := dialer{timeout: time.Second}
+	p := newH2Pool(testutil.Context(t, time.Minute), 1, false, func(ctx context.Context, addr string) (net.Conn, error) {
+		return d.dial(ctx, addr, "")
+	}, nil)
+	defer p.close()
+	errs := make(chan error, n)
+	for i := range n {
+		go func() {
+			ctx := testutil.Context(t, 10*time.Second)
+			req := newReq(t, ctx, "GET", "http://"+addr+"/", nil, 0)
+			want := "0"
+			if i%2 == 1 {
+				body := strings.Repeat("x", 10*i)
+				req = newReq(t, ctx, "POST", "http://"+addr+"/", nil, int64(len(body)))
+				req.Body = &bytesBody{data: []byte(body)}
+				want = strconv.Itoa(len(body))
+			}
+			res, err := p.roundTrip(req, addr)
+			if err != nil {
+				errs <- fmt.Errorf("request %d: %w", i, err)
+				return
+			}
+			io.Copy(io.Discard, res.Body)
+			res.Body.Close()
+			if got := res.Header.Get("X-Len"); res.StatusCode != 200 || got != want {
+				errs <- fmt.Errorf("request %d: %d, the peer read %s body bytes, want %s", i, res.StatusCode, got, want)
+				return
+			}
+			errs <- nil
+		}()
+	}
+	for range n {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+	if a := accepted.Load(); a != 2 {
+		t.Errorf("%d connections, want 2", a)
+	}
+}
+
+// goAwayConn serves one HTTP/2 connection for TestH2PoolResendsRefusedStreams. With
+// goAway, once n requests have arrived it sends GOAWAY with the first of them as the last
+// stream, answers that one and never the others; otherwise it answers every request, with
+// the number of body bytes it read in X-Len.
+func goAwayConn(c net.Conn, goAway bool, n int) {
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	buf := make([]byte, len(http2.ClientPreface))
+	if _, err := io.ReadFull(c, buf); err != nil {
+		return
+	}
+	fr := http2.NewFramer(c, c)
+	fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	fr.WriteSettings()
+	var hbuf bytes.Buffer
+	henc := hpack.NewEncoder(&hbuf)
+	respond := func(id uint32, size int) {
+		hbuf.Reset()
+		henc.WriteField(hpack.HeaderField{Name: ":status", Value: "200"})
+		henc.WriteField(hpack.HeaderField{Name: "x-len", Value: strconv.Itoa(size)})
+		fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: hbuf.Bytes(), EndStream: true, EndHeaders: true})
+	}
+	sizes := map[uint32]int{}
+	ended := map[uint32]bool{}
+	var first uint32
+	heads, sentGoAway, answered := 0, false, false
+	for {
+		f, err := fr.ReadFrame()
+		if err != nil {
+			return
+		}
+		var id uint32
+		switch f := f.(type) {
+		case *http2.MetaHeadersFrame:
+			id = f.StreamID
+			heads++
+			if first == 0 {
+				first = id
+			}
+			ended[id] = f.StreamEnded()
+		case *http2.DataFrame:
+			id = f.StreamID
+			sizes[id] += len(f.Data())
+			ended[id] = f.StreamEnded()
+		default:
+			continue
+		}
+		if !goAway {
+			if ended[id] {
+				respond(id, sizes[id])
+			}
+			continue
+		}
+		if heads == n && !sentGoAway {
+			fr.WriteGoAway(first, http2.ErrCodeNo, nil)
+			sentGoAway = true
+		}
+		if sentGoAway && ended[first] && !answered {
+			respond(first, sizes[first])
+			answered = true
+		}
+	}
+}
+
+// A request refused for an invalid header leaves the connection usable: nothing of it
+// reached the encoder's table, which the peer's decoder mirrors.
+func TestH2ClientInvalidHeaderKeepsConnection(t *testing.T) {
+	addr := startH2CApp(t, 0, func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, r.Host) })
+	cc := dialH2Client(t, addr)
+	bad := newReq(t, context.Background(), "GET", "http://"+addr+"/", nil, 0)
+	bad.Host = "first.example"
+	bad.Header.Set("X-Bad", "a\x00b")
+	if _, err := cc.RoundTrip(bad); err == nil {
+		t.Fatal("a header value with NUL was sent")
+	}
+	good := newReq(t, context.Background(), "GET", "http://"+addr+"/", nil, 0)
+	good.Host = "first.example"
+	res, err := cc.RoundTrip(good)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	if res.StatusCode != 200 || string(b) != "first.example" {
+		t.Errorf("%d %q", res.StatusCode, b)
+	}
+}

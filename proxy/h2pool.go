@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"errors"
 	"net"
 	"net/http"
 	"sync"
@@ -48,11 +49,68 @@ func (p *h2Pool) roundTrip(req *http.Request, addr string) (*http.Response, erro
 	if err != nil {
 		return nil, err
 	}
-	res, err := cc.RoundTrip(req)
+	res, err := p.send(req.Context(), cc, req, addr)
 	if err != nil {
 		return nil, classifyRoundTrip(err)
 	}
 	return res, nil
+}
+
+// h2Resends bounds how often send puts a request the peer did not process on another
+// connection (net/http's HTTP/2 transport allows 6).
+const h2Resends = 6
+
+// send runs req on cc, a connection get returned for addr. When the peer provably did not
+// process the stream (a RefusedError: the connection failed or was sent a GOAWAY before
+// the stream went out, the stream was above the GOAWAY's last stream, or it was refused
+// with REFUSED_STREAM), the request goes out again on another connection to the same peer,
+// as net/http's HTTP/2 transport does. A connection being replaced (the peer's graceful
+// close, say) is the pool's business: without this, every stream caught on it would cost
+// the caller one of its retries and a slot of the retry budget, and with a few requests
+// in flight on one peer the budget's floor runs out and requests fail with 503.
+func (p *h2Pool) send(ctx context.Context, cc *h2ClientConn, req *http.Request, addr string) (*http.Response, error) {
+	for n := 0; ; n++ {
+		next, ok := resendable(req)
+		res, err := cc.RoundTrip(req)
+		var re RefusedError
+		if err == nil || n >= h2Resends || ctx.Err() != nil || !errors.As(err, &re) ||
+			!(ok || errors.Is(err, errH2NotSent)) {
+			return res, err
+		}
+		if n > 0 {
+			// Refused again: give the peer a moment (a stream limit reached, say).
+			t := time.NewTimer(time.Duration(n) * 5 * time.Millisecond)
+			select {
+			case <-t.C:
+			case <-ctx.Done():
+				t.Stop()
+				return nil, err
+			}
+		}
+		c, gerr := p.get(ctx, addr)
+		if gerr != nil {
+			return nil, gerr
+		}
+		cc, req = c, next
+	}
+}
+
+// resendable returns a copy of req that can be sent again whatever the first attempt read
+// of its body, and whether there is one: requests without a body or with one in memory.
+// Others may go again only if their first attempt never started (errH2NotSent).
+func resendable(req *http.Request) (*http.Request, bool) {
+	switch b := req.Body.(type) {
+	case nil:
+		return req, true
+	case *bytesBody:
+		r := *req
+		r.Body = &bytesBody{data: b.data, off: b.off}
+		return &r, true
+	}
+	if req.Body == http.NoBody {
+		return req, true
+	}
+	return req, false
 }
 
 func (p *h2Pool) peer(addr string) *h2Peer {

@@ -446,7 +446,7 @@ func (u *Upstream) try(ctx context.Context, out *http.Request, body *reqBody, ho
 		u.pending.release()
 		if err == nil {
 			sent = time.Now()
-			res, err = cc.RoundTrip(out)
+			res, err = u.h2.send(actx, cc, out, host.Address())
 			if err != nil {
 				err = classifyRoundTrip(err)
 			}

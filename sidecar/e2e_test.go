@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -246,6 +247,29 @@ func get(c *http.Client, url string, header ...string) (int, string, error) {
 	return res.StatusCode, res.Header.Get("X-App"), nil
 }
 
+// getDetail is get that, for an answer other than 200, describes it: the Podmesh headers
+// and the start of the body, which say which part of the path failed.
+func getDetail(c *http.Client, url string) (int, string, error) {
+	res, err := c.Get(url)
+	if err != nil {
+		return 0, "", err
+	}
+	defer res.Body.Close()
+	b, _ := io.ReadAll(io.LimitReader(res.Body, 300))
+	io.Copy(io.Discard, res.Body)
+	if res.StatusCode == http.StatusOK {
+		return res.StatusCode, "", nil
+	}
+	var h []string
+	for k, v := range res.Header {
+		if strings.HasPrefix(k, "X-Podmesh") || k == "Retry-After" {
+			h = append(h, k+"="+strings.Join(v, ","))
+		}
+	}
+	sort.Strings(h)
+	return res.StatusCode, fmt.Sprintf("headers %v body %q", h, strings.TrimSpace(string(b))), nil
+}
+
 // load runs workers sending GETs to url until stop is closed, at most max requests each;
 // it returns the number of requests and every failure.
 func load(url string, workers, max int, stop <-chan struct{}) (func() (int64, []string), *sync.WaitGroup) {
@@ -264,11 +288,12 @@ func load(url string, workers, max int, stop <-chan struct{}) (func() (int64, []
 					return
 				default:
 				}
-				code, _, err := get(c, url)
+				code, detail, err := getDetail(c, url)
 				n.Add(1)
 				if err != nil || code != 200 {
 					mu.Lock()
-					failures = append(failures, fmt.Sprintf("worker %d #%d: %d %v", w, i, code, err))
+					failures = append(failures, fmt.Sprintf("worker %d #%d at %s: %d %v %s", w, i,
+						time.Now().Format("15:04:05.000"), code, err, detail))
 					mu.Unlock()
 				}
 			}
