@@ -635,7 +635,11 @@ func (p *sidecarProc) wait(t *testing.T, d time.Duration) error {
 func TestSIGTERMUnderLoad(t *testing.T) {
 	needAgent(t)
 	svc := "term"
-	slow := func(w http.ResponseWriter, r *http.Request) { time.Sleep(50 * time.Millisecond) }
+	var entered atomic.Int64 // requests that reached an app
+	slow := func(w http.ResponseWriter, r *http.Request) {
+		entered.Add(1)
+		time.Sleep(200 * time.Millisecond)
+	}
 	var procs []*sidecarProc
 	for i := range 2 {
 		app := startTestApp(t, fmt.Sprintf("term-%d", i), slow)
@@ -682,6 +686,7 @@ func TestSIGTERMUnderLoad(t *testing.T) {
 	c := httpClient()
 	var inflight sync.WaitGroup
 	var bad atomic.Int64
+	base := entered.Load()
 	for range 8 {
 		inflight.Add(1)
 		go func() {
@@ -691,7 +696,11 @@ func TestSIGTERMUnderLoad(t *testing.T) {
 			}
 		}()
 	}
-	time.Sleep(20 * time.Millisecond) // all 8 are in the app's 50ms sleep now
+	// SIGTERM once all 8 are in flight (they reached the app, which holds each 200ms); a fixed
+	// sleep here raced a loaded machine, where a request not yet accepted is not in flight.
+	for deadline := time.Now().Add(5 * time.Second); entered.Load()-base < 8 && time.Now().Before(deadline); {
+		time.Sleep(time.Millisecond)
+	}
 	caller.signal(t, syscall.SIGTERM)
 	inflight.Wait()
 	if err := caller.wait(t, 10*time.Second); err != nil {
