@@ -10,9 +10,16 @@
 # Builds nothing (make demo builds first); needs root. Exits non-zero when a step fails and
 # cleans up on every exit path. The registry demo is examples/registry-demo.sh.
 #
+# When `make tools` has built Prometheus and Jaeger (in ~/.cache/podmesh/bin), the demo also
+# runs them on loopback: Prometheus with deploy/prometheus/prometheus.yml pointed at the
+# launcher's registry, so it discovers the sidecars and the registry; "where to look" prints
+# their addresses and how to point Grafana at deploy/grafana/provisioning.
+#
 # Environment (optional): BIN (./bin), RATE (50 requests/s), STEADY (3s), KILL_LOAD (6s),
 # SHOP_EXPOSE (the host address of the frontend; default the first free of
-# 127.0.0.1:18080-18099), SHOP_PROJECT, SHOP_SUBNET, SHOP_BRIDGE (see the compose file).
+# 127.0.0.1:18080-18099), SHOP_PROJECT, SHOP_SUBNET, SHOP_BRIDGE (see the compose file),
+# TOOLBIN (~/.cache/podmesh/bin), DEMO_HOLD (keep the shop, Prometheus and Jaeger running
+# this long, e.g. 10m, before `launcher down`; Ctrl-C ends the wait; default 0).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,6 +39,9 @@ STATE=$tmp/state
 LOGS=$tmp/logs
 up=0
 ok=0
+TOOLBIN=${TOOLBIN:-$HOME/.cache/podmesh/bin}
+DEMO_HOLD=${DEMO_HOLD:-0}
+OBS_PIDS=()
 
 say() { printf '\n== %s\n' "$*"; }
 fail() { echo "demo: FAIL: $*" >&2; exit 1; }
@@ -46,6 +56,12 @@ show() { printf '$ launcher %s\n' "$*"; launcher "$@"; }
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
+  for pid in "${OBS_PIDS[@]}"; do
+    kill "$pid" 2>/dev/null || true
+  done
+  for pid in "${OBS_PIDS[@]}"; do
+    wait "$pid" 2>/dev/null || true
+  done
   if [ "$up" = 1 ]; then
     timeout 60 "$BIN/launcher" -state-dir "$STATE" -log-dir "$LOGS" down -p "$PROJECT" >/dev/null 2>&1 || true
   fi
@@ -102,10 +118,63 @@ VETHS=()
 # 5 = STATE, 6 = RESTARTS, 7 = HEALTH).
 ps_col() { launcher ps -p "$PROJECT" | awk -v s="$1" -v r="$2" -v c="$3" '$1==s && $2==r {print $c}'; }
 
+# newest TOOL prints the newest build of a tool `make tools` made, if any.
+newest() { { ls -1 "$TOOLBIN/$1"-v* 2>/dev/null || true; } | sort -V | tail -n 1; }
+# free_from PORT prints the first free loopback port from PORT on (ten tries).
+free_from() { local p; for p in $(seq "$1" $(($1 + 9))); do port_free "$p" && { echo "$p"; return; }; done; }
+PROMETHEUS=$(newest prometheus)
+JAEGER=$(newest jaeger)
+PROM_URL=""
+JAEGER_URL=""
+# start_observability runs Prometheus (the shipped scrape configuration, pointed at the
+# launcher's registry, scraping every 2s) and Jaeger (in memory) in the background.
+start_observability() {
+  local reg obs=$tmp/obs
+  mkdir -p "$obs"
+  reg=$(sed -n 's/.*"registry_url": *"\(http:\/\/\)\{0,1\}\([^"]*\)".*/\2/p' "$STATE/$PROJECT/state.json" 2>/dev/null | head -n 1)
+  if [ -n "$PROMETHEUS" ] && [ -n "$reg" ]; then
+    local port
+    port=$(free_from 9090)
+    if [ -n "$port" ]; then
+      sed -e "s|server: 127.0.0.1:8500|server: $reg|" -e "s|scrape_interval: 15s|scrape_interval: 2s|" \
+        deploy/prometheus/prometheus.yml >"$obs/prometheus.yml"
+      "$PROMETHEUS" --config.file="$obs/prometheus.yml" --storage.tsdb.path="$obs/prometheus" \
+        --web.listen-address="127.0.0.1:$port" --log.level=warn >"$obs/prometheus.log" 2>&1 &
+      OBS_PIDS+=($!)
+      PROM_URL=http://127.0.0.1:$port
+    fi
+  fi
+  if [ -n "$JAEGER" ]; then
+    local ui grpc otlp
+    ui=$(free_from 16686); grpc=$(free_from 16685); otlp=$(free_from 4318)
+    if [ -n "$ui" ] && [ -n "$grpc" ] && [ -n "$otlp" ] && [ "$grpc" != "$ui" ]; then
+      cat >"$obs/jaeger.yaml" <<JAEGER
+service:
+  extensions: [jaeger_storage, jaeger_query]
+  pipelines:
+    traces: {receivers: [otlp], exporters: [jaeger_storage_exporter]}
+  telemetry: {metrics: {level: none}, logs: {level: warn}}
+extensions:
+  jaeger_storage: {backends: {mem: {memory: {max_traces: 10000}}}}
+  jaeger_query: {enable_tracing: false, storage: {traces: mem}, http: {endpoint: "127.0.0.1:$ui"}, grpc: {endpoint: "127.0.0.1:$grpc"}}
+receivers:
+  otlp: {protocols: {http: {endpoint: "127.0.0.1:$otlp"}}}
+exporters:
+  jaeger_storage_exporter: {trace_storage: mem}
+JAEGER
+      "$JAEGER" --config "$obs/jaeger.yaml" >"$obs/jaeger.log" 2>&1 &
+      OBS_PIDS+=($!)
+      JAEGER_URL=http://127.0.0.1:$ui
+      JAEGER_OTLP=http://127.0.0.1:$otlp
+    fi
+  fi
+}
+
 say "starting the shop: the registry, 4 pods (prices, catalog ×2, frontend) and the ingress"
 t0=$(date +%s%N)
 show up -d -f "$COMPOSE"
 up=1
+start_observability
 # Healthy: every row of ps healthy, and the frontend answering through the ingress.
 ready=0
 for _ in $(seq 1 300); do
@@ -158,14 +227,47 @@ done
 echo "catalog-1 restarted: pid $victim → $pid, same pod address, restarts $(ps_col catalog 1 6)"
 show ps -p "$PROJECT"
 
-# Issue 6 (observability) adds here where to look: the Prometheus and Jaeger addresses and
-# the Grafana provisioning folder (deploy/). Until then the sidecars' metrics are on each
-# pod's POD_IP:15090/metrics.
+# Where to look: the logs, Prometheus and Jaeger when they run, Grafana's provisioning.
 where_to_look() {
   say "where to look"
   echo "a pod's logs:     launcher logs [-follow] [-c app|sidecar|init] SERVICE[/REPLICA] (this demo's are removed at its end;"
   echo "                  run launcher up -f $COMPOSE yourself to keep them, under /var/log/podmesh/$PROJECT)"
   echo "sidecar metrics:  http://POD_IP:15090/metrics of every pod (POD IP in launcher ps); admin /config inside the pod"
+  if [ -n "$PROM_URL" ]; then
+    local targets=""
+    for _ in $(seq 1 50); do
+      targets=$(curl -fsS -m 1 "$PROM_URL/api/v1/targets?state=active" 2>/dev/null | grep -o '"health":"up"' | grep -c . || true)
+      [ "${targets:-0}" -gt 0 ] && break
+      sleep 0.1
+    done
+    echo "Prometheus:       $PROM_URL (deploy/prometheus/prometheus.yml on the registry; ${targets:-0} targets up so far: sidecars, registry)"
+  else
+    echo "Prometheus:       not running: build it with make tools (it lands in $TOOLBIN), then run this demo again;"
+    echo "                  or run your own with deploy/prometheus/prometheus.yml (see deploy/prometheus/README.md)"
+  fi
+  local jaeger_up=0
+  for _ in $(seq 1 50); do
+    [ -n "$JAEGER_URL" ] || break
+    curl -fsS -m 1 -o /dev/null "$JAEGER_URL/api/services" 2>/dev/null && { jaeger_up=1; break; }
+    sleep 0.1
+  done
+  if [ "$jaeger_up" = 1 ]; then
+    echo "Jaeger:           $JAEGER_URL (OTLP/HTTP on $JAEGER_OTLP; the demo's sidecars do not send spans yet: the"
+    echo "                  launcher has no -trace-endpoint to hand them)"
+  elif [ -n "$JAEGER_URL" ]; then
+    echo "Jaeger:           $JAEGER did not answer on $JAEGER_URL: $(tail -n 3 "$tmp/obs/jaeger.log" 2>/dev/null | tr '\n' ' ')"
+  else
+    echo "Jaeger:           not running: build it with make tools (it lands in $TOOLBIN), then run this demo again"
+  fi
+  echo "Grafana:          provisioning in $PWD/deploy/grafana/provisioning (datasource uid podmesh-prometheus, 4 dashboards);"
+  echo "                  GF_PATHS_PROVISIONING=$PWD/deploy/grafana/provisioning PODMESH_PROMETHEUS_URL=${PROM_URL:-http://PROMETHEUS:9090} \\"
+  echo "                  PODMESH_GRAFANA_DASHBOARDS=$PWD/deploy/grafana/dashboards grafana server (see deploy/grafana/README.md)"
+  if [ "$DEMO_HOLD" != 0 ]; then
+    echo "holding everything up for $DEMO_HOLD (DEMO_HOLD); Ctrl-C ends the wait"
+    trap ':' INT
+    sleep "$DEMO_HOLD" || true
+    trap 'exit 130' INT
+  fi
 }
 where_to_look
 

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 )
 
 // reqBody hands a request's body to successive attempts. A body of known length up to the
@@ -18,6 +19,7 @@ type reqBody struct {
 	buffered bool
 	empty    bool
 	cur      *streamBody
+	read     atomic.Int64 // bytes the attempts read from a streamed body
 }
 
 // newReqBody prepares r's body. Reading a buffered body can fail when the client does;
@@ -45,8 +47,16 @@ func (b *reqBody) attempt() io.ReadCloser {
 	case b.buffered:
 		return &bytesBody{data: b.data}
 	}
-	b.cur = &streamBody{src: b.src}
+	b.cur = &streamBody{src: b.src, n: &b.read}
 	return b.cur
+}
+
+// bytesRead returns the body bytes read from the client so far.
+func (b *reqBody) bytesRead() int64 {
+	if b.buffered {
+		return int64(len(b.data))
+	}
+	return b.read.Load()
 }
 
 // rewind reports whether another attempt may send the body again, and if so makes sure
@@ -88,6 +98,7 @@ func (b *bytesBody) Close() error { return nil }
 // finishing the failed attempt cannot steal bytes from the next one.
 type streamBody struct {
 	src     io.Reader
+	n       *atomic.Int64 // counts the bytes read, for metrics
 	mu      sync.Mutex
 	read    bool
 	reading bool
@@ -105,6 +116,7 @@ func (s *streamBody) Read(p []byte) (int, error) {
 	s.reading = true
 	s.mu.Unlock()
 	n, err := s.src.Read(p)
+	s.n.Add(int64(n))
 	s.mu.Lock()
 	s.reading = false
 	if n > 0 || err != nil {
@@ -130,8 +142,8 @@ func (s *streamBody) claim() bool {
 // writeResponse sends res to w: headers without hop-by-hop fields, the status, the body
 // (flushed at every write when the response streams) and the trailers. It closes
 // res.Body. An error means the response was cut short after the status went out; the
-// caller must abort the client's stream.
-func writeResponse(w http.ResponseWriter, res *http.Response, pool BufferPool) (rerr, werr error) {
+// caller must abort the client's stream. n is the body bytes written.
+func writeResponse(w http.ResponseWriter, res *http.Response, pool BufferPool) (n int64, rerr, werr error) {
 	h := w.Header()
 	copyResponseHeader(h, res.Header)
 	announced := len(res.Trailer)
@@ -143,10 +155,10 @@ func writeResponse(w http.ResponseWriter, res *http.Response, pool BufferPool) (
 		h["Trailer"] = []string{strings.Join(keys, ", ")}
 	}
 	w.WriteHeader(res.StatusCode)
-	_, rerr, werr = copyBody(w, res.Body, pool, streaming(res))
+	n, rerr, werr = copyBody(w, res.Body, pool, streaming(res))
 	res.Body.Close() // populates res.Trailer
 	if rerr != nil || werr != nil {
-		return rerr, werr
+		return n, rerr, werr
 	}
 	if len(res.Trailer) > 0 {
 		// Flush so that net/http chunks the response instead of computing a length.
@@ -163,7 +175,7 @@ func writeResponse(w http.ResponseWriter, res *http.Response, pool BufferPool) (
 			}
 		}
 	}
-	return nil, nil
+	return n, nil, nil
 }
 
 // streaming reports whether a response must be flushed at every write: unknown length

@@ -2,12 +2,15 @@ package proxy
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"time"
+
+	"github.com/podmesh/podmesh/tracing"
 )
 
 // InboundConfig configures the listener other sidecars call, in front of the local app.
@@ -25,6 +28,11 @@ type InboundConfig struct {
 	Metrics     *Metrics     // nil: private
 	Log         *slog.Logger // nil: discard
 	Pool        BufferPool   // nil: shared default
+	// Tracer records a SERVER span per request, parented on the caller's trace context,
+	// and passes that span's context to the app. Nil: no tracing.
+	Tracer *tracing.Tracer
+	// AccessLog gets one line per request. Nil: none.
+	AccessLog *tracing.AccessLog
 }
 
 // Inbound forwards what peer sidecars send to the local app. HTTP services accept HTTP/2
@@ -45,6 +53,7 @@ type Inbound struct {
 	h2       *h2Pool         // http2 and grpc apps
 	requests *gate
 	ln       *listener
+	obs      observer
 	// authz: the Security decides per request (everything but plaintext, which allows all).
 	authz bool
 }
@@ -78,7 +87,8 @@ func NewInbound(ctx context.Context, cfg InboundConfig) (*Inbound, error) {
 	cfg.Limits = cfg.Limits.withDefaults()
 	in := &Inbound{
 		cfg:      cfg,
-		m:        cfg.Metrics.service(DirInbound, cfg.Service),
+		m:        cfg.Metrics.service(DirInbound, cfg.Service, cfg.Service),
+		obs:      newObserver(cfg.Tracer, cfg.AccessLog),
 		log:      cfg.Log.With("inbound", cfg.Service),
 		dialer:   dialer{timeout: cfg.ConnectTimeout}, // the app is plaintext inside the pod
 		requests: newGate(cfg.MaxRequests),
@@ -146,15 +156,43 @@ func (in *Inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	start := time.Now()
-	if in.authz {
-		if ok, reason := in.cfg.Security.Authorize(r.Context(), Peer{TLS: requestTLS(r), RemoteAddr: r.RemoteAddr}); !ok {
-			writeDenied(w, in.cfg.Service, reason)
-			in.m.request(http.StatusForbidden, start)
-			return
-		}
+	cs := requestTLS(r)
+	source := peerService(in.cfg.Security, cs)
+	pm := in.m.from(source)
+	pm.active.Inc()
+	var span tracing.Span
+	if in.obs.on {
+		var ctx context.Context
+		ctx, span = in.obs.tr.StartInbound(r.Context(), r, source)
+		r = r.WithContext(ctx)
+		in.obs.tr.Inject(ctx, r.Header) // the app continues the trace under this span
 	}
-	code := in.serveHTTP(w, r)
-	in.m.request(code, start)
+	x := exchange{upstream: in.cfg.App, attempts: 1}
+	if r.ContentLength >= 0 {
+		x.reqBytes = r.ContentLength
+	} else if r.Body != nil && r.Body != http.NoBody {
+		x.bodyCount = &countingBody{ReadCloser: r.Body}
+		r.Body = x.bodyCount
+	}
+	if ok, reason := in.authorize(r, cs); !ok {
+		writeDenied(w, in.cfg.Service, reason)
+		x.code, x.reqBytes, x.bodyCount = http.StatusForbidden, 0, nil
+	} else {
+		x.code = in.serveHTTP(w, r, &x)
+	}
+	in.obs.finish(r.Context(), pm, span, DirInbound, r, &x, start)
+	if x.abort {
+		// Headers are gone; the only way to tell the peer is to abort the stream.
+		panic(http.ErrAbortHandler)
+	}
+}
+
+// authorize asks the Security whether the peer may call the app (everyone may, plaintext).
+func (in *Inbound) authorize(r *http.Request, cs *tls.ConnectionState) (bool, string) {
+	if !in.authz {
+		return true, ""
+	}
+	return in.cfg.Security.Authorize(r.Context(), Peer{TLS: cs, RemoteAddr: r.RemoteAddr})
 }
 
 // writeDenied answers a request the Security did not authorize: 403, the reason in
@@ -167,7 +205,7 @@ func writeDenied(w http.ResponseWriter, service, reason string) {
 	_, _ = io.WriteString(w, "403 Forbidden: podmesh: not authorized to call "+service+": "+reason+"\n")
 }
 
-func (in *Inbound) serveHTTP(w http.ResponseWriter, r *http.Request) int {
+func (in *Inbound) serveHTTP(w http.ResponseWriter, r *http.Request, x *exchange) int {
 	if r.ProtoMajor >= 2 && len(r.Header) > in.cfg.Limits.MaxHeaderCount {
 		writeError(w, http.StatusRequestHeaderFieldsTooLarge, nil)
 		return http.StatusRequestHeaderFieldsTooLarge
@@ -176,7 +214,7 @@ func (in *Inbound) serveHTTP(w http.ResponseWriter, r *http.Request) int {
 		return in.serveUpgrade(w, r, proto)
 	}
 	if !in.requests.tryAcquire() {
-		in.m.overloaded[BreakerRequests].Inc()
+		in.m.from(peerService(in.cfg.Security, requestTLS(r))).breakers[BreakerRequests].Inc()
 		w.Header().Set(headerNotProcessed, "1")
 		writeError(w, http.StatusServiceUnavailable, OverloadedError{Breaker: BreakerRequests})
 		return http.StatusServiceUnavailable
@@ -207,15 +245,17 @@ func (in *Inbound) serveHTTP(w http.ResponseWriter, r *http.Request) int {
 			w.Header().Set(headerNotProcessed, "1")
 		}
 		writeError(w, code, err)
+		x.err = err
 		return code
 	}
 	// These headers speak for the sidecars; an app does not get to set them.
 	res.Header.Del(headerNotProcessed)
 	res.Header.Del(HeaderOverloaded)
 	res.Header.Del(HeaderDenied)
-	rerr, werr := writeResponse(w, res, in.cfg.Pool)
+	n, rerr, werr := writeResponse(w, res, in.cfg.Pool)
+	x.respBytes, x.grpc = n, grpcStatus(res)
 	if rerr != nil || werr != nil {
-		panic(http.ErrAbortHandler)
+		x.abort, x.err = true, errors.Join(rerr, werr)
 	}
 	return res.StatusCode
 }
@@ -258,6 +298,10 @@ func (in *Inbound) serveUpgrade(w http.ResponseWriter, r *http.Request, proto st
 // serveTCP splices one peer connection to a new connection to the app.
 func (in *Inbound) serveTCP(ctx context.Context, c net.Conn) {
 	defer c.Close()
+	pm := in.m.from(peerService(in.cfg.Security, connTLS(c)))
+	pm.tcpOpened.Inc()
+	var sent, received int64
+	defer func() { pm.tcpDone(sent, received) }()
 	ac, err := in.dialer.dial(ctx, in.cfg.App, "")
 	if err != nil {
 		in.log.Debug("tcp: app unreachable", "err", err)
@@ -265,7 +309,7 @@ func (in *Inbound) serveTCP(ctx context.Context, c net.Conn) {
 	}
 	done, ok := in.ln.track(ac)
 	if ok {
-		pipe(c, ac, in.cfg.Pool)
+		sent, received = pipe(c, ac, in.cfg.Pool)
 		done()
 	}
 	ac.Close()

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/podmesh/podmesh/lb"
+	"github.com/podmesh/podmesh/tracing"
 )
 
 // Balancer is what an Upstream needs from the load balancer: *lb.Balancer implements it.
@@ -39,6 +40,15 @@ type UpstreamConfig struct {
 	Metrics  *Metrics     // nil: private
 	Log      *slog.Logger // nil: discard
 	Pool     BufferPool   // nil: a shared sync.Pool of 32 KiB buffers
+	// Source is the local service, the source of metrics and spans ("" when the sidecar
+	// has none: UnknownSource).
+	Source string
+	// Tracer records a SERVER span per request from the app and a CLIENT span per attempt
+	// under it, whose context goes to the peer. Nil: no tracing (the app's own trace
+	// headers pass through).
+	Tracer *tracing.Tracer
+	// AccessLog gets one line per request. Nil: none.
+	AccessLog *tracing.AccessLog
 }
 
 // Upstream is the outbound side for one upstream service: the app connects to its local
@@ -54,6 +64,7 @@ type Upstream struct {
 	log    *slog.Logger
 	pool   BufferPool
 	dialer dialer
+	obs    observer
 
 	proto     atomic.Pointer[Protocol] // from meta, when not configured
 	known     chan struct{}            // closed at the first Update
@@ -106,7 +117,8 @@ func NewUpstream(ctx context.Context, cfg UpstreamConfig) (*Upstream, error) {
 	pol.Timeout = cfg.Policy.Timeout
 	u := &Upstream{
 		name: cfg.Name, cfg: cfg, pol: pol, bal: cfg.Balancer,
-		m:        cfg.Metrics.service(DirOutbound, cfg.Name),
+		m:        cfg.Metrics.service(DirOutbound, cfg.Source, cfg.Name),
+		obs:      newObserver(cfg.Tracer, cfg.AccessLog),
 		log:      cfg.Log.With("upstream", cfg.Name),
 		pool:     cfg.Pool,
 		dialer:   dialer{timeout: pol.ConnectTimeout, sec: cfg.Security, service: cfg.Name},
@@ -122,7 +134,7 @@ func NewUpstream(ctx context.Context, cfg UpstreamConfig) (*Upstream, error) {
 	u.h2 = newH2Pool(ctx, pol.ConnsPerPeer, tlsOn, func(ctx context.Context, addr string) (net.Conn, error) {
 		return u.dialer.dial(ctx, addr, ALPNHTTP2)
 	}, u.conns)
-	cfg.Metrics.watchBalancer(cfg.Name, cfg.Balancer)
+	cfg.Metrics.watchBalancer(cfg.Source, cfg.Name, cfg.Balancer)
 	u.ln = newListener(ctx, DirOutbound, cfg.Name, cfg.Limits, u.m, u.log, u)
 	u.ln.classify = func(string) connKind {
 		if u.protocol().IsHTTP() {
@@ -233,14 +245,26 @@ func (u *Upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	start := time.Now()
-	code := u.serveHTTP(w, r)
-	u.m.request(code, start)
-	if code >= 500 || code == StatusClientClosed {
-		u.log.Debug("request failed", "method", r.Method, "path", r.URL.Path, "status", code)
+	pm := u.m.base
+	pm.active.Inc()
+	x := exchange{}
+	if u.obs.on {
+		var ctx context.Context
+		ctx, x.span = u.obs.tr.StartOutbound(r.Context(), r, u.name)
+		r = r.WithContext(ctx)
+	}
+	x.code = u.serveHTTP(w, r, &x)
+	u.obs.finish(r.Context(), pm, x.span, DirOutbound, r, &x, start)
+	if x.code >= 500 || x.code == StatusClientClosed {
+		u.log.Debug("request failed", "method", r.Method, "path", r.URL.Path, "status", x.code)
+	}
+	if x.abort {
+		// Headers are gone; the only way to tell the client is to abort the stream.
+		panic(http.ErrAbortHandler)
 	}
 }
 
-func (u *Upstream) serveHTTP(w http.ResponseWriter, r *http.Request) int {
+func (u *Upstream) serveHTTP(w http.ResponseWriter, r *http.Request, x *exchange) int {
 	if r.ProtoMajor >= 2 && len(r.Header) > u.cfg.Limits.MaxHeaderCount {
 		writeError(w, http.StatusRequestHeaderFieldsTooLarge, nil)
 		return http.StatusRequestHeaderFieldsTooLarge
@@ -261,9 +285,11 @@ func (u *Upstream) serveHTTP(w http.ResponseWriter, r *http.Request) int {
 			code = StatusClientClosed
 		}
 		writeError(w, code, err)
+		x.err = err
 		return code
 	}
 	defer body.close()
+	defer func() { x.reqBytes = body.bytesRead() }()
 
 	ctx := r.Context()
 	var overall *time.Timer
@@ -298,7 +324,8 @@ func (u *Upstream) serveHTTP(w http.ResponseWriter, r *http.Request) int {
 			lastErr = err
 			break
 		}
-		res, cancelTry, err := u.try(ctx, out, body, host, attempt)
+		x.upstream, x.attempts = host.Address(), attempt+1
+		res, cancelTry, aspan, err := u.try(ctx, out, body, host, attempt)
 		if retrySlot {
 			u.releaseRetry()
 			retrySlot = false
@@ -309,6 +336,9 @@ func (u *Upstream) serveHTTP(w http.ResponseWriter, r *http.Request) int {
 				!u.retryAllowed(body) {
 				break
 			}
+			if x.span.Recording() {
+				x.span.Retry(attempt+2, retryReason(err, nil))
+			}
 			retrySlot = true
 			tried.add(host)
 			continue
@@ -317,6 +347,10 @@ func (u *Upstream) serveHTTP(w http.ResponseWriter, r *http.Request) int {
 			u.retryAllowed(body) {
 			res.Body.Close() // resets the stream; nothing of it reached the client
 			cancelTry()
+			aspan.End(tracing.Result{Status: res.StatusCode, GRPCStatus: grpcStatus(res)})
+			if x.span.Recording() {
+				x.span.Retry(attempt+2, retryReason(nil, res))
+			}
 			retrySlot = true
 			tried.add(host)
 			continue
@@ -327,19 +361,25 @@ func (u *Upstream) serveHTTP(w http.ResponseWriter, r *http.Request) int {
 		if overall != nil && !overall.Stop() {
 			res.Body.Close()
 			cancelTry()
+			aspan.End(tracing.Result{Err: errTimeout})
 			lastErr = errTimeout
 			break
 		}
-		rerr, werr := writeResponse(w, res, u.pool)
+		n, rerr, werr := writeResponse(w, res, u.pool)
 		cancelTry()
+		x.respBytes, x.grpc = n, grpcStatus(res)
 		if rerr != nil || werr != nil {
-			// Headers are gone; the only way to tell the client is to abort the stream.
-			panic(http.ErrAbortHandler)
+			x.abort, x.err = true, errors.Join(rerr, werr)
+		}
+		if u.obs.on {
+			aspan.End(tracing.Result{Status: res.StatusCode, GRPCStatus: x.grpc, RequestBytes: body.bytesRead(),
+				ResponseBytes: n, Err: rerr})
 		}
 		return res.StatusCode
 	}
 	code := statusFor(lastErr, r.Context())
 	writeError(w, code, lastErr)
+	x.err = lastErr
 	return code
 }
 
@@ -356,12 +396,15 @@ func (u *Upstream) retryAllowed(body *reqBody) bool {
 }
 
 // try runs one attempt against host. On success the caller owns res and must call
-// cancelTry once the body is done.
-func (u *Upstream) try(ctx context.Context, out *http.Request, body *reqBody, host *lb.Host, attempt int) (*http.Response, func(), error) {
+// cancelTry once the body is done, and end the attempt's span; on failure try ends it.
+func (u *Upstream) try(ctx context.Context, out *http.Request, body *reqBody, host *lb.Host, attempt int) (*http.Response, func(), tracing.Span, error) {
 	if attempt > 0 {
 		// A failed attempt's transport may still hold its request: retries get their own.
 		o, url := *out, *out.URL
 		o.URL = &url
+		if u.obs.on {
+			o.Header = out.Header.Clone() // the attempt's span context goes in it
+		}
 		out = &o
 	}
 	actx, cancel := ctx, noCancel
@@ -378,8 +421,13 @@ func (u *Upstream) try(ctx context.Context, out *http.Request, body *reqBody, ho
 	if !u.pending.tryAcquire() {
 		cancel()
 		u.m.overloaded[BreakerPending].Inc()
-		return nil, nil, OverloadedError{Breaker: BreakerPending}
+		return nil, nil, tracing.Span{}, OverloadedError{Breaker: BreakerPending}
 	}
+	var span tracing.Span
+	if u.obs.on {
+		_, span = u.obs.tr.StartAttempt(ctx, out, u.name, attempt+1)
+	}
+	ejected := host.Ejected()
 	host.Begin()
 	start := time.Now()
 	var res *http.Response
@@ -404,21 +452,29 @@ func (u *Upstream) try(ctx context.Context, out *http.Request, body *reqBody, ho
 			err = cause
 		}
 		var oe OverloadedError
+		outcome := lb.GatewayFailure
 		switch {
 		case errors.As(err, &oe):
-			host.Done(latency, lb.Success) // our breaker, not the host's fault
+			outcome = lb.Success // our breaker, not the host's fault
 		case isDialError(err):
-			host.Done(latency, lb.ConnectFailure)
+			outcome = lb.ConnectFailure
 		case ctx.Err() != nil && context.Cause(ctx) == context.Canceled:
-			host.Done(latency, lb.ClientError) // the client left
-		default:
-			host.Done(latency, lb.GatewayFailure)
+			outcome = lb.ClientError // the client left
 		}
+		host.Done(latency, outcome)
+		if span.Recording() && !ejected && host.Ejected() {
+			span.Ejected(host.Address(), outcomeName(outcome))
+		}
+		span.End(tracing.Result{Err: err})
 		cancel()
-		return nil, nil, err
+		return nil, nil, tracing.Span{}, err
 	}
-	host.Done(latency, outcomeOf(res))
-	return res, cancel, nil
+	outcome := outcomeOf(res)
+	host.Done(latency, outcome)
+	if span.Recording() && !ejected && host.Ejected() {
+		span.Ejected(host.Address(), outcomeName(outcome))
+	}
+	return res, cancel, span, nil
 }
 
 func isDialError(err error) bool {
@@ -632,6 +688,7 @@ func (u *Upstream) serveTCP(ctx context.Context, c net.Conn) {
 		info = hashInfo(hostOf(c.RemoteAddr().String()))
 	}
 	var tried triedHosts
+	pm := u.m.base
 	for attempt := 0; attempt <= u.pol.Retries; attempt++ {
 		host, err := u.pickHost(ctx, info, &tried)
 		if err != nil {
@@ -647,10 +704,14 @@ func (u *Upstream) serveTCP(ctx context.Context, c net.Conn) {
 			continue
 		}
 		host.Done(time.Since(start), lb.Success)
+		pm.tcpOpened.Inc()
 		done, ok := u.ln.track(pc)
 		if ok {
-			pipe(c, pc, u.pool)
+			sent, received := pipe(c, pc, u.pool)
 			done()
+			pm.tcpDone(sent, received)
+		} else {
+			pm.tcpDone(0, 0)
 		}
 		pc.Close()
 		return

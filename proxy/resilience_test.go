@@ -407,7 +407,7 @@ func TestClassifyRoundTrip(t *testing.T) {
 func TestRetryBudget(t *testing.T) {
 	m, _ := NewMetrics(prometheus.NewRegistry())
 	u := &Upstream{pol: Policy{RetryBudget: RetryBudget{Percent: 20, MinConcurrent: 3}}, requests: newGate(1000),
-		m: m.service(DirOutbound, "x")}
+		m: m.service(DirOutbound, "src", "x")}
 	for range 50 {
 		u.requests.tryAcquire()
 	}
@@ -421,7 +421,7 @@ func TestRetryBudget(t *testing.T) {
 	if got != 10 {
 		t.Errorf("budget allowed %d retries with 50 in flight, want 10", got)
 	}
-	if n := counterValue(m.exhausted.WithLabelValues("x")); n != 10 {
+	if n := counterValue(m.exhausted.WithLabelValues("src", "x")); n != 10 {
 		t.Errorf("budget exhausted counter %v", n)
 	}
 	u.pol.Breakers.MaxRetries = 4

@@ -12,40 +12,45 @@ import (
 // pipe copies a→b and b→a until both directions end. When one direction reaches EOF its
 // destination is half-closed (CloseWrite), so a client that shuts down its sending side
 // still receives the rest of the answer. An error in either direction closes both
-// connections. pipe does not close a or b on a clean end; the caller does.
-func pipe(a, b net.Conn, pool BufferPool) {
+// connections. pipe does not close a or b on a clean end; the caller does. It returns the
+// bytes copied each way.
+func pipe(a, b net.Conn, pool BufferPool) (aToB, bToA int64) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		copyHalf(b, a, pool)
+		aToB = copyHalf(b, a, pool)
 	}()
-	copyHalf(a, b, pool)
+	bToA = copyHalf(a, b, pool)
 	<-done
+	return aToB, bToA
 }
 
-// copyHalf copies src to dst, then half-closes dst; on error it closes both.
-func copyHalf(dst, src net.Conn, pool BufferPool) {
+// copyHalf copies src to dst, then half-closes dst; on error it closes both. It returns
+// the bytes copied.
+func copyHalf(dst, src net.Conn, pool BufferPool) int64 {
 	var err error
+	var n int64
 	d, dOK := dst.(*net.TCPConn)
 	_, sOK := src.(*net.TCPConn)
 	if dOK && sOK {
-		_, err = d.ReadFrom(src) // splice(2): no copy through user space
+		n, err = d.ReadFrom(src) // splice(2): no copy through user space
 	} else {
 		bp := pool.Get()
-		_, err = io.CopyBuffer(writerOnly{dst}, readerOnly{src}, *bp)
+		n, err = io.CopyBuffer(writerOnly{dst}, readerOnly{src}, *bp)
 		pool.Put(bp)
 	}
 	if err != nil {
 		dst.Close()
 		src.Close()
-		return
+		return n
 	}
 	if cw, ok := dst.(interface{ CloseWrite() error }); ok {
 		if cw.CloseWrite() == nil {
-			return
+			return n
 		}
 	}
 	dst.Close()
+	return n
 }
 
 // writerOnly and readerOnly hide ReadFrom/WriteTo so that io.CopyBuffer uses the pooled

@@ -60,7 +60,7 @@ func tunnel(w http.ResponseWriter, r *http.Request, conn net.Conn, proto string,
 	if res.StatusCode != http.StatusSwitchingProtocols {
 		// The client's connection was held after its Upgrade head; end it after this answer.
 		w.Header().Set("Connection", "close")
-		rerr, werr := writeResponse(w, res, pool)
+		_, rerr, werr := writeResponse(w, res, pool)
 		conn.Close()
 		if rerr != nil || werr != nil {
 			panic(http.ErrAbortHandler)

@@ -151,6 +151,9 @@ func (s *Server) agentService(w http.ResponseWriter, r *http.Request) error {
 			return nil
 		}
 		release()
+		if s.storeClosed() {
+			return state.ErrClosed
+		}
 	}
 }
 

@@ -598,11 +598,11 @@ func TestMetrics(t *testing.T) {
 	testutil.Eventually(t, 10*time.Second, 20*time.Millisecond, func() error {
 		_, _, body := r.do(t, "GET", "/metrics", "")
 		for _, want := range []string{
-			`podmesh_registry_http_requests_total{code="200",route="GET /v1/health/service/{name}"} 1`,
-			`podmesh_registry_http_requests_total{code="404",route="GET /v1/kv/{key...}"} 1`,
+			`podmesh_registry_http_requests_total{code="200",method="GET",route="GET /v1/health/service/{name}"} 1`,
+			`podmesh_registry_http_requests_total{code="404",method="GET",route="GET /v1/kv/{key...}"} 1`,
 			`podmesh_registry_http_request_duration_seconds_count{route="GET /v1/kv/{key...}"} 2`,
 			`podmesh_registry_blocking_queries 0`,
-			`podmesh_registry_instances{state="passing"}`,
+			`podmesh_registry_instances{status="passing"}`,
 			`podmesh_registry_check_runs_total{result="passing",type="http"}`,
 			`go_goroutines`,
 		} {

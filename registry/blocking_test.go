@@ -1,10 +1,12 @@
 package registry_test
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -231,6 +233,37 @@ func TestCatalogServicesNotWokenByChecks(t *testing.T) {
 	expectReturn(t, ch, time.Now(), 100*time.Millisecond)
 }
 
+// /v1/catalog/node/NAME shows the node and its services, not their checks: a check status
+// change must not wake its watchers (nor move its index), as it does not in Consul.
+// /v1/health/node/NAME shows the checks and wakes.
+func TestCatalogNodeNotWokenByChecks(t *testing.T) {
+	r := startRegistry(t)
+	a := r.Client.Agent()
+	must(t, a.ServiceRegister(&api.AgentServiceRegistration{ID: "web1", Name: "web", Check: &api.AgentServiceCheck{CheckID: "t", TTL: "1m"}}))
+	catIdx := r.index(t, "/v1/catalog/node/node1")
+	healthIdx := r.index(t, "/v1/health/node/node1")
+	cat := r.block(t, "/v1/catalog/node/node1", catIdx, "10s")
+	health := r.block(t, "/v1/health/node/node1", healthIdx, "10s")
+	testutil.Eventually(t, 5*time.Second, time.Millisecond, func() error {
+		_, _, m := r.do(t, "GET", "/metrics", "")
+		if !strings.Contains(m, "\npodmesh_registry_blocking_queries 2\n") {
+			return errors.New("queries not blocked yet")
+		}
+		return nil
+	})
+	must(t, a.PassTTL("t", "")) // a status change: the node and its services are the same
+	ack := time.Now()
+	if res := expectReturn(t, health, ack, 100*time.Millisecond); res.index <= healthIdx {
+		t.Fatalf("health/node index %d after a check change, was %d", res.index, healthIdx)
+	}
+	expectNoReturn(t, cat, 200*time.Millisecond, "a check status change")
+	if got := r.index(t, "/v1/catalog/node/node1"); got != catIdx {
+		t.Fatalf("catalog/node index moved on a check change: %d -> %d", catIdx, got)
+	}
+	must(t, a.ServiceRegister(&api.AgentServiceRegistration{ID: "api1", Name: "api"}))
+	expectReturn(t, cat, time.Now(), 100*time.Millisecond)
+}
+
 func TestManyWatchersOneService(t *testing.T) {
 	r := startRegistry(t)
 	must(t, r.Client.Agent().ServiceRegister(&api.AgentServiceRegistration{ID: "web1", Name: "web"}))
@@ -329,4 +362,49 @@ func TestAgentServiceHashBlocking(t *testing.T) {
 	if got.svc.Port != 81 || got.svc.ContentHash == hash || got.at.Sub(ack) > 100*time.Millisecond {
 		t.Fatalf("after the change: port %d hash %s (was %s) after %v", got.svc.Port, got.svc.ContentHash, hash, got.at.Sub(ack))
 	}
+}
+
+// The render cache shares a rendering between queries that must give the same answer, and
+// only those: each query is answered as if it were the only one. Parameters that take their
+// first value (?filter, ?passing) or their last per key (?node-meta) are keyed by that value,
+// not by the set of values, and a value cannot pass itself off as another parameter. The
+// reads use ?index=1, the path that goes through the cache.
+func TestRenderCacheKeyedByEffectiveParameters(t *testing.T) {
+	r := startRegistry(t)
+	code, _, body := r.do(t, "PUT", "/v1/catalog/register", `{"Node":"n1","Address":"10.0.0.1","NodeMeta":{"rack":"a"},
+		"Service":{"Service":"web","Tags":["v1"],"Port":80},"Check":{"CheckID":"c","ServiceID":"web","Status":"critical"}}`)
+	if code != 200 {
+		t.Fatal(code, body)
+	}
+	q := url.QueryEscape
+	pairs := []struct {
+		name                string
+		first, then         string
+		wantFirst, wantThen int
+	}{
+		{"node-meta last wins", "node-meta=rack:b&node-meta=rack:a", "node-meta=rack:a&node-meta=rack:b", 1, 0},
+		{"filter first wins", "filter=" + q("Service.Port == 80") + "&filter=" + q("Service.Port == 81"),
+			"filter=" + q("Service.Port == 81") + "&filter=" + q("Service.Port == 80"), 1, 0},
+		{"passing first wins", "passing=false&passing=true", "passing=true&passing=false", 1, 0},
+		{"NUL in a value", "tag=" + q("v1\x00node-meta=rack:a"), "tag=v1&node-meta=rack:a", 0, 1},
+	}
+	for _, p := range pairs {
+		t.Run(p.name, func(t *testing.T) {
+			_, _, b1 := r.do(t, "GET", "/v1/health/service/web?index=1&"+p.first, "")
+			_, _, b2 := r.do(t, "GET", "/v1/health/service/web?index=1&"+p.then, "")
+			if n1, n2 := countEntries(t, b1), countEntries(t, b2); n1 != p.wantFirst || n2 != p.wantThen {
+				t.Fatalf("?%s: %d entries, want %d; then ?%s: %d entries, want %d", p.first, n1, p.wantFirst, p.then, n2, p.wantThen)
+			}
+		})
+	}
+}
+
+// countEntries returns the length of a JSON array body.
+func countEntries(t *testing.T, body string) int {
+	t.Helper()
+	var out []json.RawMessage
+	if err := json.Unmarshal([]byte(body), &out); err != nil {
+		t.Fatalf("decode %q: %v", body, err)
+	}
+	return len(out)
 }

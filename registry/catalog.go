@@ -71,7 +71,7 @@ func (s *Server) catalogNodes(w http.ResponseWriter, r *http.Request) error {
 	}
 	pretty := wantPretty(r)
 	return s.serveQuery(w, r, &query{
-		key:   cacheKey(r, "node-meta", "filter"),
+		key:   cacheKey(r, nm.key(), filterKey(r)),
 		index: func(v *state.View) uint64 { return v.TopicIndex(state.TopicNodes) },
 		watch: func(v *state.View) (<-chan struct{}, func()) { return v.Watch(state.TopicNodes) },
 		read: func(v *state.View) func() (*rendered, error) {
@@ -111,7 +111,7 @@ func (s *Server) catalogServices(w http.ResponseWriter, r *http.Request) error {
 		svc  *state.Service
 	}
 	return s.serveQuery(w, r, &query{
-		key:   cacheKey(r, "node-meta", "filter"),
+		key:   cacheKey(r, nm.key(), filterKey(r)),
 		index: func(v *state.View) uint64 { return v.TopicIndex(state.TopicServices) },
 		watch: func(v *state.View) (<-chan struct{}, func()) { return v.Watch(state.TopicServices) },
 		read: func(v *state.View) func() (*rendered, error) {
@@ -171,7 +171,7 @@ func (s *Server) catalogService(w http.ResponseWriter, r *http.Request) error {
 		svc  *state.Service
 	}
 	return s.serveQuery(w, r, &query{
-		key:   cacheKey(r, "tag", "node-meta", "filter"),
+		key:   cacheKey(r, setParam("tag", tags), nm.key(), filterKey(r)),
 		index: func(v *state.View) uint64 { return v.TopicIndex(topic) },
 		watch: func(v *state.View) (<-chan struct{}, func()) { return v.Watch(topic) },
 		read: func(v *state.View) func() (*rendered, error) {
@@ -209,7 +209,7 @@ func (s *Server) catalogNode(w http.ResponseWriter, r *http.Request) error {
 	pretty := wantPretty(r)
 	topic := state.TopicNode(name)
 	return s.serveQuery(w, r, &query{
-		key:   cacheKey(r, "filter"),
+		key:   cacheKey(r, filterKey(r)),
 		index: func(v *state.View) uint64 { return v.TopicIndex(topic) },
 		watch: func(v *state.View) (<-chan struct{}, func()) { return v.Watch(topic) },
 		read: func(v *state.View) func() (*rendered, error) {

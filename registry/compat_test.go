@@ -118,11 +118,13 @@ func TestConsulAPICompat(t *testing.T) {
 	t.Run("registry", func(t *testing.T) {
 		c := startRegistry(t).Client
 		t.Run("catalog", func(t *testing.T) { exerciseConsulAPI(t, c) })
+		t.Run("rename", func(t *testing.T) { exerciseRename(t, c) })
 		t.Run("connect", func(t *testing.T) { exerciseConnect(t, c) })
 	})
 	t.Run("consul-v1.14.0", func(t *testing.T) {
 		c := startConsul(t)
 		t.Run("catalog", func(t *testing.T) { exerciseConsulAPI(t, c) })
+		t.Run("rename", func(t *testing.T) { exerciseRename(t, c) })
 		t.Run("connect", func(t *testing.T) { exerciseConnect(t, c) })
 	})
 }
@@ -267,5 +269,48 @@ func exerciseConsulAPI(t *testing.T, c *api.Client) {
 	}
 	if err := agent.ServiceDeregister("web-1"); err == nil {
 		t.Fatal("deregistering an unknown service ID succeeded")
+	}
+}
+
+// exerciseRename renames a catalog service under the same ID and then changes and removes the
+// check it had before: the health results of the new name, and their index, follow (Consul
+// keeps the old ServiceName on a check nobody rewrote, and so does the registry).
+func exerciseRename(t *testing.T, c *api.Client) {
+	catalog, health := c.Catalog(), c.Health()
+	reg := func(name string, checks api.HealthChecks) {
+		t.Helper()
+		_, err := catalog.Register(&api.CatalogRegistration{Node: "rn1", Address: "10.0.0.1",
+			Service: &api.AgentService{ID: "s1", Service: name, Port: 80}, Checks: checks}, nil)
+		must(t, err)
+	}
+	defer catalog.Deregister(&api.CatalogDeregistration{Node: "rn1"}, nil)
+	reg("rename-a", api.HealthChecks{{CheckID: "c1", ServiceID: "s1", Status: api.HealthPassing}})
+	reg("rename-b", nil)
+	es, meta, err := health.Service("rename-b", "", false, nil)
+	must(t, err)
+	if len(es) != 1 || len(es[0].Checks) != 1 || es[0].Checks[0].CheckID != "c1" || es[0].Checks[0].ServiceName != "rename-a" {
+		t.Fatalf("after the rename: %+v", es)
+	}
+	idx := meta.LastIndex
+
+	// Removing the old check is seen by a blocked watcher of the new name.
+	results := make(chan watchResult, 1)
+	go func() {
+		es, meta, err := health.Service("rename-b", "", false, &api.QueryOptions{WaitIndex: idx, WaitTime: 10 * time.Second})
+		results <- watchResult{es, meta, err, time.Now()}
+	}()
+	time.Sleep(100 * time.Millisecond)
+	_, err = catalog.Deregister(&api.CatalogDeregistration{Node: "rn1", CheckID: "c1"}, nil)
+	must(t, err)
+	timer := time.NewTimer(5 * time.Second)
+	defer timer.Stop()
+	select {
+	case res := <-results:
+		must(t, res.err)
+		if res.meta.LastIndex <= idx || len(res.entries) != 1 || len(res.entries[0].Checks) != 0 {
+			t.Fatalf("after removing c1: index %d (was %d), %+v", res.meta.LastIndex, idx, res.entries)
+		}
+	case <-timer.C:
+		t.Fatal("removing the renamed service's check did not wake a watcher of its new name")
 	}
 }

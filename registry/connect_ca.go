@@ -27,7 +27,7 @@ func (s *Server) caRoots(w http.ResponseWriter, r *http.Request) error {
 	}
 	pretty := wantPretty(r)
 	return s.serveQuery(w, r, &query{
-		key:   cacheKey(r, "pem"),
+		key:   cacheKey(r, boolParamKey("pem", pem)),
 		index: func(v *state.View) uint64 { return v.TopicIndex(state.TopicCARoots) },
 		watch: func(v *state.View) (<-chan struct{}, func()) { return v.Watch(state.TopicCARoots) },
 		read: func(v *state.View) func() (*rendered, error) {
@@ -191,7 +191,7 @@ func (s *Server) currentLeaf(ctx context.Context, e *leafEntry, service string) 
 	if err != nil {
 		return nil, nil, false, err
 	}
-	cur = &issuedLeaf{leaf: leaf, body: body, renewAt: ca.RenewalTime(leaf.ValidAfter, leaf.ValidBefore, nil)}
+	cur = &issuedLeaf{leaf: leaf, body: body, renewAt: ca.RenewalTime(leaf.IssuedAt, leaf.ValidBefore, nil)}
 	next := make(chan struct{})
 	e.mu.Lock()
 	e.cur = cur
@@ -256,6 +256,9 @@ func (s *Server) agentLeaf(w http.ResponseWriter, r *http.Request) error {
 		}
 		renew.Stop()
 		releaseRoots()
+		if s.storeClosed() {
+			return state.ErrClosed
+		}
 	}
 }
 
@@ -281,7 +284,7 @@ func (s *Server) writeLeaf(w http.ResponseWriter, r *http.Request, cur *issuedLe
 // RotationPeriod has passed, prunes roots no leaf can chain to any more, and forgets the
 // leaves of services that stopped asking. It looks a tenth of the shorter of LeafCertTTL and
 // RotationPeriod apart (at least 100ms, at most a minute), and at once after a configuration
-// change.
+// change. It returns nil when ctx ends, state.ErrClosed if the store is closed first.
 func (s *Server) Run(ctx context.Context) error {
 	var changed <-chan struct{}
 	release := func() {}
@@ -299,11 +302,17 @@ func (s *Server) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			timer.Stop()
 			return nil
+		case <-s.store.Closed():
+			timer.Stop()
+			return state.ErrClosed
 		case <-timer.C:
 		case <-changed:
 			timer.Stop()
 			release()
 			changed, release = nil, func() {}
+		}
+		if s.storeClosed() {
+			return state.ErrClosed
 		}
 		rotated, removed, err := s.store.MaintainCA(ctx)
 		switch {

@@ -102,8 +102,13 @@ func decodeCAConfig(body []byte, leafTTL time.Duration) (*state.CAConfigUpdate, 
 		return nil, badRequest("body", "expected a JSON object, got null")
 	}
 	fields := map[string]json.RawMessage{}
+	orig := map[string]string{}
 	for k, v := range top {
-		fields[normKey(k)] = v
+		nk := normKey(k)
+		if prev, dup := orig[nk]; dup {
+			return nil, duplicateKey("", prev, k)
+		}
+		orig[nk], fields[nk] = k, v
 	}
 	var provider string
 	if raw, ok := fields[keyProvider]; ok {
@@ -125,6 +130,14 @@ func decodeCAConfig(body []byte, leafTTL time.Duration) (*state.CAConfigUpdate, 
 		if err := json.Unmarshal(raw, &cfg); err != nil {
 			return nil, badRequest("Config", "expected an object, got %s", raw)
 		}
+	}
+	seen := map[string]string{}
+	for k := range cfg {
+		nk := normKey(k)
+		if prev, dup := seen[nk]; dup {
+			return nil, duplicateKey("Config", prev, k)
+		}
+		seen[nk] = k
 	}
 	rest := make(map[string]any, len(cfg))
 	for k, v := range cfg {

@@ -208,14 +208,22 @@ func TestLeafRenewedBeforeExpiry(t *testing.T) {
 	agent := r.Client.Agent()
 	roots, _, err := agent.ConnectCARoots(nil)
 	must(t, err)
+	asked := time.Now()
 	leaf, meta, err := agent.ConnectCALeaf("web", nil)
 	must(t, err)
-	if life := leaf.ValidBefore.Sub(leaf.ValidAfter); life != 3*time.Second {
-		t.Fatalf("leaf lifetime %v, want 3s", life)
+	answered := time.Now()
+	// The lifetime counts from the issue (only ValidAfter is backdated), rounded up to the
+	// second.
+	if life := leaf.ValidBefore.Sub(asked); life < 3*time.Second || leaf.ValidBefore.After(answered.Add(4*time.Second)) {
+		t.Fatalf("leaf valid until %v, asked at %v: want 3s from its issue", leaf.ValidBefore, asked)
 	}
 	next, nmeta, err := agent.ConnectCALeaf("web", &api.QueryOptions{WaitIndex: meta.LastIndex, WaitTime: 10 * time.Second})
 	must(t, err)
 	got := time.Now()
+	// Renewal comes at 60–90% of the leaf's life from its issue.
+	if d := got.Sub(asked); d < 3*time.Second*6/10 {
+		t.Fatalf("renewed %v after the issue, before 60%% of its 3s life", d)
+	}
 	if nmeta.LastIndex <= meta.LastIndex || next.SerialNumber == leaf.SerialNumber {
 		t.Fatalf("blocked query returned index %d serial %s, was %d %s", nmeta.LastIndex, next.SerialNumber, meta.LastIndex, leaf.SerialNumber)
 	}
@@ -469,7 +477,7 @@ func TestConnectMetrics(t *testing.T) {
 		`podmesh_registry_connect_root_rotations_total{reason="config"} 1`,
 		"podmesh_registry_connect_intentions 1\n",
 		"podmesh_registry_connect_ca_roots 2\n",
-		`podmesh_registry_http_requests_total{code="200",route="GET /v1/agent/connect/ca/leaf/{service...}"} 1`,
+		`podmesh_registry_http_requests_total{code="200",method="GET",route="GET /v1/agent/connect/ca/leaf/{service...}"} 1`,
 	} {
 		if !strings.Contains(body, want) {
 			t.Errorf("metrics lack %q", want)

@@ -71,7 +71,11 @@ func decodeJSON(body []byte, out any) error {
 	if _, ok := raw.(map[string]any); !ok {
 		return badRequest("body", "expected a JSON object, got %s", jsonKind(raw))
 	}
-	norm, err := json.Marshal(normalizeKeys(raw))
+	normalized, err := normalizeKeys(raw, "")
+	if err != nil {
+		return err
+	}
+	norm, err := json.Marshal(normalized)
 	if err != nil {
 		return badRequest("body", "re-encode: %v", err)
 	}
@@ -108,27 +112,63 @@ func jsonKind(v any) string {
 
 func normKey(k string) string { return strings.ToLower(strings.ReplaceAll(k, "_", "")) }
 
-func normalizeKeys(v any) any {
+// normalizeKeys normalises the object keys of v (see decodeJSON). Two keys of one object that
+// normalise to the same field ({"Name": "web", "name": "other"}) are a 400 naming both: which
+// one would win depends on map order. path names v's position, for the error.
+func normalizeKeys(v any, path string) (any, error) {
 	switch t := v.(type) {
 	case map[string]any:
 		out := make(map[string]any, len(t))
+		orig := make(map[string]string, len(t))
 		for k, val := range t {
 			nk := normKey(k)
+			if prev, dup := orig[nk]; dup {
+				return nil, duplicateKey(path, prev, k)
+			}
+			orig[nk] = k
 			if opaqueMaps[nk] {
 				out[nk] = val
 				continue
 			}
-			out[nk] = normalizeKeys(val)
+			nv, err := normalizeKeys(val, joinPath(path, k))
+			if err != nil {
+				return nil, err
+			}
+			out[nk] = nv
 		}
-		return out
+		return out, nil
 	case []any:
 		for i := range t {
-			t[i] = normalizeKeys(t[i])
+			nv, err := normalizeKeys(t[i], fmt.Sprintf("%s[%d]", path, i))
+			if err != nil {
+				return nil, err
+			}
+			t[i] = nv
 		}
-		return t
+		return t, nil
 	default:
-		return v
+		return v, nil
 	}
+}
+
+func joinPath(path, key string) string {
+	if path == "" {
+		return key
+	}
+	return path + "." + key
+}
+
+// duplicateKey is the 400 for two keys of one object that name the same field, a and b in
+// a fixed order whatever the map order.
+func duplicateKey(path, a, b string) error {
+	if b < a {
+		a, b = b, a
+	}
+	field := path
+	if field == "" {
+		field = "body"
+	}
+	return badRequest(field, "keys %q and %q name the same field; send one", a, b)
 }
 
 // durationField holds a duration as sent: a Go duration string ("10s") or a number of
@@ -335,6 +375,15 @@ func (c *checkRequest) toAgentCheck(field string) (*state.Check, error) {
 	}, nil
 }
 
+// validName is state.ValidateName as a *RequestError.
+func validName(field, v string) error {
+	var ie *state.InvalidError
+	if err := state.ValidateName(field, v); errors.As(err, &ie) {
+		return badRequest(ie.Field, "%s", ie.Msg)
+	}
+	return nil
+}
+
 func validMethod(m string) bool {
 	if len(m) > 32 {
 		return false
@@ -466,6 +515,7 @@ func decodeServiceRegistration(body []byte) (*state.Service, []*state.Check, err
 		}
 	}
 	checks := make([]*state.Check, 0, len(reqs))
+	seen := make(map[string]bool, len(reqs))
 	for i, ic := range reqs {
 		c, err := ic.c.toAgentCheck(ic.field)
 		if err != nil {
@@ -482,6 +532,21 @@ func decodeServiceRegistration(body []byte) (*state.Service, []*state.Check, err
 		}
 		if c.Name == "" {
 			c.Name = fmt.Sprintf("Service '%s' check", r.Name)
+		}
+		// The store checks these too, but counts only the checks that reach it (an empty
+		// "Check" or "Checks" entry is dropped): name the field as the request did.
+		if state.ReservedCheckID(c.CheckID) {
+			return nil, nil, badRequest(ic.field+".CheckID", "%q is reserved", c.CheckID)
+		}
+		if seen[c.CheckID] {
+			return nil, nil, badRequest(ic.field+".CheckID", "duplicate check ID %q", c.CheckID)
+		}
+		seen[c.CheckID] = true
+		if err := validName(ic.field+".CheckID", c.CheckID); err != nil {
+			return nil, nil, err
+		}
+		if err := validName(ic.field+".Name", c.Name); err != nil {
+			return nil, nil, err
 		}
 		if ic.c.ServiceID != "" && ic.c.ServiceID != r.ID {
 			return nil, nil, badRequest(ic.field+".ServiceID", "%q differs from the service being registered %q", ic.c.ServiceID, r.ID)

@@ -36,6 +36,8 @@
 // When one change wakes many watchers of the same query, the first to re-run it renders the
 // response and stores the bytes under (query, index) in a small cache; the others wait for
 // that rendering and write the same bytes, so a thousand woken watchers cost one JSON encoding.
+// Only blocking queries about to answer use the cache (plain reads render for themselves),
+// and it is bounded in bytes (Config.RenderCacheBytes, least recently used out first).
 //
 // # Writes
 //

@@ -47,7 +47,7 @@ func (s *Server) healthService(w http.ResponseWriter, r *http.Request) error {
 		checks []*state.Check
 	}
 	return s.serveQuery(w, r, &query{
-		key:   cacheKey(r, "passing", "tag", "node-meta", "filter"),
+		key:   cacheKey(r, boolParamKey("passing", passing), setParam("tag", tags), nm.key(), filterKey(r)),
 		index: func(v *state.View) uint64 { return v.TopicIndex(topic) },
 		watch: func(v *state.View) (<-chan struct{}, func()) { return v.Watch(topic) },
 		read: func(v *state.View) func() (*rendered, error) {
@@ -88,7 +88,7 @@ func (s *Server) checksQuery(w http.ResponseWriter, r *http.Request, topic strin
 	}
 	pretty := wantPretty(r)
 	return s.serveQuery(w, r, &query{
-		key:   cacheKey(r, "node-meta", "filter"),
+		key:   cacheKey(r, nm.key(), filterKey(r)),
 		index: func(v *state.View) uint64 { return v.TopicIndex(topic) },
 		watch: func(v *state.View) (<-chan struct{}, func()) { return v.Watch(topic) },
 		read: func(v *state.View) func() (*rendered, error) {
@@ -146,7 +146,7 @@ func (s *Server) healthState(w http.ResponseWriter, r *http.Request) error {
 // healthNode is GET /v1/health/node/NAME: every check on the node.
 func (s *Server) healthNode(w http.ResponseWriter, r *http.Request) error {
 	name := r.PathValue("name")
-	return s.checksQuery(w, r, state.TopicNode(name), func(v *state.View) []*state.Check {
+	return s.checksQuery(w, r, state.TopicNodeChecks(name), func(v *state.View) []*state.Check {
 		return v.NodeChecks(name)
 	})
 }

@@ -25,7 +25,7 @@ func (s *Server) intentionsList(w http.ResponseWriter, r *http.Request) error {
 	}
 	pretty := wantPretty(r)
 	return s.serveQuery(w, r, &query{
-		key:   cacheKey(r, "filter"),
+		key:   cacheKey(r, filterKey(r)),
 		index: func(v *state.View) uint64 { return v.TopicIndex(state.TopicIntentions) },
 		watch: func(v *state.View) (<-chan struct{}, func()) { return v.Watch(state.TopicIntentions) },
 		read: func(v *state.View) func() (*rendered, error) {
@@ -93,7 +93,7 @@ func (s *Server) intentionExactGet(w http.ResponseWriter, r *http.Request) error
 	pretty := wantPretty(r)
 	topic := state.TopicIntentionsByDestination(dst)
 	return s.serveQuery(w, r, &query{
-		key:   cacheKey(r, "source", "destination"),
+		key:   cacheKey(r, param("source", src), param("destination", dst)),
 		index: func(v *state.View) uint64 { return v.TopicIndex(topic) },
 		watch: func(v *state.View) (<-chan struct{}, func()) { return v.Watch(topic) },
 		read: func(v *state.View) func() (*rendered, error) {
@@ -180,7 +180,7 @@ func (s *Server) intentionMatch(w http.ResponseWriter, r *http.Request) error {
 	topics = slices.Compact(topics)
 	pretty := wantPretty(r)
 	return s.serveQuery(w, r, &query{
-		key: cacheKey(r, "by", "name"),
+		key: cacheKey(r, param("by", string(by)), setParam("name", rawNames)),
 		index: func(v *state.View) uint64 {
 			var idx uint64
 			for _, t := range topics {

@@ -17,7 +17,8 @@ func (s *Server) kvGet(w http.ResponseWriter, r *http.Request) error {
 	}
 	pretty := wantPretty(r)
 	notFound := &rendered{status: http.StatusNotFound}
-	q := &query{key: cacheKey(r, "recurse", "keys", "separator", "raw")}
+	q := &query{key: cacheKey(r, boolParamKey("recurse", p.Recurse), boolParamKey("keys", p.Keys),
+		param("separator", p.Separator), boolParamKey("raw", p.Raw))}
 	switch {
 	case p.Recurse || p.Keys:
 		q.index = func(v *state.View) uint64 { return v.KVPrefixIndex(key) }

@@ -2,6 +2,7 @@ package registry
 
 import (
 	"fmt"
+	"net/http"
 	"strconv"
 	"strings"
 	"time"
@@ -26,8 +27,8 @@ func newMetrics(reg *prometheus.Registry, store *state.Store) (*metrics, error) 
 	m := &metrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "podmesh_registry_http_requests_total",
-			Help: "HTTP API requests by route pattern and status code.",
-		}, []string{"route", "code"}),
+			Help: "HTTP API requests by route pattern, method and status code.",
+		}, []string{"route", "method", "code"}),
 		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "podmesh_registry_http_request_duration_seconds",
 			Help:    "HTTP API request latency by route pattern; blocking queries include their wait.",
@@ -66,9 +67,20 @@ func newMetrics(reg *prometheus.Registry, store *state.Store) (*metrics, error) 
 	return m, nil
 }
 
-func (m *metrics) observe(route string, code int, d time.Duration) {
-	m.requests.WithLabelValues(route, strconv.Itoa(code)).Inc()
+func (m *metrics) observe(route, method string, code int, d time.Duration) {
+	m.requests.WithLabelValues(route, metricMethod(method), strconv.Itoa(code)).Inc()
 	m.latency.WithLabelValues(route).Observe(d.Seconds())
+}
+
+// metricMethod bounds the method label: the methods of HTTP, and "other" for anything else a
+// client sends (a label value per invented method would grow without bound).
+func metricMethod(m string) string {
+	switch m {
+	case http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodDelete,
+		http.MethodPatch, http.MethodOptions, http.MethodConnect, http.MethodTrace:
+		return m
+	}
+	return "other"
 }
 
 // instancesCollector counts service instances by aggregated health at scrape time, with
@@ -79,7 +91,7 @@ type instancesCollector struct {
 }
 
 var instancesDesc = prometheus.NewDesc("podmesh_registry_instances",
-	"Service instances in the catalog by aggregated health state.", []string{"state"}, nil)
+	"Service instances in the catalog by aggregated health status.", []string{"status"}, nil)
 
 func (c *instancesCollector) Describe(ch chan<- *prometheus.Desc) { ch <- instancesDesc }
 

@@ -3,6 +3,7 @@ package registry
 import (
 	"net/http"
 	"reflect"
+	"slices"
 	"strings"
 
 	"github.com/podmesh/podmesh/registry/filter"
@@ -41,6 +42,16 @@ func parseNodeMeta(r *http.Request) metaFilter {
 		m[k] = val
 	}
 	return m
+}
+
+// key is the filter's render-cache key: its pairs after last-wins, sorted.
+func (m metaFilter) key() keyParam {
+	vals := make([]string, 0, len(m))
+	for k, v := range m {
+		vals = append(vals, k+":"+v)
+	}
+	slices.Sort(vals)
+	return keyParam{"node-meta", vals}
 }
 
 func (m metaFilter) match(n *state.Node) bool {

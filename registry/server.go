@@ -59,6 +59,9 @@ type Config struct {
 	// Consul's behaviour with ACLs disabled) or "deny". Every response carries it in
 	// X-Consul-Default-ACL-Policy, where sidecars read it.
 	DefaultIntentionPolicy string
+	// RenderCacheBytes bounds the memory of the renderings shared by watchers woken together;
+	// default DefaultRenderCacheBytes.
+	RenderCacheBytes int64
 	// Metrics is the registry the server's metrics go to; nil: a new private one. /metrics
 	// serves it.
 	Metrics *prometheus.Registry
@@ -71,6 +74,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.MaxKVValueBytes <= 0 {
 		c.MaxKVValueBytes = DefaultMaxKVValueBytes
+	}
+	if c.RenderCacheBytes <= 0 {
+		c.RenderCacheBytes = DefaultRenderCacheBytes
 	}
 	if c.Metrics == nil {
 		c.Metrics = prometheus.NewRegistry()
@@ -117,7 +123,7 @@ func New(cfg Config) (*Server, error) {
 		store:   cfg.Store,
 		mux:     http.NewServeMux(),
 		log:     cfg.Logger,
-		cache:   newRenderCache(4096),
+		cache:   newRenderCache(maxRenderCacheEntries, cfg.RenderCacheBytes),
 		closing: make(chan struct{}),
 		token:   sha256.Sum256([]byte(cfg.ACLToken)),
 		leaves:  newLeafCache(),
@@ -295,7 +301,7 @@ func (s *Server) wrap(route string, acc access, h handlerFunc) http.Handler {
 		if code == 0 {
 			code = http.StatusOK
 		}
-		s.metrics.observe(route, code, time.Since(start))
+		s.metrics.observe(route, r.Method, code, time.Since(start))
 	})
 }
 

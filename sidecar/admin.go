@@ -55,6 +55,14 @@ func (s *Sidecar) metricsHandler() http.Handler {
 	return promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{})
 }
 
+// metricsOnly serves the separate -metrics listener: GET /metrics and nothing else, so
+// the address Prometheus scrapes exposes no admin endpoint.
+func (s *Sidecar) metricsOnly() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", s.metricsHandler())
+	return mux
+}
+
 // Snapshot is what /config shows.
 type Snapshot struct {
 	Config       Config             `json:"config"`

@@ -20,6 +20,7 @@ import (
 
 	"github.com/podmesh/podmesh/lb"
 	"github.com/podmesh/podmesh/proxy"
+	"github.com/podmesh/podmesh/tracing"
 )
 
 // Config is the sidecar's configuration, from flags or a YAML file (-config) with the same
@@ -49,6 +50,19 @@ type Config struct {
 	// ReadyTimeout is how long /ready waits for the first discovery answer of every
 	// upstream before reporting ready anyway (5s).
 	ReadyTimeout Duration `yaml:"ready_timeout" json:"ready_timeout"`
+
+	// TraceEndpoint is the OTLP/HTTP collector spans are exported to: host:port or
+	// http://host:port (/v1/traces is added), or a full URL. Empty: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT,
+	// then OTEL_EXPORTER_OTLP_ENDPOINT; none of them: tracing off.
+	TraceEndpoint string `yaml:"trace_endpoint" json:"trace_endpoint,omitempty"`
+	// TraceSample is the fraction of requests without a sampling decision that start a
+	// trace (1.0); requests with one follow it (parent-based).
+	TraceSample *float64 `yaml:"trace_sample" json:"trace_sample"`
+	// TracePropagation is the trace header formats written: w3c, b3, b3multi (all by
+	// default). Every format is read, W3C first.
+	TracePropagation tracing.Propagation `yaml:"trace_propagation" json:"trace_propagation"`
+	// AccessLog writes one JSON line per request, with its trace and span IDs, on stderr.
+	AccessLog bool `yaml:"access_log" json:"access_log"`
 }
 
 // Check is the app health check the sidecar runs and reports to the registry through a
@@ -251,6 +265,13 @@ func (c Config) withDefaults(getenv func(string) string) Config {
 	if c.MaxRequests == 0 {
 		c.MaxRequests = proxy.DefaultMaxRequests
 	}
+	if c.TraceSample == nil {
+		r := tracing.DefaultSampleRatio
+		c.TraceSample = &r
+	}
+	if c.TracePropagation == 0 {
+		c.TracePropagation = tracing.PropagateW3C | tracing.PropagateB3Single | tracing.PropagateB3Multi
+	}
 	ups := make([]Upstream, len(c.Upstreams))
 	for i, u := range c.Upstreams {
 		u.Protocol = strings.ToLower(u.Protocol)
@@ -414,6 +435,22 @@ var checks = []check{
 		}
 		if c.MaxRequests < 0 {
 			return fieldErr("max_requests", c.MaxRequests, "want a positive number")
+		}
+		return nil
+	}},
+	{"tracing", func(c *Config) error {
+		if r := c.TraceSample; r != nil && !(*r >= 0 && *r <= 1) {
+			return fieldErr("trace_sample", *r, "want a ratio from 0 to 1")
+		}
+		if e := c.TraceEndpoint; e != "" {
+			v := e
+			if !strings.Contains(v, "://") {
+				v = "http://" + v
+			}
+			u, err := url.Parse(v)
+			if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Hostname() == "" {
+				return fieldErr("trace_endpoint", e, "want host:port or an http:// or https:// URL")
+			}
 		}
 		return nil
 	}},
@@ -599,6 +636,7 @@ func Parse(args []string, getenv func(string) string, out io.Writer) (Config, er
 		register  bool
 		checkHTTP string
 		tlsOn     bool
+		sample    float64
 	)
 	fs := flag.NewFlagSet("sidecar", flag.ContinueOnError)
 	fs.SetOutput(out)
@@ -619,6 +657,12 @@ func Parse(args []string, getenv func(string) string, out io.Writer) (Config, er
 	fs.BoolVar(&tlsOn, "tls", true, "mutual TLS between sidecars: certificates from the registry's Connect CA, callers\n"+
 		"authorized by intentions, nothing plaintext between sidecars. -tls=false sends plaintext and\n"+
 		"authorizes nobody: only where no sidecar of the mesh uses mTLS (YAML tls.enabled)")
+	fs.StringVar(&flags.TraceEndpoint, "trace-endpoint", "", "OTLP/HTTP collector `URL` for spans (host:port or http://host:port; default\n"+
+		"$OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, then $OTEL_EXPORTER_OTLP_ENDPOINT; none: tracing off)")
+	fs.Float64Var(&sample, "trace-sample", tracing.DefaultSampleRatio, "`ratio` of requests without a sampling decision that start a trace")
+	fs.TextVar(&flags.TracePropagation, "trace-propagation", tracing.PropagateW3C|tracing.PropagateB3Single|tracing.PropagateB3Multi,
+		"trace header formats written, a `list` of w3c, b3, b3multi (all are read)")
+	fs.BoolVar(&flags.AccessLog, "access-log", false, "write one JSON line per request (with trace_id and span_id) on stderr")
 	if err := fs.Parse(args); err != nil {
 		return Config{}, err
 	}
@@ -664,6 +708,14 @@ func Parse(args []string, getenv func(string) string, out io.Writer) (Config, er
 			c.DrainTimeout = flags.DrainTimeout
 		case "tls":
 			c.TLS.Enabled = &tlsOn
+		case "trace-endpoint":
+			c.TraceEndpoint = flags.TraceEndpoint
+		case "trace-sample":
+			c.TraceSample = &sample
+		case "trace-propagation":
+			c.TracePropagation = flags.TracePropagation
+		case "access-log":
+			c.AccessLog = flags.AccessLog
 		}
 	})
 	// -upstream NAME=ADDR replaces the listen address of a configured upstream of that

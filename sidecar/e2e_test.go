@@ -25,8 +25,12 @@ import (
 )
 
 // The end-to-end tests run real sidecars (in-process, or the built binary as a subprocess
-// where a signal or a kill is the point) against a real Consul dev agent, with HTTP apps
-// on loopback. One agent serves the whole package, except for the test that kills it.
+// where a signal or a kill is the point) against Podmesh's own registry
+// (consultest.StartMainRegistry), with HTTP apps on loopback: they are about the sidecar's
+// behaviour. One registry serves the whole package, except for the tests that kill it or
+// change its CA. The test whose point is that the sidecar works unchanged against Consul
+// (TestMTLSWithAgent) starts a real Consul v1.14.0 dev agent of its own
+// (consultest.StartConsul).
 var (
 	agent      *consultest.Agent
 	sidecarBin string
@@ -41,39 +45,35 @@ func testMain(m *testing.M) int {
 	if f := flag.Lookup("test.fuzz"); f != nil && f.Value.String() != "" {
 		return m.Run() // fuzzing the config loader needs no registry
 	}
+	defer consultest.RemoveBuilt()
 	dir, err := os.MkdirTemp("", "sidecar-e2e")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
 	defer os.RemoveAll(dir)
-	a, missing, err := consultest.StartMain(dir)
+	a, err := consultest.StartMainRegistry(dir)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	if missing != "" && os.Getenv("PODMESH_REQUIRE_TOOLS") == "1" {
-		fmt.Fprintln(os.Stderr, missing+"; PODMESH_REQUIRE_TOOLS=1 makes this a failure")
+	defer a.Stop()
+	agent = a
+	// The binary, for the tests that signal or kill a sidecar process.
+	sidecarBin = filepath.Join(dir, "sidecar")
+	out, err := exec.Command("go", "build", "-o", sidecarBin, "../cmd/sidecar").CombinedOutput()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "build sidecar: %v\n%s", err, out)
 		return 1
-	}
-	if a != nil {
-		defer a.Stop()
-		agent = a
-		// The binary, for the tests that signal or kill a sidecar process.
-		sidecarBin = filepath.Join(dir, "sidecar")
-		out, err := exec.Command("go", "build", "-o", sidecarBin, "../cmd/sidecar").CombinedOutput()
-		if err != nil {
-			fmt.Fprintf(os.Stderr, "build sidecar: %v\n%s", err, out)
-			return 1
-		}
 	}
 	return m.Run()
 }
 
+// needAgent is where a test starts using the package's shared registry.
 func needAgent(t *testing.T) {
 	t.Helper()
 	if agent == nil {
-		t.Skip("consul not built (set PODMESH_CONSUL_BIN or run `make tools`)")
+		t.Fatal("the shared registry is not running (TestMain did not start it)")
 	}
 }
 
@@ -672,11 +672,11 @@ func TestSIGTERMUnderLoad(t *testing.T) {
 }
 
 // Acceptance 4: with the registry killed, traffic keeps flowing to the known instances;
-// when it is back (empty: a dev agent keeps nothing), the instances register again and a
-// new instance gets traffic.
+// when it is back (with its data: Podmesh's registry keeps what it acknowledged; a Consul dev
+// agent would come back empty and the sidecars register again), a new instance gets traffic
+// and every instance is passing.
 func TestRegistryDownAndBack(t *testing.T) {
-	needAgent(t)
-	reg := consultest.Start(t) // its own agent: this test kills it
+	reg := consultest.StartRegistry(t) // its own registry: this test kills it
 	svc := "regdown"
 	var backends []*backend
 	for i := range 2 {
@@ -712,7 +712,8 @@ func TestRegistryDownAndBack(t *testing.T) {
 	if len(failures) > 0 {
 		t.Errorf("%d of %d requests failed: %s", len(failures), total, failures[0])
 	}
-	// The old instances registered again by themselves.
+	// The old instances are listed and passing again (kept by the registry, or registered
+	// again by their sidecars).
 	testutil.Eventually(t, 10*time.Second, 50*time.Millisecond, func() error {
 		entries, _, err := reg.Client().Health().Service(svc, "", true, nil)
 		if err != nil || len(entries) != 3 {
@@ -795,14 +796,25 @@ func TestAdminAndRegistration(t *testing.T) {
 		body, _ := io.ReadAll(res.Body)
 		res.Body.Close()
 		for _, want := range []string{
-			`podmesh_proxy_requests_total{code="2xx",direction="outbound",service="adm"} 1`,
-			`podmesh_proxy_requests_total{code="2xx",direction="inbound",service="adm"} 1`,
-			`podmesh_lb_endpoints{service="adm",state="ready"} 1`,
+			`podmesh_requests_total{code_class="2xx",destination="adm",direction="outbound",grpc_status="",method="GET",source="adm"} 1`,
+			`podmesh_requests_total{code_class="2xx",destination="adm",direction="inbound",grpc_status="",method="GET",source="unknown"} 1`,
+			`podmesh_endpoints{destination="adm",source="adm",state="ready"} 1`,
 			"process_resident_memory_bytes",
 		} {
 			if !strings.Contains(string(body), want) {
 				t.Errorf("%s/metrics lacks %s", addr, want)
 			}
+		}
+	}
+	// The separate metrics listener serves /metrics only.
+	for _, path := range []string{"/config", "/ready", "/debug/pprof/"} {
+		res, err := http.Get("http://" + metricsAddr + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res.Body.Close()
+		if res.StatusCode != http.StatusNotFound {
+			t.Errorf("metrics listener %s: %d, want 404", path, res.StatusCode)
 		}
 	}
 

@@ -43,7 +43,10 @@ type securityMetrics struct {
 
 type sourceKey struct{ partition, namespace, service string }
 
-type sourceCounters struct{ allowed, denied prometheus.Counter }
+type sourceCounters struct {
+	allowed, denied prometheus.Counter
+	label           string // the source label value
+}
 
 // maxSourceLabels caps the source label's values. Sources come from certificates the
 // mesh's CA issued, so there are at most as many as services in the mesh; the cap guards
@@ -82,7 +85,7 @@ func newSecurityMetrics(reg prometheus.Registerer, service string, src *identity
 	empty := map[sourceKey]*sourceCounters{}
 	m.sources.Store(&empty)
 	m.other = &sourceCounters{allowed: m.allowedVec.WithLabelValues("other", service),
-		denied: m.deniedVec.WithLabelValues("other", service)}
+		denied: m.deniedVec.WithLabelValues("other", service), label: proxy.OtherSource}
 
 	stats := func(f func(identity.Stats) float64) func() float64 {
 		return func() float64 { return f(src.Stats()) }
@@ -183,7 +186,7 @@ func (m *securityMetrics) source(id spiffe.ServiceID) *sourceCounters {
 		label = id.PartitionOrDefault() + "/" + ns + "/" + k.service
 	}
 	c := &sourceCounters{allowed: m.allowedVec.WithLabelValues(label, m.service),
-		denied: m.deniedVec.WithLabelValues(label, m.service)}
+		denied: m.deniedVec.WithLabelValues(label, m.service), label: label}
 	next := make(map[sourceKey]*sourceCounters, len(cur)+1)
 	for kk, v := range cur {
 		next[kk] = v

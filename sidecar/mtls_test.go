@@ -39,10 +39,10 @@ import (
 )
 
 // The mutual TLS tests of issue 4 run real sidecars (in-process, or the built binary) with
-// -tls=true against a registry with a Connect CA: the shared agent (Consul v1.14.0, or
-// Podmesh's registry with PODMESH_TEST_REGISTRY_BIN), or meshtest's fake CA in front of it
-// where a test needs what Consul does not allow (leaves living seconds, the CA's key to forge
-// certificates).
+// -tls=true against a registry with a Connect CA: Podmesh's registry (the package's shared
+// one, or one of a test's own where the test changes the CA), a real Consul v1.14.0 dev agent
+// where Consul compatibility is the point (TestMTLSWithAgent), or meshtest's fake CA where a
+// test needs the CA's key (to forge certificates) or a registry that is not there yet.
 
 // runMTLS runs an in-process sidecar with mutual TLS and waits until it is ready (leaf,
 // bundle and intentions loaded).
@@ -487,7 +487,7 @@ func sequentialLoad(url string, max int, stop <-chan struct{}) (func() []sample,
 // Acceptance 2: under a steady stream of requests through a caller's sidecar, changing the
 // intention from allow to deny stops new requests within 1 s (they get 403), and changing it
 // back lets them through within 1 s; the requests travel over the pooled HTTP/2 connection
-// between the sidecars, which stays open throughout. Against the shared agent (Consul).
+// between the sidecars, which stays open throughout. Against the shared registry.
 func TestIntentionChangeWithin1s(t *testing.T) {
 	needAgent(t)
 	testutil.CheckGoroutines(t)
@@ -570,13 +570,14 @@ func TestIntentionChangeWithin1s(t *testing.T) {
 	}
 }
 
-// Acceptance 4: the sidecar binary, unchanged, gets its leaf and the roots from the shared
-// agent (a real Consul v1.14.0 dev agent; Connect is on in -dev) and authorizes callers
-// against Consul's intentions: two sidecars carry HTTP and raw TCP over mTLS, a caller
-// dialling an instance that is not the service it meant refuses it, an intention deny
-// blocks (403 and closed connections) and an allow restores.
+// Acceptance 4: the sidecar binary, unchanged, gets its leaf and the roots from a real
+// Consul v1.14.0 dev agent (Connect is on in -dev) and authorizes callers against Consul's
+// intentions: two sidecars carry HTTP and raw TCP over mTLS, a caller dialling an instance
+// that is not the service it meant refuses it, an intention deny blocks (403 and closed
+// connections) and an allow restores. Its point is Consul compatibility, so it runs against
+// Consul, not Podmesh's registry.
 func TestMTLSWithAgent(t *testing.T) {
-	needAgent(t)
+	agent := consultest.StartConsul(t)
 	roots, _, err := agent.Client().Agent().ConnectCARoots(nil)
 	if err != nil {
 		t.Fatalf("the agent's Connect CA: %v", err)
@@ -679,16 +680,9 @@ func TestMTLSWithAgent(t *testing.T) {
 		}
 	}
 	testutil.Eventually(t, 5*time.Second, 20*time.Millisecond, func() error { return errors.Join(httpOK(), tcpOK()) })
-	t.Logf("%s: web outbound handshakes %v, db inbound handshakes %v", agentKind(),
+	t.Logf("%s: web outbound handshakes %v, db inbound handshakes %v", agent.Kind(),
 		metricValue(scrape(t, web.admin), `podmesh_tls_handshakes_total{direction="outbound"}`),
 		metricValue(scrape(t, db.admin), `podmesh_tls_handshakes_total{direction="inbound"}`))
-}
-
-func agentKind() string {
-	if os.Getenv("PODMESH_TEST_REGISTRY_BIN") != "" {
-		return "Podmesh registry " + os.Getenv("PODMESH_TEST_REGISTRY_BIN")
-	}
-	return "Consul v1.14.0"
 }
 
 func grepLines(text, prefix string) string {
@@ -716,24 +710,15 @@ type caRegistry struct {
 	url  string
 }
 
-// caRegistries returns the registries the rotation test runs against: meshtest's fake CA
-// in front of the shared agent, and Podmesh's registry binary when
-// PODMESH_TEST_REGISTRY_BIN names one.
-//
-// TODO(issue 4, registry CA): once the registry serves the Connect CA endpoints, run this
-// with PODMESH_TEST_REGISTRY_BIN=bin/registry; it needs LeafCertTTL down to a few seconds and
-// root rotation on a PUT of the CA configuration with a new PrivateKey.
+// caRegistries returns the registries the rotation test runs against: Podmesh's registry,
+// one of the test's own (the test shortens the leaf lifetime and rotates the root). Consul
+// refuses leaves that live seconds; meshtest's fake CA, which allowed them before the
+// registry had a CA, would only repeat the same 15 s test.
 func caRegistries() map[string]func(t *testing.T) caRegistry {
-	out := map[string]func(t *testing.T) caRegistry{"meshtest": func(t *testing.T) caRegistry {
-		needAgent(t)
-		return caRegistry{name: "meshtest fake CA", url: meshtest.Start(t, agent.URL(), 0).URL()}
+	return map[string]func(t *testing.T) caRegistry{"registry": func(t *testing.T) caRegistry {
+		a := consultest.StartRegistry(t)
+		return caRegistry{name: a.Kind(), url: a.URL()}
 	}}
-	if bin := os.Getenv("PODMESH_TEST_REGISTRY_BIN"); bin != "" {
-		out["registry"] = func(t *testing.T) caRegistry {
-			return caRegistry{name: "registry " + bin, url: consultest.Start(t).URL()}
-		}
-	}
-	return out
 }
 
 func (r caRegistry) client(t testing.TB) *api.Client {

@@ -104,6 +104,17 @@ func (s *security) Authorize(_ context.Context, p proxy.Peer) (bool, string) {
 	return false, reason
 }
 
+// PeerService names the caller of a verified connection for metrics and spans, as the
+// source label of the authorization metrics does ("" without an identity). It allocates
+// nothing for a known caller.
+func (s *security) PeerService(cs *tls.ConnectionState) string {
+	id, ok := peerID(cs)
+	if !ok {
+		return ""
+	}
+	return s.m.source(id).label
+}
+
 // peerID returns the SPIFFE service identity of the peer's leaf: its one URI SAN, which
 // the handshake has verified.
 func peerID(cs *tls.ConnectionState) (spiffe.ServiceID, bool) {
@@ -254,4 +265,5 @@ func (l *logLimiter) allow() (bool, int) {
 var (
 	_ proxy.Security          = (*security)(nil)
 	_ proxy.HandshakeObserver = (*security)(nil)
+	_ proxy.PeerNamer         = (*security)(nil)
 )

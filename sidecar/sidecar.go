@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/url"
+	"os"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -22,6 +24,7 @@ import (
 	"github.com/podmesh/podmesh/lb"
 	"github.com/podmesh/podmesh/proxy"
 	"github.com/podmesh/podmesh/tls/identity"
+	"github.com/podmesh/podmesh/tracing"
 )
 
 // Sidecar is one running sidecar: the inbound listener in front of the app, a local
@@ -35,6 +38,9 @@ type Sidecar struct {
 	metrics *proxy.Metrics
 	sec     proxy.Security
 	ident   *identity.Source // mutual TLS material and intentions; nil with TLS off
+	tracer  *tracing.Tracer  // nil until Run; off unless an endpoint is configured
+	alog    *tracing.AccessLog
+	alogW   io.Writer // where the access log goes (stderr)
 
 	inbound   *proxy.Inbound
 	upstreams []*upstream
@@ -76,14 +82,20 @@ type Option func(*Sidecar)
 // that Config.TLS configures.
 func WithSecurity(sec proxy.Security) Option { return func(s *Sidecar) { s.sec = sec } }
 
+// WithAccessLogWriter sends the access log (Config.AccessLog) to w instead of stderr.
+func WithAccessLogWriter(w io.Writer) Option { return func(s *Sidecar) { s.alogW = w } }
+
 // New builds a sidecar from a validated configuration; Run starts it.
 func New(cfg Config, log *slog.Logger, opts ...Option) (*Sidecar, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	s := &Sidecar{cfg: cfg, log: log, reg: prometheus.NewRegistry()}
+	s := &Sidecar{cfg: cfg, log: log, reg: prometheus.NewRegistry(), alogW: os.Stderr}
 	for _, o := range opts {
 		o(s)
+	}
+	if cfg.AccessLog {
+		s.alog = tracing.NewAccessLog(s.alogW)
 	}
 	s.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m, err := proxy.NewMetrics(s.reg)
@@ -132,6 +144,10 @@ func (s *Sidecar) Run(ctx context.Context) error {
 	// Components live until the drain is over, not until ctx ends.
 	life, endLife := context.WithCancel(context.WithoutCancel(ctx))
 	defer endLife()
+	if err := s.startTracing(life); err != nil {
+		return err
+	}
+	defer s.stopTracing(life)
 	if err := s.build(life); err != nil {
 		return err
 	}
@@ -145,7 +161,7 @@ func (s *Sidecar) Run(ctx context.Context) error {
 	g.Go(func() error { return serveHTTP(admin, s.adminLn) })
 	var metricsSrv *http.Server
 	if s.metricsLn != nil {
-		metricsSrv = &http.Server{Handler: s.metricsHandler(), ReadHeaderTimeout: 5 * time.Second}
+		metricsSrv = &http.Server{Handler: s.metricsOnly(), ReadHeaderTimeout: 5 * time.Second}
 		g.Go(func() error { return serveHTTP(metricsSrv, s.metricsLn) })
 	}
 	watchCtx, stopWatches := context.WithCancel(life)
@@ -239,6 +255,7 @@ func (s *Sidecar) build(life context.Context) error {
 		in, err := proxy.NewInbound(life, proxy.InboundConfig{
 			Service: c.Service, Protocol: proxy.Protocol(c.Protocol), App: c.App,
 			MaxRequests: c.MaxRequests, Limits: lim, Security: s.sec, Metrics: s.metrics, Log: log,
+			Tracer: s.tracer, AccessLog: s.alog,
 		})
 		if err != nil {
 			return fmt.Errorf("sidecar: inbound: %w", err)
@@ -262,6 +279,7 @@ func (s *Sidecar) build(life context.Context) error {
 		up, err := proxy.NewUpstream(life, proxy.UpstreamConfig{
 			Name: uc.Name, Protocol: proxy.Protocol(uc.Protocol), Policy: pol, Limits: lim,
 			Balancer: bal, Security: s.sec, Metrics: s.metrics, Log: log,
+			Source: c.Service, Tracer: s.tracer, AccessLog: s.alog,
 		})
 		if err != nil {
 			return fmt.Errorf("sidecar: upstream %s: %w", uc.Name, err)
@@ -274,6 +292,50 @@ func (s *Sidecar) build(life context.Context) error {
 	}
 	return nil
 }
+
+// startTracing makes the tracer (off without an endpoint) and registers its metrics.
+func (s *Sidecar) startTracing(ctx context.Context) error {
+	c := s.cfg
+	name := c.Service
+	if name == "" && os.Getenv(tracing.EnvServiceName) == "" {
+		name = "podmesh-sidecar"
+	}
+	ratio := tracing.DefaultSampleRatio
+	if c.TraceSample != nil {
+		ratio = *c.TraceSample
+		if ratio == 0 {
+			ratio = -1 // tracing.Config: zero is the default, negative starts no trace
+		}
+	}
+	t, err := tracing.New(ctx, tracing.Config{
+		ServiceName: name, InstanceID: c.ID, Endpoint: c.TraceEndpoint,
+		SampleRatio: ratio, Propagation: c.TracePropagation, Logger: s.log,
+	})
+	if err != nil {
+		return fmt.Errorf("sidecar: tracing: %w", err)
+	}
+	if err := t.Register(s.reg); err != nil {
+		_ = t.Shutdown(ctx)
+		return fmt.Errorf("sidecar: tracing metrics: %w", err)
+	}
+	s.tracer = t
+	if t.Enabled() {
+		s.log.Info("tracing on", "endpoint", t.Endpoint(), "sample", ratio, "propagation", c.TracePropagation.String())
+	}
+	return nil
+}
+
+// stopTracing exports what is queued, for at most two seconds.
+func (s *Sidecar) stopTracing(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	if err := s.tracer.Shutdown(ctx); err != nil {
+		s.log.Warn("tracing: shutdown", "err", err)
+	}
+}
+
+// Tracer returns the sidecar's tracer (nil before Run; off without an endpoint).
+func (s *Sidecar) Tracer() *tracing.Tracer { return s.tracer }
 
 // bind opens every listener before anything serves, so that a port conflict fails the
 // start instead of leaving a half-running sidecar.

@@ -48,6 +48,7 @@ type config struct {
 	leafCertTTL         time.Duration
 	leafCertTTLSet      bool // -leaf-cert-ttl given explicitly
 	clusterID           string
+	selfRegister        bool
 }
 
 // defaultDataDir is $XDG_STATE_HOME/podmesh/registry, or ~/.local/state/podmesh/registry.
@@ -84,6 +85,7 @@ func parseFlags(args []string) (config, error) {
 	fs.StringVar(&c.intentionPolicy, "default-intention-policy", "allow", "`policy` for connections no intention matches: allow (Consul with ACLs disabled) or deny; sent as X-Consul-Default-ACL-Policy on every response")
 	fs.DurationVar(&c.leafCertTTL, "leaf-cert-ttl", ca.DefaultLeafCertTTL, "lifetime of the mesh CA's leaf certificates when the CA is first created, and for a CA configuration that leaves LeafCertTTL out (at least 1s; Consul's minimum is 1h); later changes: PUT /v1/connect/ca/configuration")
 	fs.StringVar(&c.clusterID, "cluster-id", "", "cluster `ID` (normally a UUID); the trust domain is <cluster-id>.consul. Default: generated on first start and kept in -data; a different one than stored is an error")
+	fs.BoolVar(&c.selfRegister, "self-register", true, "register the registry itself as service "+registry.SelfService+" (ID "+registry.SelfService+"-<node>) at -advertise and the -http port, with meta "+registry.MetricsPortMeta+", so Prometheus' consul_sd_configs scrapes its /metrics; false removes a registration an earlier start made")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: registry [flags]\n\nServes the Consul-compatible registry API over HTTP.\n\nFlags:\n")
 		fs.PrintDefaults()
@@ -211,9 +213,18 @@ func run(ctx context.Context, cfg config) error {
 	if err != nil {
 		return fmt.Errorf("listen on -http %s: %w", cfg.httpAddr, err)
 	}
+	if cfg.selfRegister {
+		err = registry.RegisterSelf(ctx, store, cfg.advertise, ln.Addr().(*net.TCPAddr).Port)
+	} else {
+		err = registry.DeregisterSelf(ctx, store)
+	}
+	if err != nil {
+		ln.Close()
+		return err
+	}
 	srv := &http.Server{Handler: api, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 10 * time.Minute, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
 	log.Info("registry listening", "http", ln.Addr().String(), "data", cfg.dataDir, "node", cfg.node, "dc", cfg.dc,
-		"acl", cfg.aclToken != "", "trust_domain", store.TrustDomain(), "default_intention_policy", cfg.intentionPolicy)
+		"acl", cfg.aclToken != "", "self_register", cfg.selfRegister, "trust_domain", store.TrustDomain(), "default_intention_policy", cfg.intentionPolicy)
 
 	checksCtx, stopChecks := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopChecks()

@@ -466,6 +466,18 @@ func TestFlags(t *testing.T) {
 		{"leaf ttl too short", []string{"-leaf-cert-ttl", "10ms"}, "-leaf-cert-ttl", nil},
 		{"leaf ttl negative", []string{"-leaf-cert-ttl", "-1h"}, "-leaf-cert-ttl", nil},
 		{"bad cluster id", []string{"-cluster-id", "Not/Valid"}, "-cluster-id", nil},
+		{"self-registration by default", nil, "", func(c config) error {
+			if !c.selfRegister {
+				return fmt.Errorf("selfRegister false by default")
+			}
+			return nil
+		}},
+		{"no self-registration", []string{"-self-register=false"}, "", func(c config) error {
+			if c.selfRegister {
+				return fmt.Errorf("-self-register=false ignored")
+			}
+			return nil
+		}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -497,12 +509,14 @@ func TestConnectFlags(t *testing.T) {
 	if l := getRoots(t, base); l.TrustDomain != id+".consul" {
 		t.Fatalf("trust domain %q", l.TrustDomain)
 	}
+	asked := time.Now()
 	code, l, err := getLeaf(base, "web")
 	if err != nil || code != 200 {
 		t.Fatalf("leaf: %d %v", code, err)
 	}
-	if c := parseCert(t, l.CertPEM); c.NotAfter.Sub(c.NotBefore) != 5*time.Second {
-		t.Fatalf("leaf lifetime %v, want 5s", c.NotAfter.Sub(c.NotBefore))
+	// 5s from the issue, rounded up to the second (only NotBefore is backdated).
+	if c := parseCert(t, l.CertPEM); c.NotAfter.Sub(asked) < 5*time.Second || c.NotAfter.Sub(asked) > 7*time.Second {
+		t.Fatalf("leaf valid until %v, asked at %v: want 5s from its issue", c.NotAfter, asked)
 	}
 	resp, err := client.Get(base + "/v1/connect/intentions/match?by=destination&name=web")
 	if err != nil {
@@ -523,5 +537,63 @@ func TestConnectFlags(t *testing.T) {
 	p2 := startProc(t, dir)
 	if l := getRoots(t, "http://"+p2.addr); l.TrustDomain != id+".consul" {
 		t.Fatalf("trust domain after restart without -cluster-id: %q", l.TrustDomain)
+	}
+}
+
+// selfInstances returns the podmesh-registry instances in the catalog of the registry at base.
+func selfInstances(t *testing.T, base string) []catalogService {
+	t.Helper()
+	resp, err := client.Get(base + "/v1/catalog/service/podmesh-registry")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var out []catalogService
+	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil {
+		t.Fatalf("decode /v1/catalog/service/podmesh-registry: %v", err)
+	}
+	return out
+}
+
+type catalogService struct {
+	ServiceID      string
+	ServiceAddress string
+	ServicePort    int
+	ServiceMeta    map[string]string
+}
+
+// TestSelfRegistration: the registry is in its own catalog as podmesh-registry at its address
+// with meta metrics_port, where its /metrics answers (what Prometheus' consul_sd_configs
+// needs to scrape it); a restart on another port moves the one instance, and
+// -self-register=false removes it.
+func TestSelfRegistration(t *testing.T) {
+	dir := t.TempDir()
+	for round := range 2 { // the second start is on another port, with the same data
+		p := startProc(t, dir)
+		_, port, _ := strings.Cut(p.addr, ":")
+		got := selfInstances(t, "http://"+p.addr)
+		if len(got) != 1 {
+			t.Fatalf("round %d: %d podmesh-registry instances, want 1: %+v", round, len(got), got)
+		}
+		in := got[0]
+		if in.ServiceID != "podmesh-registry-crash-test" || in.ServiceAddress != "127.0.0.1" ||
+			strconv.Itoa(in.ServicePort) != port || in.ServiceMeta["metrics_port"] != port {
+			t.Fatalf("round %d: instance %+v, want podmesh-registry-crash-test at %s with metrics_port %s", round, in, p.addr, port)
+		}
+		resp, err := client.Get("http://" + in.ServiceAddress + ":" + in.ServiceMeta["metrics_port"] + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if !strings.Contains(string(b), "podmesh_registry_http_requests_total") {
+			t.Fatalf("metrics_port serves no registry metrics: %d %.200s", resp.StatusCode, b)
+		}
+		p.cmd.Process.Signal(syscall.SIGTERM)
+		<-p.done
+	}
+	p := startProc(t, dir, "-self-register=false")
+	if got := selfInstances(t, "http://"+p.addr); len(got) != 0 {
+		t.Fatalf("-self-register=false left %+v", got)
 	}
 }

@@ -1,10 +1,20 @@
-// Package consultest runs a real Consul agent in dev mode for tests: the registry contract
-// is the Consul HTTP API, so tests of discovery and the sidecar run against the real thing.
-// The binary comes from testutil.Tool(t, "consul") (the Makefile builds Consul v1.14.0).
+// Package consultest runs a Consul-compatible registry for tests, on loopback ports of its
+// own. Each test says which registry it needs:
 //
-// With PODMESH_TEST_REGISTRY_BIN set to a Podmesh registry binary, the same tests run
-// against it instead (started with -http, -data, -node and -advertise), to check that it
-// stands in for Consul.
+//   - StartRegistry (and StartMainRegistry for a package's shared one, from TestMain) runs
+//     Podmesh's own registry. Tests of the sidecar's and discovery's behaviour (load
+//     balancing, resilience, mTLS rotation, intention changes) use it: it is the registry
+//     Podmesh ships, and it takes leaf lifetimes of seconds, which Consul refuses.
+//   - StartConsul (and StartMainConsul) runs a real Consul v1.14.0 dev agent from
+//     testutil.Tool(t, "consul") (the Makefile builds it). Tests whose point is that Podmesh
+//     works unchanged against Consul use it.
+//
+// The registry binary is PODMESH_TEST_REGISTRY_BIN when set, otherwise one built from
+// ./cmd/registry the first time a test binary needs it, into a temporary directory: a
+// package that starts registries calls RemoveBuilt at the end of its TestMain.
+//
+// A restarted Consul dev agent comes back empty; Podmesh's registry keeps its data directory
+// across Restart, as it would across a real restart.
 package consultest
 
 import (
@@ -23,28 +33,40 @@ import (
 	"github.com/podmesh/podmesh/internal/testutil"
 )
 
-// Agent is a running (or stopped) Consul dev agent on loopback.
+// RegistryBinEnv names an already built registry binary to use instead of building one.
+const RegistryBinEnv = "PODMESH_TEST_REGISTRY_BIN"
+
+// Kinds of Agent.
+const (
+	KindRegistry = "podmesh-registry"
+	KindConsul   = "consul-v1.14.0"
+)
+
+// Agent is a running (or stopped) registry or Consul dev agent on loopback.
 type Agent struct {
-	podmesh bool // the Podmesh registry rather than Consul
-	bin     string
-	dir     string
-	ports   [4]int // http, serf lan, serf wan, server
-	Addr    string // host:port of the HTTP API
+	kind  string
+	bin   string
+	dir   string
+	ports [4]int // http, serf lan, serf wan, server (only http for the registry)
+	Addr  string // host:port of the HTTP API
 
 	mu     sync.Mutex
 	cmd    *exec.Cmd
 	exited chan struct{} // closed when cmd has exited
 }
 
-// Start runs a dev agent and waits until it has a leader. The test (or TestMain, with
-// StartMain) must Stop it.
-func Start(t testing.TB) *Agent {
+// Kind returns KindRegistry or KindConsul.
+func (a *Agent) Kind() string { return a.kind }
+
+// StartRegistry runs Podmesh's registry and waits until it answers. It is stopped when the
+// test ends.
+func StartRegistry(t testing.TB) *Agent {
 	t.Helper()
-	bin := os.Getenv("PODMESH_TEST_REGISTRY_BIN")
-	if bin == "" {
-		bin = testutil.Tool(t, "consul")
+	bin, err := RegistryBinary()
+	if err != nil {
+		t.Fatal(err)
 	}
-	a, err := start(bin, t.TempDir())
+	a, err := start(KindRegistry, bin, t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -52,14 +74,35 @@ func Start(t testing.TB) *Agent {
 	return a
 }
 
-// StartMain runs a dev agent for a whole test package. bin is the consul binary (empty:
-// look it up as testutil.Tool would, without a testing.TB); it returns nil and a reason
-// when the binary is missing.
-func StartMain(dir string) (*Agent, string, error) {
-	bin := os.Getenv("PODMESH_TEST_REGISTRY_BIN")
-	if bin == "" {
-		bin = os.Getenv("PODMESH_CONSUL_BIN")
+// StartConsul runs a real Consul v1.14.0 dev agent and waits until it has a leader. It is
+// stopped when the test ends; without the consul binary the test is skipped (or fails under
+// PODMESH_REQUIRE_TOOLS=1).
+func StartConsul(t testing.TB) *Agent {
+	t.Helper()
+	bin := testutil.Tool(t, "consul")
+	a, err := start(KindConsul, bin, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
 	}
+	t.Cleanup(a.Stop)
+	return a
+}
+
+// StartMainRegistry runs Podmesh's registry for a whole test package, keeping its files in
+// dir. TestMain must Stop it, and call RemoveBuilt.
+func StartMainRegistry(dir string) (*Agent, error) {
+	bin, err := RegistryBinary()
+	if err != nil {
+		return nil, err
+	}
+	return start(KindRegistry, bin, dir)
+}
+
+// StartMainConsul runs a Consul dev agent for a whole test package, keeping its files in dir.
+// It returns nil and a reason when the consul binary is missing (testutil.Tool's lookup,
+// without a testing.TB). TestMain must Stop it.
+func StartMainConsul(dir string) (*Agent, string, error) {
+	bin := os.Getenv("PODMESH_CONSUL_BIN")
 	if bin == "" {
 		home, _ := os.UserHomeDir()
 		bin = filepath.Join(home, ".cache", "podmesh", "bin", "consul-v1.14.0")
@@ -67,16 +110,69 @@ func StartMain(dir string) (*Agent, string, error) {
 	if _, err := os.Stat(bin); err != nil {
 		return nil, "consul not built (set PODMESH_CONSUL_BIN or run `make tools`)", nil
 	}
-	a, err := start(bin, dir)
+	a, err := start(KindConsul, bin, dir)
 	return a, "", err
 }
 
-func start(bin, dir string) (*Agent, error) {
+var built struct {
+	once sync.Once
+	dir  string
+	bin  string
+	err  error
+}
+
+// RegistryBinary returns the path of the registry binary: PODMESH_TEST_REGISTRY_BIN, or one
+// built from ./cmd/registry (once per test binary; it takes a few seconds with a warm build
+// cache).
+func RegistryBinary() (string, error) {
+	if bin := os.Getenv(RegistryBinEnv); bin != "" {
+		if _, err := os.Stat(bin); err != nil {
+			return "", fmt.Errorf("consultest: %s: %w", RegistryBinEnv, err)
+		}
+		return bin, nil
+	}
+	built.once.Do(func() {
+		removeStaleBuilds()
+		built.dir, built.err = os.MkdirTemp("", builtPrefix)
+		if built.err != nil {
+			return
+		}
+		built.bin = filepath.Join(built.dir, "registry")
+		cmd := exec.Command("go", "build", "-o", built.bin, "github.com/podmesh/podmesh/cmd/registry")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			built.err = fmt.Errorf("consultest: build the registry (go build ./cmd/registry): %w\n%s", err, out)
+		}
+	})
+	return built.bin, built.err
+}
+
+// RemoveBuilt removes the registry binary RegistryBinary built, if any. Call it at the end of
+// TestMain.
+func RemoveBuilt() {
+	if built.dir != "" {
+		os.RemoveAll(built.dir)
+	}
+}
+
+const builtPrefix = "consultest-registry-"
+
+// removeStaleBuilds removes the builds of test binaries that did not get to RemoveBuilt
+// (killed by a timeout, say): any older than a test run can last.
+func removeStaleBuilds() {
+	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), builtPrefix+"*"))
+	for _, d := range dirs {
+		if fi, err := os.Stat(d); err == nil && time.Since(fi.ModTime()) > 2*time.Hour {
+			os.RemoveAll(d)
+		}
+	}
+}
+
+func start(kind, bin, dir string) (*Agent, error) {
 	// Free ports are only free until somebody else takes them (other tests share the
 	// machine): try a few sets.
 	var err error
 	for range 3 {
-		a := &Agent{bin: bin, dir: dir, podmesh: bin == os.Getenv("PODMESH_TEST_REGISTRY_BIN")}
+		a := &Agent{kind: kind, bin: bin, dir: dir}
 		for i := range a.ports {
 			p, perr := freePort()
 			if perr != nil {
@@ -102,27 +198,32 @@ func freePort() (int, error) {
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
-// Restart starts the agent again on the same ports (after Stop or Kill). A dev agent keeps
-// its state in memory, so it comes back empty, like a registry that lost its data.
+// Restart starts the agent again on the same ports (after Stop or Kill). A Consul dev agent
+// keeps its state in memory, so it comes back empty, like a registry that lost its data;
+// Podmesh's registry comes back with everything it acknowledged.
 func (a *Agent) Restart() error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.cmd != nil {
 		return fmt.Errorf("consultest: agent already running")
 	}
-	cmd := exec.Command(a.bin, "agent", "-dev", "-node", "podmesh-test",
-		"-bind", "127.0.0.1", "-client", "127.0.0.1",
-		"-http-port", strconv.Itoa(a.ports[0]),
-		"-serf-lan-port", strconv.Itoa(a.ports[1]),
-		"-serf-wan-port", strconv.Itoa(a.ports[2]),
-		"-server-port", strconv.Itoa(a.ports[3]),
-		"-dns-port", "-1", "-grpc-port", "-1", "-grpc-tls-port", "-1",
-		"-log-level", "warn")
-	if a.podmesh {
+	var cmd *exec.Cmd
+	switch a.kind {
+	case KindRegistry:
 		cmd = exec.Command(a.bin, "-http", a.Addr, "-data", filepath.Join(a.dir, "registry-data"),
 			"-node", "podmesh-test", "-advertise", "127.0.0.1", "-log-level", "warn")
+	default:
+		cmd = exec.Command(a.bin, "agent", "-dev", "-node", "podmesh-test",
+			"-bind", "127.0.0.1", "-client", "127.0.0.1",
+			"-http-port", strconv.Itoa(a.ports[0]),
+			"-serf-lan-port", strconv.Itoa(a.ports[1]),
+			"-serf-wan-port", strconv.Itoa(a.ports[2]),
+			"-server-port", strconv.Itoa(a.ports[3]),
+			"-dns-port", "-1", "-grpc-port", "-1", "-grpc-tls-port", "-1",
+			"-log-level", "warn")
 	}
-	log, err := os.OpenFile(filepath.Join(a.dir, "consul.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	logPath := filepath.Join(a.dir, a.kind+".log")
+	log, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return err
 	}
@@ -155,10 +256,10 @@ func (a *Agent) Restart() error {
 		default:
 		}
 		if time.Now().After(deadline) {
-			data, _ := os.ReadFile(filepath.Join(a.dir, "consul.log"))
-			return fmt.Errorf("consultest: no leader after 20s (err %v); log:\n%s", err, data)
+			data, _ := os.ReadFile(logPath)
+			return fmt.Errorf("consultest: %s not ready after 20s (err %v); log:\n%s", a.kind, err, data)
 		}
-		time.Sleep(50 * time.Millisecond)
+		time.Sleep(20 * time.Millisecond)
 	}
 }
 

@@ -61,6 +61,9 @@ type Config struct {
 	// ("passing", "warning", "critical"), for metrics.
 	OnRun  func(kind, result string)
 	Logger *slog.Logger
+
+	// hook, when set (tests), is called at named points of the runners' work.
+	hook func(point string)
 }
 
 func (c Config) withDefaults() Config {
@@ -81,6 +84,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.OnRun == nil {
 		c.OnRun = func(string, string) {}
+	}
+	if c.hook == nil {
+		c.hook = func(string) {}
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
@@ -110,6 +116,7 @@ func New(cfg Config) (*Manager, error) {
 }
 
 // Run runs the checks and the reaper until ctx ends, then stops every check and returns nil.
+// If the store is closed first, it stops every check and returns state.ErrClosed.
 func (m *Manager) Run(ctx context.Context) error {
 	m.mu.Lock()
 	if m.ctx != nil || m.stopped {
@@ -134,8 +141,16 @@ func (m *Manager) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			release()
 			return nil
+		case <-m.store.Closed():
+			release()
+			return state.ErrClosed
 		}
 		release()
+		select {
+		case <-m.store.Closed(): // its watches now fire at once
+			return state.ErrClosed
+		default:
+		}
 	}
 }
 
@@ -230,7 +245,9 @@ func (m *Manager) Running() []string {
 }
 
 // reap deregisters every agent service with a check that has been critical for longer than
-// its DeregisterCriticalServiceAfter (at least MinDeregisterAfter).
+// its DeregisterCriticalServiceAfter (at least MinDeregisterAfter). It picks candidates from a
+// view; the store decides again inside the write (state.Store.ReapAgentService), so a check
+// that recovers meanwhile saves its service.
 func (m *Manager) reap() {
 	now := m.store.Now()
 	var victims []string
@@ -238,28 +255,28 @@ func (m *Manager) reap() {
 	m.store.View(func(v *state.View) {
 		node := v.LocalNode()
 		v.ManagedChecks(node, func(c *state.Check) {
-			after := c.Definition.DeregisterCriticalServiceAfter
-			if after <= 0 || c.ServiceID == "" || c.Status != state.HealthCritical || seen[c.ServiceID] {
-				return
-			}
-			after = max(after, m.cfg.MinDeregisterAfter)
-			since := v.CriticalSince(node, c.CheckID)
-			if !since.IsZero() && now.Sub(since) > after {
+			if !seen[c.ServiceID] && state.Reapable(c, v.CriticalSince(node, c.CheckID), now, m.cfg.MinDeregisterAfter) {
 				seen[c.ServiceID] = true
 				victims = append(victims, c.ServiceID)
 			}
 		})
 	})
+	if len(victims) > 0 {
+		m.cfg.hook("reap-decided")
+	}
+	defer m.cfg.hook("reap-done")
+	reaped := false
 	for _, id := range victims {
-		err := m.store.DeregisterAgentService(m.ctx, id)
+		ok, err := m.store.ReapAgentService(m.ctx, id, m.cfg.MinDeregisterAfter)
 		switch {
-		case err == nil:
-			m.log.Info("deregistered service whose check stayed critical", "service", id)
-		case !errors.Is(err, state.ErrNotFound):
+		case err != nil:
 			m.log.Warn("reaping critical service failed", "service", id, "err", err)
+		case ok:
+			reaped = true
+			m.log.Info("deregistered service whose check stayed critical", "service", id)
 		}
 	}
-	if len(victims) > 0 {
+	if reaped {
 		m.Sync()
 	}
 }
@@ -272,9 +289,12 @@ type runner struct {
 	cancel context.CancelFunc
 	done   chan struct{}
 
-	// TTL checks.
+	// TTL checks. mu is held across the store writes of setTTL and expire, so that they
+	// reach the store in the order they were decided: an expiry can never land after a pass
+	// that was acknowledged. deadline is when the current TTL runs out.
 	mu         sync.Mutex
 	timer      *time.Timer
+	deadline   time.Time
 	lastOutput string
 
 	// Threshold counters (HTTP, TCP), touched only by the runner's goroutine.
@@ -289,6 +309,7 @@ func (m *Manager) start(c *state.Check) *runner {
 	r.successes = c.Definition.SuccessBeforePassing
 	r.failures = c.Definition.FailuresBeforeCritical
 	if c.Type == state.CheckTypeTTL {
+		r.deadline = time.Now().Add(c.Definition.TTL)
 		r.timer = time.AfterFunc(c.Definition.TTL, r.expire)
 		close(r.done)
 		return r
@@ -325,27 +346,36 @@ func truncate(output string, max int) string {
 func (r *runner) setTTL(ctx context.Context, status, output string) error {
 	output = truncate(output, r.m.cfg.OutputMaxSize)
 	r.m.cfg.OnRun(state.CheckTypeTTL, status)
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	if err := r.m.store.UpdateCheck(ctx, r.check.Node, r.check.CheckID, status, output); err != nil {
 		return err
 	}
-	r.mu.Lock()
 	r.lastOutput = output
+	r.deadline = time.Now().Add(r.check.Definition.TTL)
 	r.timer.Reset(r.check.Definition.TTL)
-	r.mu.Unlock()
 	return nil
 }
 
-// expire runs when a TTL passes without an update.
+// expire runs when a TTL passes without an update. An update that arrives while it runs
+// either waits for its write (and then overwrites it) or, having come first, moved the
+// deadline, and expire then does nothing: the timer it re-armed will call expire again.
 func (r *runner) expire() {
+	r.m.cfg.hook("expire")
+	defer r.m.cfg.hook("expire-end")
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	if r.ctx.Err() != nil {
 		return // stopped: the check was removed or replaced
 	}
-	r.mu.Lock()
+	if time.Now().Before(r.deadline) {
+		return // an update arrived after the timer fired
+	}
 	out := "TTL expired"
 	if r.lastOutput != "" {
 		out = "TTL expired (last output before timeout follows): " + r.lastOutput
 	}
-	r.mu.Unlock()
+	r.m.cfg.hook("expire-write")
 	r.m.cfg.OnRun(state.CheckTypeTTL, state.HealthCritical)
 	r.update(r.ctx, state.HealthCritical, out)
 }

@@ -389,3 +389,148 @@ func TestTruncate(t *testing.T) {
 		t.Fatal(got)
 	}
 }
+
+// An acknowledged TTL update is never undone by the expiry it was meant to prevent: not when
+// it arrives while the expiry is writing "critical" (it is written after it), and not when
+// it arrives just as the timer fires (the expiry then writes nothing).
+func TestTTLPassNotUndoneByExpiry(t *testing.T) {
+	const ttl = 300 * time.Millisecond
+	check := func() *state.Check {
+		return &state.Check{CheckID: "t", Type: state.CheckTypeTTL, Definition: state.CheckDefinition{TTL: ttl}}
+	}
+	t.Run("while the expiry writes", func(t *testing.T) {
+		var once sync.Once
+		var e *env
+		passed := make(chan error, 1)
+		expired := make(chan struct{})
+		var endOnce sync.Once
+		e = start(t, func(c *Config) {
+			c.hook = func(point string) {
+				if point == "expire-end" {
+					endOnce.Do(func() { close(expired) })
+				}
+				if point != "expire-write" {
+					return
+				}
+				once.Do(func() {
+					go func() { passed <- e.mgr.SetTTL(context.Background(), "t", state.HealthPassing, "alive") }()
+					timer := time.NewTimer(100 * time.Millisecond)
+					defer timer.Stop()
+					select { // the pass may not be answered before the expiry is written
+					case err := <-passed:
+						passed <- err
+					case <-timer.C:
+					}
+				})
+			}
+		})
+		e.register(t, "a", check())
+		if err := <-passed; err != nil {
+			t.Fatal(err)
+		}
+		<-expired
+		if c := e.check("t"); c.Status != state.HealthPassing {
+			t.Fatalf("after an acknowledged pass the check is %s %q", c.Status, c.Output)
+		}
+	})
+	t.Run("as the timer fires", func(t *testing.T) {
+		var once sync.Once
+		var e *env
+		after := make(chan *state.Check, 1)
+		e = start(t, func(c *Config) {
+			c.hook = func(point string) {
+				switch point {
+				case "expire": // the timer fired; the pass comes first
+					once.Do(func() {
+						if err := e.mgr.SetTTL(context.Background(), "t", state.HealthPassing, "alive"); err != nil {
+							t.Error(err)
+						}
+					})
+				case "expire-end":
+					select {
+					case after <- e.check("t"):
+					default:
+					}
+				}
+			}
+		})
+		e.register(t, "a", check())
+		if c := <-after; c.Status != state.HealthPassing {
+			t.Fatalf("after an acknowledged pass the check is %s %q", c.Status, c.Output)
+		}
+	})
+}
+
+// A store closed under the Manager ends Run with state.ErrClosed (and stops the checks)
+// instead of leaving it spinning on the closed store's watch, which fires at once.
+func TestRunEndsWhenStoreCloses(t *testing.T) {
+	testutil.CheckGoroutines(t)
+	store, err := state.Open(testutil.Context(t, 5*time.Second), state.Options{Dir: t.TempDir(), NodeName: "n1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mgr, err := New(Config{Store: store})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- mgr.Run(ctx) }()
+	testutil.Eventually(t, 5*time.Second, time.Millisecond, func() error {
+		if store.Watchers() != 1 {
+			return errors.New("manager not watching yet")
+		}
+		return nil
+	})
+	store.Close()
+	timer := time.NewTimer(2 * time.Second)
+	defer timer.Stop()
+	select {
+	case err := <-done:
+		if !errors.Is(err, state.ErrClosed) {
+			t.Fatalf("Run: %v, want ErrClosed", err)
+		}
+	case <-timer.C:
+		t.Fatal("Run still running 2s after the store closed")
+	}
+}
+
+// The reaper decides from a view, then deregisters: a check that turns passing in between
+// saves its service. The decision is taken again inside the write.
+func TestReaperRechecksInsideTheWrite(t *testing.T) {
+	var decided atomic.Bool
+	var e *env
+	done := make(chan struct{})
+	var doneOnce sync.Once
+	e = start(t, func(c *Config) {
+		c.hook = func(point string) {
+			switch point {
+			case "reap-decided": // the service looked reapable; now it recovers
+				if decided.CompareAndSwap(false, true) {
+					if err := e.mgr.SetTTL(context.Background(), "doomed-ttl", state.HealthPassing, "back"); err != nil {
+						t.Error(err)
+					}
+				}
+			case "reap-done":
+				if decided.Load() {
+					doneOnce.Do(func() { close(done) })
+				}
+			}
+		}
+	})
+	e.register(t, "doomed", &state.Check{CheckID: "doomed-ttl", Type: state.CheckTypeTTL,
+		Definition: state.CheckDefinition{TTL: time.Hour, DeregisterCriticalServiceAfter: 20 * time.Millisecond}})
+	timer := time.NewTimer(5 * time.Second)
+	defer timer.Stop()
+	select {
+	case <-done:
+	case <-timer.C:
+		t.Fatal("the reaper never chose the critical service")
+	}
+	e.store.View(func(v *state.View) {
+		if v.Service("n1", "doomed") == nil {
+			t.Fatal("the reaper removed a service whose check had turned passing before the removal")
+		}
+	})
+}

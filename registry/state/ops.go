@@ -7,6 +7,9 @@ import (
 	"maps"
 	"slices"
 	"strings"
+	"time"
+	"unicode"
+	"unicode/utf8"
 )
 
 // InvalidError is a write rejected because of its content; Field names the offending field.
@@ -32,7 +35,36 @@ func invalid(field, format string, args ...any) error {
 	return &InvalidError{Field: field, Msg: fmt.Sprintf(format, args...)}
 }
 
-func reservedCheckID(id string) bool {
+// ValidateName rejects a node name, service name or ID, or check name or ID that the store
+// cannot keep: one that is not valid UTF-8 or holds a control character. Rows are stored
+// under their node and ID joined by a NUL, so a NUL in either would let two rows share a key
+// (and one vanish at the next restart); other control characters have no place in a name
+// either. Consul accepts them; this is one of the registry's documented differences.
+func ValidateName(field, v string) error {
+	if !utf8.ValidString(v) {
+		return invalid(field, "%q is not valid UTF-8", v)
+	}
+	for _, r := range v {
+		if unicode.IsControl(r) {
+			return invalid(field, "%q contains the control character %U; names and IDs must be printable", v, r)
+		}
+	}
+	return nil
+}
+
+// validateNames runs ValidateName over field/value pairs.
+func validateNames(pairs ...string) error {
+	for i := 0; i+1 < len(pairs); i += 2 {
+		if err := ValidateName(pairs[i], pairs[i+1]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// ReservedCheckID reports whether id belongs to a check the registry owns (serfHealth and
+// the maintenance checks), which registrations may not use.
+func ReservedCheckID(id string) bool {
 	return id == SerfCheckID || id == NodeMaintCheckID || strings.HasPrefix(id, ServiceMaintPrefix)
 }
 
@@ -45,12 +77,19 @@ func (s *Store) RegisterAgentService(ctx context.Context, svc *Service, checks [
 	if svc.ID == "" || svc.Service == "" {
 		return invalid("Name", "service name and ID must not be empty")
 	}
+	if err := validateNames("Name", svc.Service, "ID", svc.ID); err != nil {
+		return err
+	}
 	seen := map[string]bool{}
 	for i, c := range checks {
+		field := fmt.Sprintf("Checks[%d]", i)
 		if c.CheckID == "" {
-			return invalid(fmt.Sprintf("Checks[%d].CheckID", i), "must not be empty")
+			return invalid(field+".CheckID", "must not be empty")
 		}
-		if reservedCheckID(c.CheckID) {
+		if err := validateNames(field+".CheckID", c.CheckID, field+".Name", c.Name); err != nil {
+			return err
+		}
+		if ReservedCheckID(c.CheckID) {
 			return invalid(fmt.Sprintf("Checks[%d].CheckID", i), "%q is reserved", c.CheckID)
 		}
 		if seen[c.CheckID] {
@@ -110,14 +149,61 @@ func (s *Store) DeregisterAgentService(ctx context.Context, id string) error {
 	})
 }
 
+// Reapable reports whether check c, critical since since (zero: not critical), makes its
+// service due for removal at now: it is a managed service check with a
+// DeregisterCriticalServiceAfter, and has been critical for longer than that (at least
+// minAfter), as Consul's agent reaps.
+func Reapable(c *Check, since, now time.Time, minAfter time.Duration) bool {
+	after := c.Definition.DeregisterCriticalServiceAfter
+	if !c.Managed || after <= 0 || c.ServiceID == "" || c.Status != HealthCritical || since.IsZero() {
+		return false
+	}
+	return now.Sub(since) > max(after, minAfter)
+}
+
+// ReapAgentService removes the local service id and its checks, as DeregisterAgentService
+// does, but only if one of its checks is Reapable at the time of the write: a check that
+// turned passing after the caller looked saves the service. reaped reports whether it was
+// removed.
+func (s *Store) ReapAgentService(ctx context.Context, id string, minAfter time.Duration) (reaped bool, err error) {
+	err = s.write(ctx, func(tx *Txn) error {
+		reaped = false
+		if tx.getService(tx.local, id) == nil {
+			return nil
+		}
+		now := s.opts.Clock.Now()
+		due := false
+		cs := tx.checksOfService(tx.local, id)
+		for _, c := range cs {
+			if Reapable(c, tx.criticalSince(c, now), now, minAfter) {
+				due = true
+				break
+			}
+		}
+		if !due {
+			return nil
+		}
+		for _, c := range cs {
+			tx.deleteCheck(tx.local, c.CheckID)
+		}
+		tx.deleteService(tx.local, id)
+		reaped = true
+		return nil
+	})
+	return reaped, err
+}
+
 // RegisterAgentCheck registers (or replaces) a check on the local node, bound to the service
 // c.ServiceID when it is set. An existing check with the same ID keeps its status and output.
 func (s *Store) RegisterAgentCheck(ctx context.Context, c *Check) error {
 	if c.CheckID == "" {
 		return invalid("CheckID", "must not be empty")
 	}
-	if reservedCheckID(c.CheckID) {
+	if ReservedCheckID(c.CheckID) {
 		return invalid("CheckID", "%q is reserved", c.CheckID)
+	}
+	if err := validateNames("CheckID", c.CheckID, "Name", c.Name, "ServiceID", c.ServiceID); err != nil {
+		return err
 	}
 	return s.write(ctx, func(tx *Txn) error {
 		nc := *c
@@ -157,41 +243,20 @@ func (s *Store) DeregisterAgentCheck(ctx context.Context, id string) error {
 // (as Consul's check_update_interval): until then it is held in memory and only the latest one
 // is written, so a check whose output carries a timestamp does not raise indexes and wake
 // watchers at every run.
+//
+// Whether the update changes anything is decided in the committer, against the state that
+// includes every write queued before it: an update that returns nil is never undone by a
+// write that was already on its way (a TTL expiry committing while a pass arrives).
 func (s *Store) UpdateCheck(ctx context.Context, node, id, status, output string) error {
 	if !ValidStatus(status) {
 		return invalid("Status", "%q is not one of passing, warning, critical", status)
 	}
 	k := checkKey{node, id}
-	var cur *Check
-	s.View(func(v *View) { cur = v.Check(node, id) })
-	if cur == nil {
-		return &NotFoundError{Kind: "check", ID: id}
-	}
-	if cur.Status == status {
-		s.outMu.Lock()
-		if cur.Output == output {
-			s.dropDeferredLocked(k)
-			s.outMu.Unlock()
-			return nil
-		}
-		interval := s.opts.CheckUpdateInterval
-		last, now := s.lastOut[k], s.opts.Clock.Now()
-		if interval > 0 && !last.IsZero() && now.Sub(last) < interval {
-			d := s.deferred[k]
-			if d == nil {
-				d = &deferredOut{}
-				s.deferred[k] = d
-				d.stop = s.opts.Clock.AfterFunc(last.Add(interval).Sub(now), func() { s.flushDeferred(k) })
-			}
-			d.status, d.output = status, output
-			s.outMu.Unlock()
-			return nil
-		}
-		s.outMu.Unlock()
-	}
-	return s.writeCheck(ctx, k, status, output, false)
+	return s.write(ctx, func(tx *Txn) error { return s.updateCheckTx(tx, k, status, output, nil) })
 }
 
+// deferredOut is an output-only change waiting for CheckUpdateInterval. Its fields are
+// guarded by Store.outMu.
 type deferredOut struct {
 	status, output string
 	stop           func() bool
@@ -204,46 +269,59 @@ func (s *Store) dropDeferredLocked(k checkKey) {
 	}
 }
 
-// writeCheck writes status and output. With onlySameStatus (a deferred output flush) it
-// writes only if the stored status is still status.
-func (s *Store) writeCheck(ctx context.Context, k checkKey, status, output string, onlySameStatus bool) error {
-	if !onlySameStatus {
-		s.outMu.Lock()
-		s.dropDeferredLocked(k)
-		s.outMu.Unlock()
-	}
-	err := s.write(ctx, func(tx *Txn) error {
-		c := tx.getCheck(k.Node, k.ID)
-		if c == nil {
-			return &NotFoundError{Kind: "check", ID: k.ID}
+// updateCheckTx applies an update of check k inside a write. flush is the deferred output
+// being written (the timer's call), or nil for an update from UpdateCheck. Deferring, and
+// dropping a deferred output that a newer update supersedes, happen here too, so that every
+// decision about a check's status and output is taken in commit order.
+func (s *Store) updateCheckTx(tx *Txn, k checkKey, status, output string, flush *deferredOut) error {
+	c := tx.getCheck(k.Node, k.ID)
+	s.outMu.Lock()
+	defer s.outMu.Unlock()
+	if flush != nil {
+		if s.deferred[k] != flush {
+			return nil // superseded by a later update, or dropped
 		}
-		if onlySameStatus && c.Status != status {
+		delete(s.deferred, k)
+		status, output = flush.status, flush.output
+		if c == nil || c.Status != status {
+			return nil // the status changed meanwhile; that write carried its own output
+		}
+	}
+	if c == nil {
+		s.dropDeferredLocked(k)
+		delete(s.lastOut, k)
+		return &NotFoundError{Kind: "check", ID: k.ID}
+	}
+	if c.Status == status && c.Output == output {
+		s.dropDeferredLocked(k)
+		return nil
+	}
+	if c.Status == status && flush == nil {
+		interval := s.opts.CheckUpdateInterval
+		last, now := s.lastOut[k], s.opts.Clock.Now()
+		if interval > 0 && !last.IsZero() && now.Sub(last) < interval {
+			d := s.deferred[k]
+			if d == nil {
+				d = &deferredOut{}
+				s.deferred[k] = d
+				d.stop = s.opts.Clock.AfterFunc(last.Add(interval).Sub(now), func() { s.flushDeferred(k, d) })
+			}
+			d.status, d.output = status, output
 			return nil
 		}
-		nc := *c
-		nc.Status, nc.Output = status, output
-		tx.putCheck(&nc)
-		return nil
-	})
-	s.outMu.Lock()
-	if err == nil {
-		s.lastOut[k] = s.opts.Clock.Now()
-	} else if errors.Is(err, ErrNotFound) {
-		delete(s.lastOut, k)
 	}
-	s.outMu.Unlock()
-	return err
+	s.dropDeferredLocked(k)
+	nc := *c
+	nc.Status, nc.Output = status, output
+	tx.putCheck(&nc)
+	s.lastOut[k] = s.opts.Clock.Now()
+	return nil
 }
 
-func (s *Store) flushDeferred(k checkKey) {
-	s.outMu.Lock()
-	d := s.deferred[k]
-	delete(s.deferred, k)
-	s.outMu.Unlock()
-	if d == nil {
-		return
-	}
-	if err := s.writeCheck(s.ctx, k, d.status, d.output, true); err != nil && !errors.Is(err, ErrNotFound) && !errors.Is(err, ErrClosed) {
+// flushDeferred writes the deferred output d of check k, unless a later update superseded it.
+func (s *Store) flushDeferred(k checkKey, d *deferredOut) {
+	err := s.write(s.ctx, func(tx *Txn) error { return s.updateCheckTx(tx, k, "", "", d) })
+	if err != nil && !errors.Is(err, ErrClosed) {
 		s.log.Warn("writing deferred check output failed", "node", k.Node, "check", k.ID, "err", err)
 	}
 }
@@ -316,6 +394,23 @@ func (s *Store) CatalogRegister(ctx context.Context, r *CatalogRegistration) err
 	}
 	if r.Node.Address == "" {
 		return invalid("Address", "must not be empty")
+	}
+	if err := ValidateName("Node", r.Node.Node); err != nil {
+		return err
+	}
+	if sv := r.Service; sv != nil {
+		if err := validateNames("Service.Service", sv.Service, "Service.ID", sv.ID); err != nil {
+			return err
+		}
+	}
+	for i, c := range r.Checks {
+		field := fmt.Sprintf("Checks[%d]", i)
+		if i < len(r.CheckFields) {
+			field = r.CheckFields[i]
+		}
+		if err := validateNames(field+".CheckID", c.CheckID, field+".Name", c.Name, field+".ServiceID", c.ServiceID); err != nil {
+			return err
+		}
 	}
 	return s.write(ctx, func(tx *Txn) error {
 		name := r.Node.Node
@@ -412,6 +507,11 @@ func (s *Store) CatalogDeregister(ctx context.Context, node, serviceID, checkID 
 func (s *Store) KVPut(ctx context.Context, key string, value []byte, flags uint64, cas *uint64) (ok bool, err error) {
 	if key == "" {
 		return false, invalid("key", "must not be empty")
+	}
+	if !utf8.ValidString(key) {
+		// JSON cannot carry it: every listing would show U+FFFD instead, a key no one can
+		// address again.
+		return false, invalid("key", "%q is not valid UTF-8", key)
 	}
 	value = slices.Clone(value)
 	err = s.write(ctx, func(tx *Txn) error {

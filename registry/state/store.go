@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"os"
@@ -108,6 +109,9 @@ func (o Options) validate() error {
 		return errors.New("state: Options.Dir is empty")
 	case o.NodeName == "":
 		return errors.New("state: Options.NodeName is empty")
+	}
+	if err := ValidateName("NodeName", o.NodeName); err != nil {
+		return fmt.Errorf("state: Options.%w", err)
 	}
 	return nil
 }
@@ -225,10 +229,13 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 		return nil, err
 	}
 	opts = opts.withDefaults()
+	newDirs := missingDirs(opts.Dir)
 	if err := os.MkdirAll(opts.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("state: create data dir %q: %w", opts.Dir, err)
 	}
 	path := filepath.Join(opts.Dir, DBFile)
+	_, statErr := os.Stat(path)
+	fresh := errors.Is(statErr, fs.ErrNotExist)
 	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 2 * time.Second})
 	if err != nil {
 		if errors.Is(err, bolterrors.ErrTimeout) {
@@ -255,6 +262,16 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 		db.Close()
 		return nil, err
 	}
+	if fresh {
+		// bbolt fsyncs the file, not the directory entries that make it (and the data
+		// directory) exist: without this a crash could lose the whole new store.
+		for _, d := range append([]string{opts.Dir}, parents(newDirs)...) {
+			if err := syncDir(d); err != nil {
+				db.Close()
+				return nil, fmt.Errorf("state: sync directory %q after creating %q: %w", d, path, err)
+			}
+		}
+	}
 	s.st = st
 	s.ctx, s.cancel = context.WithCancel(context.WithoutCancel(ctx))
 	go s.commitLoop()
@@ -267,6 +284,39 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 		return nil, err
 	}
 	return s, nil
+}
+
+// syncDir fsyncs a directory, making the entries created in it durable. Tests replace it.
+var syncDir = func(dir string) error {
+	f, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return f.Sync()
+}
+
+// missingDirs returns dir and those of its ancestors that do not exist yet, deepest first.
+func missingDirs(dir string) []string {
+	var out []string
+	for d := filepath.Clean(dir); ; d = filepath.Dir(d) {
+		if _, err := os.Stat(d); !errors.Is(err, fs.ErrNotExist) {
+			return out
+		}
+		out = append(out, d)
+		if filepath.Dir(d) == d {
+			return out
+		}
+	}
+}
+
+// parents returns the parent directory of each of dirs.
+func parents(dirs []string) []string {
+	out := make([]string, len(dirs))
+	for i, d := range dirs {
+		out[i] = filepath.Dir(d)
+	}
+	return out
 }
 
 // Close stops the store. Queued writes fail with ErrClosed; blocked watchers are woken. A
@@ -301,6 +351,10 @@ func (s *Store) Close() error {
 	})
 	return err
 }
+
+// Closed returns a channel that is closed when Close begins. Watches registered after that
+// fire at once, so a loop that waits on a watch must also stop when this is closed.
+func (s *Store) Closed() <-chan struct{} { return s.quit }
 
 // Now is the store's clock, which also stamps View.CriticalSince.
 func (s *Store) Now() time.Time { return s.opts.Clock.Now() }
@@ -813,6 +867,15 @@ func (s *Store) load() (*memState, error) {
 		return nil, fmt.Errorf("state: load %q: %w", s.db.Path(), err)
 	}
 	slices.Sort(st.kvTopicKeys) // "kv:" prefix keeps byte order, but be explicit
+	// Stores written before TopicNodeChecks existed raised TopicNode for check changes: a
+	// node's missing checks topic starts from its node topic, so no index a client holds
+	// goes back.
+	for t, idx := range st.topics {
+		name, ok := strings.CutPrefix(t, nodeTopicPrefix)
+		if _, has := st.topics[TopicNodeChecks(name)]; ok && !has {
+			st.topics[TopicNodeChecks(name)] = idx
+		}
+	}
 	return st, nil
 }
 

@@ -4,9 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
+
+	bolt "go.etcd.io/bbolt"
 
 	"github.com/podmesh/podmesh/internal/testutil"
 )
@@ -572,5 +575,267 @@ func TestInstanceChecksIndex(t *testing.T) {
 	s2 := openStore(t, dir)
 	if got := ids(s2, "a"); got != want["a"] {
 		t.Fatalf("after reopen InstanceChecks(a) = %q", got)
+	}
+}
+
+// A service renamed under the same ID keeps its other checks, whose stored ServiceName still
+// says the old name (as in Consul). Changes to those checks must raise the topics of the name
+// the service has now, or watchers of the new name never see them and its index stays put.
+func TestRenamedServiceChecksRaiseCurrentName(t *testing.T) {
+	s := openStore(t, t.TempDir())
+	c := ctx(t)
+	reg := func(name string, checks ...*Check) {
+		t.Helper()
+		err := s.CatalogRegister(c, &CatalogRegistration{Node: Node{Node: "n1", Address: "10.0.0.1"},
+			Service: &Service{ID: "s1", Service: name, Port: 80}, Checks: checks})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	reg("a", &Check{CheckID: "c1", ServiceID: "s1", Status: HealthPassing})
+	reg("b")
+	before := topicIndex(s, TopicHealthService("b"))
+	var ch <-chan struct{}
+	var release func()
+	s.View(func(v *View) { ch, release = v.Watch(TopicHealthService("b")) })
+	defer release()
+	if err := s.CatalogDeregister(c, "n1", "", "c1"); err != nil {
+		t.Fatal(err)
+	}
+	if after := topicIndex(s, TopicHealthService("b")); after <= before {
+		t.Errorf("deleting a check of the renamed service left %s at %d", TopicHealthService("b"), after)
+	}
+	select {
+	case <-ch:
+	default:
+		t.Error("deleting a check of the renamed service did not wake its watchers")
+	}
+
+	// An agent service renamed through the catalog: a TTL update of its check shows under the
+	// new name, and the rewritten check carries the service's current name, as Consul's
+	// check writes do.
+	regWeb(t, s, "w1", "old", &Check{CheckID: "ttl1", Name: "ttl1", Type: CheckTypeTTL, Managed: true,
+		Definition: CheckDefinition{TTL: time.Minute}})
+	err := s.CatalogRegister(c, &CatalogRegistration{Node: Node{Node: "node1", Address: "127.0.0.1"}, SkipNodeUpdate: true,
+		Service: &Service{ID: "w1", Service: "new", Port: 8080}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	before = topicIndex(s, TopicHealthService("new"))
+	if err := s.UpdateCheck(c, "node1", "ttl1", HealthPassing, "ok"); err != nil {
+		t.Fatal(err)
+	}
+	if after := topicIndex(s, TopicHealthService("new")); after <= before {
+		t.Errorf("a TTL pass of the renamed service left %s at %d", TopicHealthService("new"), after)
+	}
+	s.View(func(v *View) {
+		if ck := v.Check("node1", "ttl1"); ck.ServiceName != "new" || ck.Status != HealthPassing {
+			t.Errorf("check after the update: %+v", ck)
+		}
+	})
+}
+
+// Rows are stored under node+"\x00"+id, so a NUL (or any control character) in a node name or
+// an ID would let two acknowledged rows share one key and one of them vanish at the next
+// restart. Such names are rejected, naming the field; the rows that were accepted survive a
+// reopen intact.
+func TestControlCharactersInNamesRejected(t *testing.T) {
+	dir := t.TempDir()
+	s := openStore(t, dir)
+	c := ctx(t)
+	node := func(name string) Node { return Node{Node: name, Address: "10.0.0.1"} }
+	ttl := func(id, name string) *Check {
+		return &Check{CheckID: id, Name: name, Type: CheckTypeTTL, Managed: true, Definition: CheckDefinition{TTL: time.Minute}}
+	}
+	cases := []struct {
+		field string
+		err   error
+	}{
+		{"Node", s.CatalogRegister(c, &CatalogRegistration{Node: node("a\x00b"), Service: &Service{ID: "c", Service: "s1"}})},
+		{"Service.ID", s.CatalogRegister(c, &CatalogRegistration{Node: node("a"), Service: &Service{ID: "b\x00c", Service: "s2"}})},
+		{"Service.Service", s.CatalogRegister(c, &CatalogRegistration{Node: node("a"), Service: &Service{ID: "x", Service: "s\n"}})},
+		{"Checks[0].CheckID", s.CatalogRegister(c, &CatalogRegistration{Node: node("a"), Checks: []*Check{{CheckID: "c\x7f", Name: "c"}}})},
+		{"Checks[0].Name", s.CatalogRegister(c, &CatalogRegistration{Node: node("a"), Checks: []*Check{{CheckID: "c", Name: "c\x1b[31m"}}})},
+		{"Checks[0].ServiceID", s.CatalogRegister(c, &CatalogRegistration{Node: node("a"), Checks: []*Check{{CheckID: "c", Name: "c", ServiceID: "x\x00"}}})},
+		{"ID", s.RegisterAgentService(c, &Service{ID: "w\x00", Service: "web"}, nil, false)},
+		{"Name", s.RegisterAgentService(c, &Service{ID: "w", Service: "w\u0085eb"}, nil, false)},
+		{"Checks[0].CheckID", s.RegisterAgentService(c, &Service{ID: "w", Service: "web"}, []*Check{ttl("t\x00", "t")}, false)},
+		{"Checks[0].Name", s.RegisterAgentService(c, &Service{ID: "w", Service: "web"}, []*Check{ttl("t", "t\r")}, false)},
+		{"CheckID", s.RegisterAgentCheck(c, ttl("t\x00", "t"))},
+		{"Name", s.RegisterAgentCheck(c, ttl("t", "\xff"))},
+	}
+	for i, tc := range cases {
+		var ie *InvalidError
+		if !errors.As(tc.err, &ie) || ie.Field != tc.field {
+			t.Errorf("case %d: err %v, want an InvalidError for %s", i, tc.err, tc.field)
+		}
+	}
+	if _, err := Open(c, Options{Dir: t.TempDir(), NodeName: "n\x00"}); err == nil {
+		t.Error("Open accepted a node name with a NUL")
+	}
+
+	// Names that are merely unusual are kept, and survive a restart.
+	if err := s.CatalogRegister(c, &CatalogRegistration{Node: node("a b"), Service: &Service{ID: "c:d/é", Service: "s 1"}}); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	s2 := openStore(t, dir)
+	s2.View(func(v *View) {
+		if sv := v.Service("a b", "c:d/é"); sv == nil || sv.Service != "s 1" {
+			t.Fatalf("after reopen: %+v", v.AllServices())
+		}
+	})
+}
+
+// An update that changes nothing as far as the committed state shows may still change
+// something once the writes queued before it are applied: a TTL pass arriving while the
+// check's expiry ("critical") is being committed must leave the check passing, whether its
+// output is the same (no-op) or new (an output-only change, normally held back).
+func TestCheckUpdateOrderedAfterQueuedWrites(t *testing.T) {
+	for _, tc := range []struct{ name, output string }{{"same output", "ok"}, {"new output", "ok again"}} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := openStore(t, t.TempDir(), func(o *Options) { o.CheckUpdateInterval = time.Minute })
+			c := ctx(t)
+			regWeb(t, s, "web1", "web", &Check{CheckID: "ttl", Name: "ttl", Type: CheckTypeTTL, Managed: true,
+				Definition: CheckDefinition{TTL: time.Minute}})
+			if err := s.UpdateCheck(c, "node1", "ttl", HealthPassing, "ok"); err != nil {
+				t.Fatal(err)
+			}
+			// Hold the next commit (the expiry's) until the pass has been sent.
+			entered, gate := make(chan struct{}), make(chan struct{})
+			var once sync.Once
+			s.commitHook = func() error {
+				once.Do(func() { close(entered); <-gate })
+				return nil
+			}
+			expired := make(chan error, 1)
+			go func() { expired <- s.UpdateCheck(c, "node1", "ttl", HealthCritical, "TTL expired") }()
+			<-entered
+			passed := make(chan error, 1)
+			go func() { passed <- s.UpdateCheck(c, "node1", "ttl", HealthPassing, tc.output) }()
+			timer := time.NewTimer(100 * time.Millisecond)
+			select {
+			case err := <-passed:
+				passed <- err // answered before the expiry committed: the bug, unless it is ordered
+			case <-timer.C:
+			}
+			close(gate)
+			if err := <-expired; err != nil {
+				t.Fatal(err)
+			}
+			if err := <-passed; err != nil {
+				t.Fatal(err)
+			}
+			s.View(func(v *View) {
+				if ck := v.Check("node1", "ttl"); ck.Status != HealthPassing {
+					t.Fatalf("after an acknowledged pass the check is %s %q", ck.Status, ck.Output)
+				}
+			})
+		})
+	}
+}
+
+func TestReapAgentService(t *testing.T) {
+	clk := &fakeClock{now: time.Unix(1000, 0)}
+	s := openStore(t, t.TempDir(), func(o *Options) { o.Clock = clk })
+	c := ctx(t)
+	ttl := func(id string) *Check {
+		return &Check{CheckID: id, Name: id, Type: CheckTypeTTL, Managed: true,
+			Definition: CheckDefinition{TTL: time.Hour, DeregisterCriticalServiceAfter: time.Minute}}
+	}
+	regWeb(t, s, "a", "web", ttl("a-ttl"))
+	regWeb(t, s, "b", "web", ttl("b-ttl"))
+	clk.Advance(2 * time.Minute)
+	if err := s.UpdateCheck(c, "node1", "b-ttl", HealthPassing, "back"); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		id       string
+		minAfter time.Duration
+		want     bool
+	}{{"b", 0, false}, {"a", time.Hour, false}, {"a", 0, true}, {"a", 0, false}} {
+		got, err := s.ReapAgentService(c, tc.id, tc.minAfter)
+		if err != nil || got != tc.want {
+			t.Fatalf("ReapAgentService(%s, min %v) = %v, %v; want %v", tc.id, tc.minAfter, got, err, tc.want)
+		}
+	}
+	s.View(func(v *View) {
+		if v.Service("node1", "a") != nil || v.Check("node1", "a-ttl") != nil || v.Service("node1", "b") == nil {
+			t.Fatal("reaped the wrong services")
+		}
+	})
+}
+
+// A check change raises the node's checks topic (health/node), not its node topic
+// (catalog/node: the node and its services). A store written before the checks topic
+// existed starts it from the node topic, so health/node's index does not go back.
+func TestNodeTopicsSplit(t *testing.T) {
+	dir := t.TempDir()
+	s := openStore(t, dir)
+	c := ctx(t)
+	regWeb(t, s, "web1", "web", &Check{CheckID: "ttl", Name: "ttl", Type: CheckTypeTTL, Managed: true,
+		Definition: CheckDefinition{TTL: time.Minute}})
+	node, checks := topicIndex(s, TopicNode("node1")), topicIndex(s, TopicNodeChecks("node1"))
+	if err := s.UpdateCheck(c, "node1", "ttl", HealthPassing, "ok"); err != nil {
+		t.Fatal(err)
+	}
+	if got := topicIndex(s, TopicNode("node1")); got != node {
+		t.Errorf("a check change raised %s: %d -> %d", TopicNode("node1"), node, got)
+	}
+	if got := topicIndex(s, TopicNodeChecks("node1")); got <= checks {
+		t.Errorf("a check change left %s at %d", TopicNodeChecks("node1"), got)
+	}
+	regWeb(t, s, "web2", "web")
+	if got := topicIndex(s, TopicNode("node1")); got <= node {
+		t.Errorf("a new service left %s at %d", TopicNode("node1"), got)
+	}
+
+	// An older store: no checks topic, its node topic carries the check changes.
+	want := topicIndex(s, TopicNodeChecks("node1"))
+	s.Close()
+	db, err := bolt.Open(filepath.Join(dir, DBFile), 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = db.Update(func(b *bolt.Tx) error {
+		tb := b.Bucket(bucketTopics)
+		if err := tb.Put([]byte(TopicNode("node1")), u64(want)); err != nil {
+			return err
+		}
+		return tb.Delete([]byte(TopicNodeChecks("node1")))
+	})
+	db.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s2 := openStore(t, dir)
+	if got := topicIndex(s2, TopicNodeChecks("node1")); got < want {
+		t.Fatalf("after upgrading, %s = %d, was %d", TopicNodeChecks("node1"), got, want)
+	}
+}
+
+// Creating the database file (and the data directory) is made durable too: the directories
+// whose entries changed are fsynced, so a crash right after the first acknowledged write
+// cannot lose the file itself.
+func TestCreationSyncsDirectories(t *testing.T) {
+	var synced []string
+	prev := syncDir
+	syncDir = func(dir string) error {
+		synced = append(synced, dir)
+		return prev(dir)
+	}
+	t.Cleanup(func() { syncDir = prev })
+	root := t.TempDir()
+	dir := filepath.Join(root, "a", "data")
+	s := openStore(t, dir)
+	want := []string{dir, filepath.Join(root, "a"), root}
+	if fmt.Sprint(synced) != fmt.Sprint(want) {
+		t.Fatalf("synced %q, want %q", synced, want)
+	}
+	s.Close()
+	synced = nil
+	openStore(t, dir)
+	if len(synced) != 0 {
+		t.Fatalf("reopening an existing store synced %q", synced)
 	}
 }

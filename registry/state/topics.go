@@ -41,9 +41,19 @@ func TopicHealthService(name string) string { return "hsvc:" + name }
 // their nodes' rows, but not checks, so a flapping check does not wake catalog watchers.
 func TopicCatalogService(name string) string { return "csvc:" + name }
 
-// TopicNode is read by /v1/catalog/node/NAME and /v1/health/node/NAME: the node's row, its
-// services and its checks.
+// TopicNode is read by /v1/catalog/node/NAME (and the agent's ?hash service query): the
+// node's row and its services, not their checks, so a flapping check does not wake catalog
+// watchers of its node.
 func TopicNode(name string) string { return "node:" + name }
+
+// TopicNodeChecks is read by /v1/health/node/NAME: every check on the node, and the node's
+// row (?node-meta reads it).
+func TopicNodeChecks(name string) string { return nodeChecksTopicPrefix + name }
+
+const (
+	nodeTopicPrefix       = "node:"
+	nodeChecksTopicPrefix = "node-checks:"
+)
 
 // TopicChecks is read by /v1/health/state/STATE, where state is "any", "passing", "warning"
 // or "critical". A status change raises the topics of both the old and the new state.

@@ -3,6 +3,7 @@ package state
 import (
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/podmesh/podmesh/tls/authz"
 )
@@ -210,6 +211,20 @@ func (tx *Txn) checksOfService(node, id string) []*Check {
 	return out
 }
 
+// criticalSince returns when check c (as this transaction sees it) turned critical, zero if
+// it is not critical: the committed time, unless this group of writes made it critical, in
+// which case now.
+func (tx *Txn) criticalSince(c *Check, now time.Time) time.Time {
+	if c.Status != HealthCritical {
+		return time.Time{}
+	}
+	k := checkKey{c.Node, c.CheckID}
+	if base := tx.base.checks[k]; base == nil || base.Status != HealthCritical {
+		return now
+	}
+	return tx.base.criticalSince[k]
+}
+
 // kvKeysWithPrefix returns the live keys under prefix, sorted.
 func (tx *Txn) kvKeysWithPrefix(prefix string) []string {
 	keys := tx.base.kvKeys
@@ -261,6 +276,7 @@ func (tx *Txn) putNode(n *Node) bool {
 	set(tx, tx.nodes, n.Node, n)
 	tx.bump(TopicNodes)
 	tx.bump(TopicNode(n.Node))
+	tx.bump(TopicNodeChecks(n.Node))
 	tx.bump(TopicServices)
 	tx.bumpAllCheckStates()
 	tx.bumpNodeServices(n.Node, true)
@@ -281,6 +297,7 @@ func (tx *Txn) deleteNode(name string) bool {
 	set(tx, tx.nodes, name, nil)
 	tx.bump(TopicNodes)
 	tx.bump(TopicNode(name))
+	tx.bump(TopicNodeChecks(name))
 	tx.bump(TopicServices)
 	tx.bumpAllCheckStates()
 	return true
@@ -322,19 +339,35 @@ func (tx *Txn) deleteService(node, id string) bool {
 	return true
 }
 
+// bumpCheck raises the topics whose results include check c. A service check is part of the
+// health results of the name its service has now: the ServiceName stored on the check may be
+// older, because renaming a service through the catalog leaves its other checks as they are
+// (as in Consul).
 func (tx *Txn) bumpCheck(c *Check) {
-	tx.bump(TopicNode(c.Node))
+	tx.bump(TopicNodeChecks(c.Node))
 	tx.bump(TopicChecks("any"))
 	tx.bump(TopicChecks(c.Status))
-	if c.ServiceID != "" {
-		tx.bump(TopicHealthService(c.ServiceName))
-	} else {
+	if c.ServiceID == "" {
 		tx.bumpNodeServices(c.Node, false)
+		return
 	}
+	name := c.ServiceName
+	if sv := tx.getService(c.Node, c.ServiceID); sv != nil {
+		name = sv.Service
+	}
+	tx.bump(TopicHealthService(name))
 }
 
+// putCheck stores c (a fresh value the caller no longer mutates); it reports whether
+// anything changed. A service check gets its service's current name and tags, as Consul's
+// check writes do.
 func (tx *Txn) putCheck(c *Check) bool {
 	k := checkKey{c.Node, c.CheckID}
+	if c.ServiceID != "" {
+		if sv := tx.getService(c.Node, c.ServiceID); sv != nil {
+			c.ServiceName, c.ServiceTags = sv.Service, sv.Tags
+		}
+	}
 	old := tx.getCheck(c.Node, c.CheckID)
 	if old != nil && old.equalContent(c) {
 		return false

@@ -243,8 +243,11 @@ func (c *CA) sign(id spiffe.ServiceID, pub *ecdsa.PublicKey) (*LeafCert, error) 
 	defer c.mu.Unlock()
 	r := c.active
 	now := c.cfg.Now()
+	// Only NotBefore is backdated (for peers with slow clocks); the lifetime counts from
+	// now. Certificates hold whole seconds: NotBefore rounds down (further back), NotAfter
+	// up, so the leaf lives at least LeafCertTTL from now.
 	notBefore := now.Add(-c.cfg.skew()).Truncate(time.Second)
-	notAfter := notBefore.Add(c.cfg.LeafCertTTL)
+	notAfter := ceilSecond(now.Add(c.cfg.LeafCertTTL))
 	if notAfter.After(r.cert.NotAfter) {
 		notAfter = r.cert.NotAfter
 	}
@@ -284,9 +287,18 @@ func (c *CA) sign(id spiffe.ServiceID, pub *ecdsa.PublicKey) (*LeafCert, error) 
 		ServiceURI:   id.String(),
 		ValidAfter:   notBefore.UTC(),
 		ValidBefore:  notAfter.UTC(),
+		IssuedAt:     now,
 		Namespace:    id.Namespace,
 		RootID:       r.id,
 	}, nil
+}
+
+// ceilSecond rounds t up to a whole second.
+func ceilSecond(t time.Time) time.Time {
+	if d := t.Truncate(time.Second); !d.Equal(t) {
+		return d.Add(time.Second)
+	}
+	return t
 }
 
 // Rotate makes a new root, cross-signed by the current one, the active root and returns its

@@ -283,8 +283,11 @@ func TestLeafProfile(t *testing.T) {
 		t.Errorf("not signed by the root: %v", err)
 	}
 	now := clk.Now()
-	if life := cert.NotAfter.Sub(cert.NotBefore); life != DefaultLeafCertTTL {
-		t.Errorf("lifetime %v, want %v", life, DefaultLeafCertTTL)
+	if life := cert.NotAfter.Sub(now); life < DefaultLeafCertTTL || life >= DefaultLeafCertTTL+time.Second {
+		t.Errorf("lifetime from issue %v, want %v (rounded up to the second)", life, DefaultLeafCertTTL)
+	}
+	if !leaf.IssuedAt.Equal(now) {
+		t.Errorf("IssuedAt %v, want %v", leaf.IssuedAt, now)
 	}
 	if back := now.Sub(cert.NotBefore); back < DefaultClockSkew || back > DefaultClockSkew+time.Second {
 		t.Errorf("NotBefore backdated by %v, want about %v", back, DefaultClockSkew)
@@ -332,8 +335,8 @@ func TestShortLeafTTL(t *testing.T) {
 		t.Fatal(err)
 	}
 	cert := chain(t, leaf.CertPEM)[0]
-	if life := cert.NotAfter.Sub(cert.NotBefore); life != 10*time.Second {
-		t.Errorf("lifetime %v, want 10s", life)
+	if life := cert.NotAfter.Sub(clk.Now()); life < 10*time.Second || life >= 11*time.Second {
+		t.Errorf("lifetime from issue %v, want 10s (rounded up to the second)", life)
 	}
 	// Backdate is capped at a tenth of the lifetime so that the leaf is still usable.
 	if back := clk.Now().Sub(cert.NotBefore); back > time.Second+time.Second {
@@ -342,8 +345,45 @@ func TestShortLeafTTL(t *testing.T) {
 	if err := verify(t, leaf, c.Roots().Roots, clk.Now()); err != nil {
 		t.Errorf("fresh short leaf does not verify: %v", err)
 	}
-	if err := verify(t, leaf, c.Roots().Roots, clk.Now().Add(10*time.Second)); err == nil {
+	if err := verify(t, leaf, c.Roots().Roots, leaf.ValidBefore.Add(time.Second)); err == nil {
 		t.Error("short leaf still verifies after its lifetime")
+	}
+}
+
+// A leaf's lifetime counts from when it is issued: only NotBefore is backdated (by a tenth of
+// a 5s lifetime here), so renewing at 60–90% of the lifetime from the issue leaves the
+// sidecar at least a tenth of it, 0.5s, to fetch its next leaf. Counting from the backdated,
+// rounded-down NotBefore left a 5s leaf living as little as 3.5s.
+func TestLeafLifetimeCountsFromIssue(t *testing.T) {
+	const ttl = 5 * time.Second
+	for _, frac := range []time.Duration{0, 1, 400 * time.Millisecond, 999 * time.Millisecond} {
+		clk := &fakeClock{now: time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC).Add(frac)}
+		c := newCA(t, Config{LeafCertTTL: ttl, Now: clk.Now})
+		leaf, err := c.IssueLeaf(c.ServiceID("dc1", "web"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		issued := clk.Now()
+		cert := chain(t, leaf.CertPEM)[0]
+		if life := cert.NotAfter.Sub(issued); life < ttl || life >= ttl+time.Second {
+			t.Errorf("issued at +%v: lives %v from its issue, want %v (rounded up to the second)", frac, life, ttl)
+		}
+		if back := issued.Sub(cert.NotBefore); back < ttl/10 || back >= ttl/10+time.Second {
+			t.Errorf("issued at +%v: NotBefore %v before the issue, want %v (rounded down to the second)", frac, back, ttl/10)
+		}
+		if !leaf.IssuedAt.Equal(issued) || !leaf.ValidBefore.Equal(cert.NotAfter) || !leaf.ValidAfter.Equal(cert.NotBefore) {
+			t.Errorf("view %v %v..%v, cert %v..%v", leaf.IssuedAt, leaf.ValidAfter, leaf.ValidBefore, cert.NotBefore, cert.NotAfter)
+		}
+		life := leaf.ValidBefore.Sub(issued)
+		for _, rnd := range []float64{0, 1} {
+			renew := RenewalTime(leaf.IssuedAt, leaf.ValidBefore, func() float64 { return rnd })
+			if from := renew.Sub(issued); from < ttl*6/10 || from > life*9/10 {
+				t.Errorf("issued at +%v, rnd %v: renewal %v after the issue, want 60–90%% of %v", frac, rnd, from, life)
+			}
+			if left := leaf.ValidBefore.Sub(renew); left < ttl/10 {
+				t.Errorf("issued at +%v, rnd %v: renewal only %v before expiry", frac, rnd, left)
+			}
+		}
 	}
 }
 

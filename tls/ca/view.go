@@ -52,6 +52,11 @@ type LeafCert struct {
 	// RootID is the ID of the root that signed this leaf. The registry compares it with
 	// ActiveRootID to know when a rotation makes the leaf due for replacement. Not sent.
 	RootID string `json:"-"`
+	// IssuedAt is when the CA signed the leaf: its lifetime, LeafCertTTL, counts from here
+	// (ValidAfter is backdated for clock skew). Renewal is due at RenewalTime(IssuedAt,
+	// ValidBefore, ...). Not sent; zero in a leaf decoded from JSON, where ValidAfter is the
+	// best there is.
+	IssuedAt time.Time `json:"-"`
 }
 
 // Roots returns the trust bundle: every root not yet pruned, oldest first, exactly one of
@@ -113,9 +118,11 @@ func (c *CA) Configuration() Configuration {
 	return Configuration{Provider: "consul", Config: c.cfg.ProviderConfig()}
 }
 
-// RenewalTime returns when a leaf valid from validAfter to validBefore should be replaced: at
+// RenewalTime returns when a leaf living from validAfter to validBefore should be replaced: at
 // a random point between 60% and 90% of its lifetime, as Consul's agent does, so that many
-// sidecars do not renew at once. rnd returns a number in [0, 1); nil means math/rand/v2.
+// sidecars do not renew at once. Pass the leaf's IssuedAt as validAfter when it is known:
+// ValidAfter is backdated for clock skew, which would move the renewal earlier than the
+// leaf's real lifetime calls for. rnd returns a number in [0, 1); nil means math/rand/v2.
 func RenewalTime(validAfter, validBefore time.Time, rnd func() float64) time.Time {
 	life := validBefore.Sub(validAfter)
 	if life <= 0 {

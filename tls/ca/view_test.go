@@ -120,7 +120,7 @@ func TestLeafCertJSONMatchesConsulAPI(t *testing.T) {
 	if err := json.Unmarshal(b2, &back); err != nil {
 		t.Fatal(err)
 	}
-	back.Namespace, back.RootID = ours.Namespace, ours.RootID
+	back.Namespace, back.RootID, back.IssuedAt = ours.Namespace, ours.RootID, ours.IssuedAt
 	if !reflect.DeepEqual(&back, ours) {
 		t.Errorf("round trip %+v, want %+v", back, *ours)
 	}
