@@ -242,7 +242,7 @@ type relay struct {
 func startRelay(listen, target string) (*relay, error) {
 	l, err := net.Listen("tcp", listen)
 	if err != nil {
-		return nil, fmt.Errorf("supervisor: registry relay on %s: %w", listen, err)
+		return nil, fmt.Errorf("supervisor: relay on %s (to %s): %w", listen, target, err)
 	}
 	r := &relay{l: l, target: target, conns: map[net.Conn]struct{}{}}
 	r.wg.Add(1)
