@@ -67,9 +67,9 @@ type Config struct {
 	// Pods reach it through a relay at http://<gateway>:TracePort.
 	TraceEndpoint string
 	TracePort     int
-	Cgroups      CgroupSystem
-	TTL          time.Duration // registry TTL checks; default 10s
-	Logf         func(format string, args ...any)
+	Cgroups       CgroupSystem
+	TTL           time.Duration // registry TTL checks; default 10s
+	Logf          func(format string, args ...any)
 }
 
 func (c *Config) withDefaults() {
