@@ -294,7 +294,13 @@ func (e *env) compose(services string) string {
 // start runs `launcher up -f file` as a separate process and returns it.
 func (e *env) start(file string) *exec.Cmd {
 	e.t.Helper()
-	cmd := exec.Command(e.bin, e.args("up", "-f", file)...)
+	return e.startArgs(file)
+}
+
+// startArgs is start with more arguments of `up`.
+func (e *env) startArgs(file string, up ...string) *exec.Cmd {
+	e.t.Helper()
+	cmd := exec.Command(e.bin, e.args(append([]string{"up", "-f", file}, up...)...)...)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {

@@ -284,7 +284,7 @@ func (s *Supervisor) startObservability(ctx context.Context) error {
 		if s.traceRelay, err = startRelay(at.String(), target); err != nil {
 			return err
 		}
-		s.traceAddr, s.traceURL = at, "http://"+at.String()
+		s.traceAddr, s.traceURL, s.traceHost = at, "http://"+at.String(), "http://"+target
 		s.cfg.Logf("sidecars send spans to %s through %s", target, at)
 	}
 	if s.cfg.MetricsAddr == "" {

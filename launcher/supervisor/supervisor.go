@@ -140,6 +140,7 @@ type Supervisor struct {
 	traceRelay *relay         // nil: no tracing
 	traceAddr  netip.AddrPort // where pods reach traceRelay
 	traceURL   string         // as sidecars are given it
+	traceHost  string         // the collector as the host reaches it (the ingress)
 	metrics    *metricsServer // nil: no metrics
 	registered bool           // the launcher's own instance (LauncherID)
 
@@ -420,7 +421,7 @@ func (s *Supervisor) startServices(ctx context.Context) error {
 // startIngress starts the ingress sidecar when the project exposes a service; it runs
 // until teardown stops it, before the services.
 func (s *Supervisor) startIngress(ctx context.Context) error {
-	in, err := newIngress(s.cfg, s.project, s.dir, s.cg, s.state, s.hostReg)
+	in, err := newIngress(s.cfg, s.project, s.dir, s.cg, s.state, s.hostReg, s.traceHost)
 	if err != nil || in == nil {
 		return err
 	}
