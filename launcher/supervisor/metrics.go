@@ -210,9 +210,10 @@ func (s *Supervisor) startMetrics(addr string) (*metricsServer, error) {
 	return m, nil
 }
 
-// close stops the listener and waits for its server to end.
-func (m *metricsServer) close() {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+// close stops the listener and waits for its server to end: at most 2s for the scrapes
+// under way.
+func (m *metricsServer) close(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	if err := m.srv.Shutdown(ctx); err != nil {
 		_ = m.srv.Close()

@@ -542,7 +542,7 @@ func (s *Supervisor) teardown() error {
 		}
 	}
 	if s.metrics != nil {
-		s.metrics.close()
+		s.metrics.close(ctx)
 	}
 	if s.state != nil {
 		st := s.state.get()
