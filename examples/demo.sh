@@ -102,7 +102,7 @@ URL=http://$SHOP_EXPOSE/
 bridge_before=0
 ip link show "$SHOP_BRIDGE" >/dev/null 2>&1 && bridge_before=1
 leftovers() {
-  ip netns list 2>/dev/null | awk '{print $1}' | grep "^podmesh-$PROJECT-" | sed 's/^/netns /' || true
+  ip netns list 2>/dev/null | awk '{print $1}' | grep "^podmesh-$PROJECT\\." | sed 's/^/netns /' || true
   for v in "${VETHS[@]}"; do
     ip link show "$v" >/dev/null 2>&1 && echo "veth $v"
   done

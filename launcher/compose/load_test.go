@@ -136,6 +136,7 @@ func TestLoadGood(t *testing.T) {
 			name: "every supported key",
 			files: map[string]string{
 				"data/":   "",
+				"sub/":    "",
 				"web.env": "A=from_file\nB=file_b\nC=${UNSET_IN_TEST:-c_default}\n",
 				"compose.yaml": `name: Shop
 x-podmesh:
@@ -507,9 +508,13 @@ compose.yaml:5: services.other.command: the program name is empty`,
     depends_on:
       f: {condition: service_healthy}
   f: {command: x, depends_on: [e]}
+  g:
+    command: x
+    depends_on: {m: {condition: service_healthy}}
+  m: {command: x, x-podmesh: {port: 80}}
 `,
 			want: `compose.yaml:5: services.d.depends_on: unknown service "nosuch"
-compose.yaml:9: services.e.depends_on.f: condition service_healthy but service "f" has no healthcheck
+compose.yaml:9: services.e.depends_on.f: condition service_healthy but service "f" has no healthcheck (nor x-podmesh.port, whose TCP check would do)
 compose.yaml:4: services.c.depends_on: dependency cycle: a -> b -> c -> a
 compose.yaml:5: services.d.depends_on: dependency cycle: d -> d
 compose.yaml:10: services.f.depends_on: dependency cycle: e -> f -> e`,
@@ -705,7 +710,23 @@ compose.yaml:10: services.worker.x-podmesh.expose: 127.0.0.1:8081: only a servic
 			want: `compose.yaml:5: x-podmesh.default_policy: must be "allow" or "deny", not "Deny"
 compose.yaml:2: x-podmesh.subnet: fd00::/64: only IPv4 subnets are supported
 compose.yaml:3: x-podmesh.bridge: invalid interface name "averyveryverylongbridgename" (at most 15 characters, no '/', ':' or spaces)
-compose.yaml:4: x-podmesh.registry: invalid URL "ftp://x" (want http://host:port)`,
+compose.yaml:4: x-podmesh.registry: "ftp://x": only http:// is supported (the pods reach the registry through a plain TCP relay)`,
+		},
+		{
+			name: "fail at run time otherwise",
+			yaml: `x-podmesh: {subnet: 10.9.0.0/24, registry: "https://reg.example:8501"}
+services:
+  wd: {command: x, working_dir: /nonexistent-podmesh}
+  hosts: {command: x, volumes: [".:/etc/hosts"]}
+  devs: {command: x, volumes: [".:/dev/shm/x:ro"]}
+  many: {command: x, deploy: {replicas: 200}}
+  more: {command: x, deploy: {replicas: 100}}
+`,
+			want: `compose.yaml:3: services.wd.working_dir: stat /nonexistent-podmesh: no such file or directory
+compose.yaml:7: services.more.deploy.replicas: 303 pods in all up to this service, but subnet 10.9.0.0/24 has room for 253 (set a larger x-podmesh.subnet)
+compose.yaml:4: services.hosts.volumes[0]: target /etc/hosts is the pod's own (its /etc/hosts maps the upstreams to the sidecar; /proc, /sys and /dev are set up by the pod's init)
+compose.yaml:5: services.devs.volumes[0]: target /dev/shm/x is the pod's own (its /etc/hosts maps the upstreams to the sidecar; /proc, /sys and /dev are set up by the pod's init)
+compose.yaml:1: x-podmesh.registry: "https://reg.example:8501": only http:// is supported (the pods reach the registry through a plain TCP relay)`,
 		},
 		{
 			name: "project mesh subnet",

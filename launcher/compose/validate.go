@@ -39,6 +39,7 @@ type check struct {
 var checks = []check{
 	{"service names", checkNames},
 	{"command", checkCommand},
+	{"working_dir", checkWorkingDir},
 	{"user", checkUser},
 	{"depends_on", checkDependsOn},
 	{"dependency cycles", checkCycles},
@@ -192,6 +193,24 @@ func checkCommand(v *validator, p *Project) {
 	}
 }
 
+// checkWorkingDir: a working_dir must be an existing directory (the pod sees the host's
+// file system), or the app fails to start, over and over, with only a log line to say why.
+func checkWorkingDir(v *validator, p *Project) {
+	for i := range p.Services {
+		s := &p.Services[i]
+		if s.WorkingDir == "" {
+			continue
+		}
+		fi, err := os.Stat(s.WorkingDir)
+		switch {
+		case err != nil:
+			v.fail(svcPath(s, "working_dir"), "%v", err)
+		case !fi.IsDir():
+			v.fail(svcPath(s, "working_dir"), "%s is not a directory", s.WorkingDir)
+		}
+	}
+}
+
 var userRe = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.-]*(:[A-Za-z0-9_][A-Za-z0-9_.-]*)?$`)
 
 func checkUser(v *validator, p *Project) {
@@ -215,8 +234,9 @@ func checkDependsOn(v *validator, p *Project) {
 			switch {
 			case !ok:
 				v.fail(path, "unknown service %q", d.Service)
-			case d.Condition == ConditionHealthy && t.Healthcheck == nil:
-				v.fail(path, "condition %s but service %q has no healthcheck", d.Condition, d.Service)
+			case d.Condition == ConditionHealthy && t.Healthcheck == nil && t.Mesh.Port == 0:
+				// A meshed service without one is healthy once its port accepts connections.
+				v.fail(path, "condition %s but service %q has no healthcheck (nor x-podmesh.port, whose TCP check would do)", d.Condition, d.Service)
 			}
 		}
 	}
@@ -315,10 +335,23 @@ func checkHealthcheck(v *validator, p *Project) {
 }
 
 func checkReplicas(v *validator, p *Project) {
+	subnet := p.Mesh.Subnet
+	if !subnet.IsValid() || !subnet.Addr().Is4() || subnet.Bits() > 30 {
+		subnet = DefaultSubnet // an invalid subnet is reported by its own check
+	}
+	// Every replica is a pod with an address of its own; the network address, the bridge's
+	// and the broadcast address are not for pods.
+	capacity := (1 << (32 - subnet.Bits())) - 3
+	total := 0
 	for i := range p.Services {
 		s := &p.Services[i]
 		if s.Replicas < 0 {
 			v.fail(svcPath(s, "deploy.replicas"), "%d must not be negative", s.Replicas)
+			continue
+		}
+		total += s.Replicas
+		if total > capacity && total-s.Replicas <= capacity {
+			v.fail(svcPath(s, "deploy.replicas"), "%d pods in all up to this service, but subnet %s has room for %d (set a larger x-podmesh.subnet)", total, subnet, capacity)
 		}
 	}
 }
@@ -395,6 +428,8 @@ func checkVolumes(v *validator, p *Project) {
 				v.fail(path, "target %q must be an absolute path", m.Target)
 			case filepath.Clean(m.Target) == "/":
 				v.fail(path, "target must not be /")
+			case podOwned(filepath.Clean(m.Target)):
+				v.fail(path, "target %s is the pod's own (its /etc/hosts maps the upstreams to the sidecar; /proc, /sys and /dev are set up by the pod's init)", filepath.Clean(m.Target))
 			}
 			t := filepath.Clean(m.Target)
 			if k, ok := targets[t]; ok {
@@ -403,6 +438,20 @@ func checkVolumes(v *validator, p *Project) {
 			targets[t] = idx
 		}
 	}
+}
+
+// podOwned reports whether a mount target is a file or tree the pod's init sets up itself.
+func podOwned(target string) bool {
+	switch target {
+	case "/etc/hosts", "/etc/hostname":
+		return true
+	}
+	for _, d := range []string{"/proc", "/sys", "/dev"} {
+		if target == d || strings.HasPrefix(target, d+"/") {
+			return true
+		}
+	}
+	return false
 }
 
 func checkStop(v *validator, p *Project) {
@@ -545,8 +594,13 @@ func checkProjectMesh(v *validator, p *Project) {
 	}
 	if r := m.Registry; r != "" {
 		u, err := url.Parse(r)
-		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		switch {
+		case err != nil || u.Host == "":
 			v.fail("x-podmesh.registry", "invalid URL %q (want http://host:port)", r)
+		case u.Scheme != "http":
+			v.fail("x-podmesh.registry", "%q: only http:// is supported (the pods reach the registry through a plain TCP relay)", r)
+		case u.Port() == "":
+			v.fail("x-podmesh.registry", "%q has no port (want http://host:port)", r)
 		}
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strings"
 
 	"github.com/hashicorp/consul/api"
 )
@@ -60,6 +61,10 @@ func (r *ConsulRegistry) Register(ctx context.Context, reg Registration) error {
 func (r *ConsulRegistry) SetHealth(ctx context.Context, id, status, output string) error {
 	q := (&api.QueryOptions{}).WithContext(ctx)
 	if err := r.client.Agent().UpdateTTLOpts(CheckID(id), output, status, q); err != nil {
+		var se api.StatusError
+		if errors.As(err, &se) && (se.Code == http.StatusNotFound || strings.Contains(se.Body, "Unknown check")) {
+			return fmt.Errorf("pod: set %s %s: %w: %w", CheckID(id), status, ErrNotRegistered, err)
+		}
 		return fmt.Errorf("pod: set %s %s: %w", CheckID(id), status, err)
 	}
 	return nil

@@ -2,6 +2,7 @@ package pod
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	"github.com/podmesh/podmesh/launcher/compose"
@@ -56,10 +57,15 @@ type UsageReader interface {
 // consul/api.
 type Registry interface {
 	Register(ctx context.Context, r Registration) error
-	// SetHealth sets the instance's TTL check: "passing" or "critical", with output.
+	// SetHealth sets the instance's TTL check: "passing" or "critical", with output. An
+	// error wrapping ErrNotRegistered means the registry does not know the check (it was
+	// restarted, or lost the instance): the pod registers again.
 	SetHealth(ctx context.Context, id, status, output string) error
 	Deregister(ctx context.Context, id string) error
 }
+
+// ErrNotRegistered: the registry does not know the instance's check (Registry.SetHealth).
+var ErrNotRegistered = errors.New("pod: the registry does not know the instance")
 
 // Registration is one instance of a service in the registry.
 type Registration struct {

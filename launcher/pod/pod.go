@@ -17,6 +17,10 @@
 // which exits → init and anything left killed through the pod cgroup → on removal, the
 // namespace and veth deleted. A restart runs the same stop, keeps the network (so the
 // address), and starts again after the restart policy's backoff.
+//
+// A sidecar that exits while the app runs is restarted alone (whatever the app's restart
+// policy: it is the pod's infrastructure), with a backoff of its own; the instance is
+// critical in the registry until the new sidecar is ready.
 package pod
 
 import (
@@ -34,6 +38,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/podmesh/podmesh/internal/backoff"
 	"github.com/podmesh/podmesh/launcher/compose"
 	"github.com/podmesh/podmesh/launcher/initproc"
 	"github.com/podmesh/podmesh/launcher/logs"
@@ -263,10 +268,10 @@ func (p *Pod) Run(ctx context.Context) error {
 		if err := p.to(Starting); err != nil {
 			return err
 		}
-		began := p.cfg.Clock.Now()
 		run, err := p.start(ctx)
 		var failed bool
 		var why string
+		var ran time.Duration // since the app's exec: a start that failed did not run
 		if err != nil {
 			if ctx.Err() != nil {
 				break
@@ -279,8 +284,10 @@ func (p *Pod) Run(ctx context.Context) error {
 			p.cfg.Logf("pod %s: start: %v", p.name, err)
 			p.logApp.Notef("start failed: %v", err)
 		} else {
+			execAt := p.cfg.Clock.Now() // start returns once the app has exec'd
 			_ = p.to(Running)
 			failed, why = p.supervise(ctx, run)
+			ran = p.cfg.Clock.Now().Sub(execAt)
 			if ctx.Err() != nil {
 				_ = p.to(Stopping)
 				p.stopRun(run)
@@ -292,7 +299,7 @@ func (p *Pod) Run(ctx context.Context) error {
 			p.stopRun(run)
 		}
 		p.update(func() { p.lastExit = why })
-		restart, wait := r.next(failed, p.cfg.Clock.Now().Sub(began))
+		restart, wait := r.next(failed, ran)
 		if !restart {
 			_ = p.to(Exited)
 			p.logApp.Notef("not restarting (restart_policy %s, %d restarts)", p.cfg.Service.Restart.Condition, r.attempts)
@@ -638,9 +645,17 @@ func (p *Pod) supervise(ctx context.Context, r *run) (failed bool, why string) {
 	if r.sidecar != nil {
 		sidecarDone = r.sidecar.Done()
 	}
+	// A sidecar that exits is restarted on its own while the app keeps running (its
+	// outbound calls fail meanwhile, inbound ones are refused): sr is the restart under way.
+	sr := &sidecarRestarter{p: p, r: r, waiter: backoff.Waiter{Min: sidecarRestartMin, Max: sidecarRestartMax, Factor: 2}}
+	defer sr.cancel()
+	sidecarUp, sidecarSince := true, time.Now()
 	status := func() (string, string) {
 		p.mu.Lock()
 		defer p.mu.Unlock()
+		if !sidecarUp {
+			return "critical", "sidecar restarting"
+		}
 		if p.health == HealthHealthy {
 			return "passing", "healthy"
 		}
@@ -650,6 +665,19 @@ func (p *Pod) supervise(ctx context.Context, r *run) (failed bool, why string) {
 		select {
 		case <-ctx.Done():
 			return false, "stopped"
+		case res := <-sr.results:
+			if res.err != nil {
+				p.logSidecar.Notef("restart: %v", res.err)
+				sr.start(ctx)
+				continue
+			}
+			r.sidecar, sidecarDone = res.proc, res.proc.Done()
+			sidecarUp, sidecarSince = true, time.Now()
+			p.logSidecar.Notef("restarted, pid %d, ready", res.proc.Pid)
+			if registered {
+				s, out := status()
+				_ = p.cfg.Registry.SetHealth(ctx, p.name, s, out)
+			}
 		case <-r.app.Done():
 			e := r.app.Exit()
 			if p.oomKilled(r, e) {
@@ -657,10 +685,20 @@ func (p *Pod) supervise(ctx context.Context, r *run) (failed bool, why string) {
 			}
 			return !e.OK(), "app " + e.String()
 		case <-sidecarDone:
+			why := "sidecar " + r.sidecar.Exit().String()
 			if p.oomKilled(r, r.sidecar.Exit()) {
-				return true, "sidecar OOMKilled"
+				why = "sidecar OOMKilled"
 			}
-			return true, "sidecar " + r.sidecar.Exit().String()
+			sidecarDone, sidecarUp = nil, false
+			if time.Since(sidecarSince) >= sidecarStable {
+				sr.waiter.Reset()
+			}
+			p.logSidecar.Notef("%s; restarting it alone, the app keeps running", why)
+			p.cfg.Logf("pod %s: %s; restarting the sidecar", p.name, why)
+			if registered {
+				_ = p.cfg.Registry.SetHealth(ctx, p.name, "critical", why)
+			}
+			sr.start(ctx)
 		case <-r.init.Done():
 			return true, "init exited"
 		case res := <-hc.results:
@@ -682,14 +720,117 @@ func (p *Pod) supervise(ctx context.Context, r *run) (failed bool, why string) {
 				return true, "app unhealthy: " + res.output
 			}
 		case <-ttl.C:
+			p.noteOOMs(r)
 			if registered {
 				s, out := status()
 				if err := p.cfg.Registry.SetHealth(ctx, p.name, s, out); err != nil {
 					p.cfg.Logf("pod %s: update TTL: %v", p.name, err)
+					if errors.Is(err, ErrNotRegistered) && s == "passing" {
+						// A registry restarted without the instance: register again.
+						registered = p.register(ctx)
+					}
 				}
 			}
 		}
 	}
+}
+
+// Sidecar restarts (supervise): the first after sidecarRestartMin, doubling up to
+// sidecarRestartMax while it keeps exiting, and back to the first once a sidecar has run
+// for sidecarStable.
+const (
+	sidecarRestartMin = 100 * time.Millisecond
+	sidecarRestartMax = 10 * time.Second
+	sidecarStable     = 10 * time.Second
+)
+
+// sidecarRestarter restarts a run's sidecar in the background: after the backoff, spawn
+// it through init and wait until it is ready. One restart at a time.
+type sidecarRestarter struct {
+	p       *Pod
+	r       *run
+	waiter  backoff.Waiter
+	results chan sidecarResult
+	stop    context.CancelFunc
+	done    chan struct{}
+}
+
+type sidecarResult struct {
+	proc *initproc.Proc
+	err  error
+}
+
+func (sr *sidecarRestarter) start(ctx context.Context) {
+	sr.cancel()
+	ctx, sr.stop = context.WithCancel(ctx)
+	sr.results, sr.done = make(chan sidecarResult, 1), make(chan struct{})
+	wait := sr.waiter.Next()
+	go func() {
+		defer close(sr.done)
+		if !sleep(ctx, sr.p.cfg.Clock, wait) {
+			return
+		}
+		proc, err := sr.p.spawnSidecar(ctx, sr.r.init)
+		if err == nil {
+			if err = sr.p.waitReady(ctx, &run{sidecar: proc}); err != nil {
+				_ = sr.r.init.Signal("sidecar", syscall.SIGKILL)
+				<-proc.Done()
+			}
+		}
+		if ctx.Err() != nil && err == nil {
+			// supervise is gone: hand the sidecar to stopRun through the run.
+			sr.r.sidecar = proc
+			return
+		}
+		sr.results <- sidecarResult{proc: proc, err: err}
+	}()
+}
+
+// cancel ends a restart under way and waits for it; a sidecar it had already started is
+// left in the run for stopRun.
+func (sr *sidecarRestarter) cancel() {
+	if sr.stop == nil {
+		return
+	}
+	sr.stop()
+	<-sr.done
+	select {
+	case res := <-sr.results:
+		if res.err == nil {
+			sr.r.sidecar = res.proc
+		}
+	default:
+	}
+	sr.stop = nil
+}
+
+// noteOOMs counts the OOM kills in the pod that ended neither the app nor the sidecar (a
+// worker the app forked, a health check): they are recorded, and move the run's baseline,
+// so a later SIGKILL of the app by anyone else is not taken for an OOM kill.
+func (p *Pod) noteOOMs(r *run) {
+	st, err := p.cg.Stats()
+	if err != nil || st.OOMKills <= r.ooms {
+		return
+	}
+	// The app or the sidecar may be the one killed, its exit not yet reported by init:
+	// then its exit tells (oomKilled).
+	var sidecarDone <-chan struct{}
+	if r.sidecar != nil {
+		sidecarDone = r.sidecar.Done()
+	}
+	t := time.NewTimer(200 * time.Millisecond)
+	defer t.Stop()
+	select {
+	case <-r.app.Done():
+		return
+	case <-sidecarDone:
+		return
+	case <-t.C:
+	}
+	n := st.OOMKills - r.ooms
+	r.ooms = st.OOMKills
+	p.update(func() { p.ooms += int(n) })
+	p.logApp.Notef("OOM killer: %d process(es) of the pod killed (memory limit %d bytes); the app goes on", n, p.cfg.Service.Limits.MemoryBytes)
 }
 
 // oomKilled reports (and records) whether a SIGKILLed process of the run was the kernel's

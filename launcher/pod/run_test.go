@@ -185,7 +185,7 @@ func (r *fakeRegistry) SetHealth(_ context.Context, id, status, _ string) error 
 	if r.failTTL > 0 {
 		r.failTTL--
 		r.events = append(r.events, "ttl-failed "+id)
-		return fmt.Errorf("pod: set %s %s: Unexpected response code: 404 (Unknown check ID %q)", CheckID(id), status, CheckID(id))
+		return fmt.Errorf("pod: set %s %s: %w: Unexpected response code: 404 (Unknown check ID %q)", CheckID(id), status, ErrNotRegistered, CheckID(id))
 	}
 	r.events = append(r.events, "ttl "+id+" "+status)
 	return nil
@@ -359,4 +359,128 @@ func TestHealthcheckLeavesAProcess(t *testing.T) {
 	if d := time.Since(began); d > 10*time.Second {
 		t.Errorf("the pod took %v to stop", d)
 	}
+}
+
+// cgroupOf is the fake cgroup of the pod p.
+func (e *podEnv) cgroupOf(p *Pod) *fakeCgroup {
+	e.cgroups.mu.Lock()
+	defer e.cgroups.mu.Unlock()
+	return e.cgroups.pods[netns.PinName(e.project, p.cfg.Service.Name, p.cfg.Replica)]
+}
+
+// TestOOMOfAnotherProcess: an OOM kill in the pod that the app survives (a worker it
+// forked) is counted as it happens; a later SIGKILL of the app by someone else is then
+// reported as that, not as the app being OOM-killed.
+func TestOOMOfAnotherProcess(t *testing.T) {
+	e := newPodEnv(t)
+	svc := &compose.Service{Name: "oom", StopGracePeriod: time.Second,
+		Restart: compose.RestartPolicy{Condition: compose.RestartNone}}
+	p := e.pod(svc, "", nil)
+	svc.Command = []string{e.program(fakeApp)}
+	e.run(p)
+	info := waitFor(t, p, 10*time.Second, "running", func(i Info) bool { return i.Status == Running && i.Pid > 0 })
+	e.cgroupOf(p).setOOMKills(1) // a worker of the app was OOM-killed
+	waitFor(t, p, 5*time.Second, "counting the worker's OOM kill", func(i Info) bool { return i.OOMKills == 1 })
+	if err := syscall.Kill(info.Pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	got := waitFor(t, p, 10*time.Second, "exited", func(i Info) bool { return i.Status == Exited })
+	if got.LastExit != "app killed by SIGKILL" || got.OOMKills != 1 {
+		t.Errorf("after a worker's OOM kill and a SIGKILL of the app: last exit %q, OOM kills %d; want the SIGKILL, 1", got.LastExit, got.OOMKills)
+	}
+}
+
+// TestBackoffFromAppExec: a start that fails (a sidecar never ready, after ReadyTimeout)
+// did not run, however long it took: the backoff keeps growing instead of starting over
+// because the failed attempt lasted longer than the restart window.
+func TestBackoffFromAppExec(t *testing.T) {
+	e := newPodEnv(t)
+	svc := &compose.Service{Name: "unready", StopGracePeriod: time.Second, Mesh: compose.Mesh{Port: 8080},
+		Restart: compose.RestartPolicy{Condition: compose.RestartAny, Delay: 20 * time.Millisecond, Window: 50 * time.Millisecond}}
+	p := e.pod(svc, fakeSidecarUnready, func(c *Config) { c.ReadyTimeout = 150 * time.Millisecond })
+	svc.Command = []string{e.program(fakeApp)}
+	e.run(p)
+	waitFor(t, p, 20*time.Second, "restarted 4 times", func(i Info) bool { return i.Restarts >= 4 })
+	var waits []string
+	for _, line := range strings.Split(readLog(p, "app"), "\n") {
+		if _, w, ok := strings.Cut(line, "restarting in "); ok {
+			waits = append(waits, w)
+		}
+	}
+	if len(waits) < 3 || waits[0] != "20ms" || waits[1] != "40ms" || waits[2] != "80ms" {
+		t.Errorf("waits between failed starts %v; want 20ms, 40ms, 80ms", waits)
+	}
+}
+
+// TestReregisterAfterRegistryLoss: when the registry no longer knows a healthy instance's
+// check (it was restarted without it: 404 Unknown check ID), the pod registers it again
+// instead of failing every TTL update from then on.
+func TestReregisterAfterRegistryLoss(t *testing.T) {
+	e := newPodEnv(t)
+	svc := &compose.Service{Name: "reg", StopGracePeriod: time.Second, Mesh: compose.Mesh{Port: 8080},
+		Restart: compose.RestartPolicy{Condition: compose.RestartNone}}
+	p := e.pod(svc, fakeSidecar, nil)
+	svc.Command = []string{e.program(fakeApp)}
+	e.run(p)
+	waitFor(t, p, 10*time.Second, "healthy", isHealthy)
+	testutil.Eventually(t, 5*time.Second, 10*time.Millisecond, func() error {
+		if n := e.reg.count("register "); n != 1 {
+			return fmt.Errorf("%d registrations", n)
+		}
+		return nil
+	})
+	e.reg.mu.Lock()
+	e.reg.failTTL = 1
+	e.reg.mu.Unlock()
+	testutil.Eventually(t, 5*time.Second, 10*time.Millisecond, func() error {
+		if n := e.reg.count("register "); n != 2 {
+			return fmt.Errorf("%d registrations after the registry lost the instance", n)
+		}
+		return nil
+	})
+}
+
+// TestSidecarRestartsAlone: a SIGKILLed sidecar is restarted on its own, the app keeps
+// running (same pid, no restart counted), even with restart_policy none; the instance is
+// passing again once the new sidecar is ready.
+func TestSidecarRestartsAlone(t *testing.T) {
+	e := newPodEnv(t)
+	svc := &compose.Service{Name: "side", StopGracePeriod: time.Second, Mesh: compose.Mesh{Port: 8080},
+		Restart: compose.RestartPolicy{Condition: compose.RestartNone}}
+	p := e.pod(svc, fakeSidecar, nil)
+	svc.Command = []string{e.program(fakeApp)}
+	e.run(p)
+	before := waitFor(t, p, 10*time.Second, "healthy", isHealthy)
+	cg := e.cgroupOf(p)
+	old := cg.last("sidecar")
+	if old == 0 {
+		t.Fatal("no sidecar placed in the pod's cgroup")
+	}
+	if err := syscall.Kill(old, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 10*time.Second, 10*time.Millisecond, func() error {
+		if n := cg.last("sidecar"); n == old {
+			return fmt.Errorf("no new sidecar yet")
+		}
+		if !strings.Contains(readLog(p, "sidecar"), "restarted, pid") {
+			return fmt.Errorf("the new sidecar is not ready yet")
+		}
+		return nil
+	})
+	after := p.Info()
+	if after.Status != Running || after.Pid != before.Pid || after.Restarts != 0 {
+		t.Errorf("after the sidecar's restart: %+v; want the app still running as pid %d, no restart", after, before.Pid)
+	}
+	if syscall.Kill(before.Pid, 0) != nil {
+		t.Errorf("the app %d died with its sidecar", before.Pid)
+	}
+	testutil.Eventually(t, 5*time.Second, 10*time.Millisecond, func() error {
+		e.reg.mu.Lock()
+		defer e.reg.mu.Unlock()
+		if n := len(e.reg.events); n == 0 || e.reg.events[n-1] != "ttl side-1 passing" {
+			return fmt.Errorf("the instance is not passing again")
+		}
+		return nil
+	})
 }

@@ -215,6 +215,12 @@ func CheckSidecars(p *compose.Project) error {
 		if !HasSidecar(svc) {
 			continue
 		}
+		switch svc.Mesh.Port {
+		case AdminPort, InboundPort, MetricsPort:
+			return &compose.FieldError{File: p.File, Path: "services." + name + ".x-podmesh.port",
+				Msg: fmt.Sprintf("%d is a port of the pod's sidecar (admin %d, inbound %d, metrics %d); the app must use another",
+					svc.Mesh.Port, AdminPort, InboundPort, MetricsPort)}
+		}
 		c, err := NewSidecarConfig(svc, svc.Name+"-1", netip.MustParseAddr("10.89.0.2"), "http://10.89.0.1:8500")
 		if err == nil {
 			err = c.Check()

@@ -1,6 +1,7 @@
 package pod
 
 import (
+	"fmt"
 	"io"
 	"net/netip"
 	"os"
@@ -139,5 +140,33 @@ func TestUpstreamPolicyKeys(t *testing.T) {
 	slices.Sort(want)
 	if !slices.Equal(got, want) {
 		t.Errorf("compose.UpstreamPolicyKeys = %v; the sidecar's upstream keys are %v", got, want)
+	}
+}
+
+// TestCheckBeforeStart: an app port that is one of the sidecar's, and a user that does not
+// resolve or is the sidecars' own, are refused before anything starts, naming the service
+// and the field.
+func TestCheckBeforeStart(t *testing.T) {
+	for _, port := range []int{AdminPort, InboundPort, MetricsPort} {
+		p := &compose.Project{File: "/x/compose.yaml", Services: []compose.Service{{Name: "api", Mesh: compose.Mesh{Port: port}}}}
+		err := CheckSidecars(p)
+		if err == nil || !strings.Contains(err.Error(), "services.api.x-podmesh.port") || !strings.Contains(err.Error(), fmt.Sprint(port)) {
+			t.Errorf("app port %d: %v; want an error naming services.api.x-podmesh.port", port, err)
+		}
+	}
+	for _, tc := range []struct{ user, want string }{
+		{"no-such-user-podmesh", "no-such-user-podmesh"},
+		{fmt.Sprint(SidecarUID), "sidecars' own"},
+		{"", ""},
+		{"nobody", ""},
+	} {
+		p := &compose.Project{File: "/x/compose.yaml", Services: []compose.Service{{Name: "api", User: tc.user}}}
+		err := CheckUsers(p)
+		switch {
+		case tc.want == "" && err != nil:
+			t.Errorf("user %q: %v", tc.user, err)
+		case tc.want != "" && (err == nil || !strings.Contains(err.Error(), "services.api.user") || !strings.Contains(err.Error(), tc.want)):
+			t.Errorf("user %q: %v; want an error on services.api.user naming %q", tc.user, err, tc.want)
+		}
 	}
 }

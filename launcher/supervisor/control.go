@@ -162,7 +162,7 @@ func PS(ctx context.Context, cfg Config, project string) ([]Row, error) {
 // WritePS prints rows as the `launcher ps` table.
 func WritePS(w io.Writer, rows []Row) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "SERVICE\tREPLICA\tPOD IP\tPID\tSTATE\tRESTARTS\tHEALTH\tCPU\tMEMORY\tLAST EXIT")
+	fmt.Fprintln(tw, "SERVICE\tREPLICA\tPOD IP\tPID\tSTATE\tRESTARTS\tHEALTH\tCPU\tMEMORY\tOOM KILLS\tLAST EXIT")
 	for _, r := range rows {
 		addr := "-"
 		if r.Addr.IsValid() {
@@ -180,7 +180,7 @@ func WritePS(w io.Writer, rows []Row) error {
 		if last == "" {
 			last = "-"
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%d\t%s\t%.1f%%\t%s\t%s\n", r.Service, r.Replica, addr, pid, r.State, r.Restarts, health, r.CPUPercent, bytesString(r.Memory), last)
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%d\t%s\t%.1f%%\t%s\t%d\t%s\n", r.Service, r.Replica, addr, pid, r.State, r.Restarts, health, r.CPUPercent, bytesString(r.Memory), r.OOMKills, last)
 	}
 	if err := tw.Flush(); err != nil {
 		return err

@@ -878,8 +878,9 @@ func TestTrafficDuringRestart(t *testing.T) {
 // TestOwnRegistry: without -registry the launcher starts the registry program itself
 // (cmd/registry, with its default arguments -http ADDR -data DIR), pods reach it through the
 // relay on the bridge's gateway, instances show up passing with their meta, a request
-// crosses two sidecars; a SIGKILLed launcher's registry ends with it, and `down` removes
-// what is left.
+// crosses two sidecars; a registry that dies is restarted and the instances are passing
+// there again; a SIGKILLed launcher's registry ends with it, and `down` removes what is
+// left.
 func TestOwnRegistry(t *testing.T) {
 	e := newEnv(t)
 	before := podtest.Leftovers(t, e.project, e.bridge)
@@ -947,6 +948,37 @@ func TestOwnRegistry(t *testing.T) {
 	// A request crosses the ingress and two sidecars.
 	throughIngress(t, expose, "hello from catalog-1\n via frontend-1")
 
+	// The registry dies: the launcher restarts it on the same address, the instances are
+	// passing there again, and requests go on crossing the mesh.
+	if err := syscall.Kill(st.Registry.Pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 30*time.Second, 50*time.Millisecond, func() error {
+		b, err := os.ReadFile(filepath.Join(e.stateDir, e.project, "state.json"))
+		if err != nil {
+			return err
+		}
+		var now supervisor.State
+		if err := json.Unmarshal(b, &now); err != nil || now.Registry == nil || now.Registry.Pid == st.Registry.Pid || now.Registry.Pid == 0 {
+			return fmt.Errorf("registry in the state: %+v, %v", now.Registry, err)
+		}
+		if now.Registry.Addr != st.Registry.Addr {
+			t.Fatalf("the registry moved from %s to %s", st.Registry.Addr, now.Registry.Addr)
+		}
+		resp, err := http.Get("http://" + now.Registry.Addr + "/v1/health/service/catalog?passing=1")
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		var es []json.RawMessage
+		if err := json.NewDecoder(resp.Body).Decode(&es); err != nil || len(es) != 1 {
+			return fmt.Errorf("passing catalog instances after the registry's restart: %d, %v", len(es), err)
+		}
+		st = now
+		return nil
+	})
+	throughIngress(t, expose, "hello from catalog-1\n via frontend-1")
+
 	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
@@ -991,6 +1023,10 @@ func TestDetached(t *testing.T) {
 	var pid int
 	if _, err := fmt.Sscan(string(b), &pid); err != nil || syscall.Kill(pid, 0) != nil {
 		t.Fatalf("pid file %q: no running launcher (%v)", b, err)
+	}
+	// "started" means the pods have started, not that they are about to.
+	if rows := e.ps(); len(rows) != 1 || rows[0].State != "running" {
+		t.Errorf("right after up -d: %+v; want web-1 running", rows)
 	}
 	e.waitFor("web-1", 60*time.Second, healthy)
 	if out, err := e.run("ps", "-f", file); err != nil || !strings.Contains(out, "healthy") {

@@ -87,13 +87,16 @@ func procStart(pid int) (uint64, error) {
 
 // startRegistry starts the registry binary on a free loopback port with its data under the
 // project's state dir, records it in the state first, and waits until it answers.
-func startRegistry(ctx context.Context, cfg Config, dir string, sf *stateFile, policy string) (*registryProc, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return nil, fmt.Errorf("supervisor: pick a registry port: %w", err)
+// addr "" picks a free port; a restart passes the address the relay and the launcher use.
+func startRegistry(ctx context.Context, cfg Config, dir string, sf *stateFile, policy, addr string) (*registryProc, error) {
+	if addr == "" {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, fmt.Errorf("supervisor: pick a registry port: %w", err)
+		}
+		addr = l.Addr().String()
+		l.Close()
 	}
-	addr := l.Addr().String()
-	l.Close()
 	data := filepath.Join(dir, "registry")
 	if err := os.MkdirAll(data, 0o755); err != nil {
 		return nil, fmt.Errorf("supervisor: registry data dir: %w", err)
@@ -163,6 +166,51 @@ func startRegistry(ctx context.Context, cfg Config, dir string, sf *stateFile, p
 			return nil, fmt.Errorf("supervisor: registry at %s not answering after 20s", addr)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// RegistryRestartMax caps the wait between restarts of a registry that keeps exiting.
+const RegistryRestartMax = 30 * time.Second
+
+// superviseRegistry restarts the launcher's registry whenever it exits before teardown, on
+// the same address and data (the relay and the pods keep their URL), after a wait that
+// doubles from 500ms while restarts fail. The pods register again when the restarted
+// registry does not know them (pod.ErrNotRegistered). It returns when ctx ends.
+func (s *Supervisor) superviseRegistry(ctx context.Context, policy string) {
+	wait := 500 * time.Millisecond
+	for {
+		s.mu.Lock()
+		r := s.registry
+		s.mu.Unlock()
+		select {
+		case <-ctx.Done():
+			return
+		case <-r.done:
+		}
+		s.cfg.Logf("registry exited (%v); restarting it in %v", r.cmd.ProcessState, wait)
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		next, err := startRegistry(ctx, s.cfg, s.dir, s.state, policy, r.addr)
+		if err != nil {
+			s.cfg.Logf("restart registry: %v", err)
+			wait = min(2*wait, RegistryRestartMax)
+			// Still watching the dead one: its done channel is closed, so the loop retries.
+			continue
+		}
+		wait = 500 * time.Millisecond
+		s.mu.Lock()
+		s.registry = next
+		s.mu.Unlock()
+		s.cfg.Logf("registry restarted, pid %d", next.cmd.Process.Pid)
+		// Its data kept the intentions; any it lost are made again.
+		if err := s.allowEdges(ctx, "http://"+next.addr); err != nil {
+			s.cfg.Logf("after the registry's restart: %v", err)
+		}
 	}
 }
 

@@ -4,9 +4,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/podmesh/podmesh/launcher/pod"
 )
 
 // TestKillOrphan: a process started through a symlinked program is recognised by what the
@@ -57,5 +60,23 @@ func TestKillOrphan(t *testing.T) {
 	}
 	if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); !ok || ws.Signal() != syscall.SIGTERM {
 		t.Errorf("orphan ended by %v; want SIGTERM", cmd.ProcessState)
+	}
+}
+
+// TestWritePSOOM: ps shows each pod's OOM kill count, in a column of its own before the
+// last exit (which may hold spaces), so the columns scripts read keep their place.
+func TestWritePSOOM(t *testing.T) {
+	var b strings.Builder
+	rows := []Row{{Info: pod.Info{Service: "web", Replica: 1, State: "running", Health: "healthy", OOMKills: 2, LastExit: "app OOMKilled"}}}
+	if err := WritePS(&b, rows); err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(b.String()), "\n")
+	if len(lines) != 2 || !strings.Contains(lines[0], "OOM KILLS") {
+		t.Fatalf("ps output:\n%s", b.String())
+	}
+	f := strings.Fields(lines[1])
+	if len(f) < 10 || f[6] != "healthy" || f[9] != "2" {
+		t.Errorf("ps row %q: want health in column 7 and the OOM kills (2) in column 10", lines[1])
 	}
 }

@@ -129,13 +129,15 @@ type Supervisor struct {
 	state   *stateFile
 	cg      ProjectCgroups
 
-	bridgeLock  *os.File // netns.LockBridge, held until teardown ends
-	registry    *registryProc
-	relay       *relay
-	relayAddr   netip.AddrPort // where pods reach the relay; invalid without a registry
-	regClient   pod.Registry
-	registryURL string // as pods see it
-	hostReg     string // as the host sees it (the ingress)
+	bridgeLock   *os.File      // netns.LockBridge, held until teardown ends
+	registry     *registryProc // guarded by mu: superviseRegistry replaces it
+	regWatch     chan struct{} // closed when superviseRegistry has returned
+	stopRegWatch context.CancelFunc
+	relay        *relay
+	relayAddr    netip.AddrPort // where pods reach the relay; invalid without a registry
+	regClient    pod.Registry
+	registryURL  string // as pods see it
+	hostReg      string // as the host sees it (the ingress)
 
 	traceRelay *relay         // nil: no tracing
 	traceAddr  netip.AddrPort // where pods reach traceRelay
@@ -237,10 +239,37 @@ func Up(ctx context.Context, cfg Config, project *compose.Project, ready func(er
 		ready(err)
 		return err
 	}
+	s.waitStarted(ctx, startedWait)
 	ready(nil)
 	<-ctx.Done()
 	cfg.Logf("stopping %s", project.Name)
 	return nil
+}
+
+// startedWait bounds how long `up` waits, before it reports the project started, for every
+// pod to have been through its first start (a dependency never healthy must not hold it).
+const startedWait = 60 * time.Second
+
+// waitStarted waits until every pod has been through its first start (running, exited or
+// backing off after a failed start), at most d.
+func (s *Supervisor) waitStarted(ctx context.Context, d time.Duration) {
+	ctx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
+	s.mu.Lock()
+	services := s.services
+	s.mu.Unlock()
+	var waiting []string
+	for _, sv := range services {
+		for _, p := range sv.pods {
+			err := p.WaitFor(ctx, func(i pod.Info) bool { return i.Status != pod.Created && i.Status != pod.Starting })
+			if err != nil {
+				waiting = append(waiting, p.Name())
+			}
+		}
+	}
+	if len(waiting) > 0 && ctx.Err() != nil && !errors.Is(ctx.Err(), context.Canceled) {
+		s.cfg.Logf("still starting after %v: %s", d, strings.Join(waiting, ", "))
+	}
 }
 
 // start records the state and creates the shared pieces: bridge, cgroup, registry, relay.
@@ -303,10 +332,21 @@ func (s *Supervisor) start(ctx context.Context) error {
 		if _, err := os.Stat(s.cfg.RegistryBin); err != nil {
 			return fmt.Errorf("supervisor: meshed services need a registry: no registry program (%w); build it (make build) or give -registry-bin PATH or -registry URL", err)
 		}
-		if s.registry, err = startRegistry(ctx, s.cfg, s.dir, s.state, p.Mesh.DefaultPolicy); err != nil {
+		reg, err := startRegistry(ctx, s.cfg, s.dir, s.state, p.Mesh.DefaultPolicy, "")
+		if err != nil {
 			return err
 		}
-		regURL = "http://" + s.registry.addr
+		s.mu.Lock()
+		s.registry = reg
+		s.mu.Unlock()
+		regURL = "http://" + reg.addr
+		wctx, cancel := context.WithCancel(context.WithoutCancel(ctx)) // teardown ends it
+		s.regWatch = make(chan struct{})
+		s.stopRegWatch = cancel
+		go func() {
+			defer close(s.regWatch)
+			s.superviseRegistry(wctx, p.Mesh.DefaultPolicy)
+		}()
 	}
 	if regURL != "" {
 		s.hostReg = regURL
@@ -552,8 +592,15 @@ func (s *Supervisor) teardown() error {
 			_ = s.state.update(func(st *State) { st.Intentions = nil })
 		}
 	}
-	if s.registry != nil {
-		if err := s.registry.stop(); err != nil {
+	if s.stopRegWatch != nil {
+		s.stopRegWatch()
+		<-s.regWatch
+	}
+	s.mu.Lock()
+	reg := s.registry
+	s.mu.Unlock()
+	if reg != nil {
+		if err := reg.stop(); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -589,7 +636,7 @@ func removeState(dir string) {
 	_ = os.RemoveAll(filepath.Join(dir, "pods"))
 	_ = os.RemoveAll(filepath.Join(dir, "registry"))
 	_ = os.RemoveAll(filepath.Join(dir, "ingress"))
-	for _, f := range []string{"state.json", "control.sock"} {
+	for _, f := range []string{"state.json", "state.json.tmp", "control.sock"} {
 		_ = os.Remove(filepath.Join(dir, f))
 	}
 }
