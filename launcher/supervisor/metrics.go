@@ -311,6 +311,8 @@ func (s *Supervisor) startObservability(ctx context.Context) error {
 	if err := registerLauncher(rctx, s.hostReg, s.project.Name, at); err != nil {
 		return err
 	}
-	s.registered = true
+	s.mu.Lock()
+	s.registered, s.selfAt = true, at
+	s.mu.Unlock()
 	return nil
 }

@@ -211,6 +211,17 @@ func (s *Supervisor) superviseRegistry(ctx context.Context, policy string) {
 		if err := s.allowEdges(ctx, "http://"+next.addr); err != nil {
 			s.cfg.Logf("after the registry's restart: %v", err)
 		}
+		// And the launcher's own instance, if it had lost it (registering again is harmless).
+		s.mu.Lock()
+		at, ok := s.selfAt, s.registered
+		s.mu.Unlock()
+		if ok {
+			rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			if err := registerLauncher(rctx, "http://"+next.addr, s.project.Name, at); err != nil {
+				s.cfg.Logf("after the registry's restart: %v", err)
+			}
+			cancel()
+		}
 	}
 }
 

@@ -144,7 +144,8 @@ type Supervisor struct {
 	traceURL   string         // as sidecars are given it
 	traceHost  string         // the collector as the host reaches it (the ingress)
 	metrics    *metricsServer // nil: no metrics
-	registered bool           // the launcher's own instance (LauncherID)
+	registered bool           // the launcher's own instance (LauncherID) is; guarded by mu
+	selfAt     netip.AddrPort // where it is registered; guarded by mu
 
 	ingress     *ingress // nil: nothing exposed
 	stopIngress context.CancelFunc
@@ -576,7 +577,10 @@ func (s *Supervisor) teardown() error {
 	if s.traceRelay != nil {
 		s.traceRelay.Close()
 	}
-	if s.registered {
+	s.mu.Lock()
+	registered := s.registered
+	s.mu.Unlock()
+	if registered {
 		if err := deregisterLauncher(ctx, s.hostReg, s.project.Name); err != nil {
 			errs = append(errs, err)
 		}
