@@ -39,11 +39,11 @@ set -euo pipefail
 # mTLS between the sidecars (issue 4): TLS 1.3 with Connect certificates from the registry,
 # callers authorized by intentions. Empty: sidecar-mtls is skipped.
 : "${SIDECAR_MTLS_FLAGS:=-tls=true}"
-# Tracing at 100% sampling to the OTLP sink (issue 6), e.g. "-trace-endpoint {otlp}" (the
-# flag tracing.Config names on branch tracing, whose sample ratio defaults to 1.0) plus a
-# sampling flag if the sidecar grows one. Empty: sidecar-tracing is skipped. The other
-# scenarios' sidecars run with every OTEL_* variable removed, so tracing is off there.
-: "${SIDECAR_TRACING_FLAGS:=}"
+# Tracing at 100% sampling to the OTLP sink (issue 6): the sidecar's -trace-endpoint and
+# -trace-sample (parent-based; the load carries no trace context, so every request starts a
+# sampled trace). Empty: sidecar-tracing is skipped. The other scenarios' sidecars run with
+# every OTEL_* variable removed, so tracing is off there; the report prints the ratio.
+: "${SIDECAR_TRACING_FLAGS:=-trace-endpoint {otlp\} -trace-sample 1}"
 # The protocol sidecar B registers for the backend: http (HTTP/1.1 to the app) or http2 (h2c).
 : "${SIDECAR_PROTOCOL:=http}"
 # The sidecar's TLS handshake counter on its admin /metrics. When absent the harness counts

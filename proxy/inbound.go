@@ -168,6 +168,8 @@ func (in *Inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		in.obs.tr.Inject(ctx, r.Header) // the app continues the trace under this span
 	}
 	x := exchange{upstream: in.cfg.App, attempts: 1}
+	// Deferred, so that a request whose stream is aborted (a panic) is counted too.
+	defer in.obs.finish(r.Context(), pm, span, DirInbound, r, &x, start)
 	if r.ContentLength >= 0 {
 		x.reqBytes = r.ContentLength
 	} else if r.Body != nil && r.Body != http.NoBody {
@@ -180,7 +182,6 @@ func (in *Inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	} else {
 		x.code = in.serveHTTP(w, r, &x)
 	}
-	in.obs.finish(r.Context(), pm, span, DirInbound, r, &x, start)
 	if x.abort {
 		// Headers are gone; the only way to tell the peer is to abort the stream.
 		panic(http.ErrAbortHandler)

@@ -253,8 +253,9 @@ func (u *Upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		ctx, x.span = u.obs.tr.StartOutbound(r.Context(), r, u.name)
 		r = r.WithContext(ctx)
 	}
+	// Deferred, so that a request whose stream is aborted (a panic) is counted too.
+	defer u.obs.finish(r.Context(), pm, x.span, DirOutbound, r, &x, start)
 	x.code = u.serveHTTP(w, r, &x)
-	u.obs.finish(r.Context(), pm, x.span, DirOutbound, r, &x, start)
 	if x.code >= 500 || x.code == StatusClientClosed {
 		u.log.Debug("request failed", "method", r.Method, "path", r.URL.Path, "status", x.code)
 	}

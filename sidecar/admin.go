@@ -12,6 +12,7 @@ import (
 	"github.com/podmesh/podmesh/discovery"
 	"github.com/podmesh/podmesh/lb"
 	"github.com/podmesh/podmesh/tls/identity"
+	"github.com/podmesh/podmesh/tracing"
 )
 
 // adminHandler serves the admin listener (loopback by default):
@@ -20,7 +21,8 @@ import (
 //	/ready    200 once listeners are up, the mutual TLS material and intentions are loaded
 //	          (when TLS is on, without a timeout), and every upstream's first discovery
 //	          answer came (or ReadyTimeout passed); 503 before, and while draining
-//	/config   the effective configuration and every upstream's endpoints and state, as JSON
+//	/config   the effective configuration, every upstream's endpoints and state, and the
+//	          tracing export counters, as JSON
 //	/metrics  Prometheus metrics
 //	/drain    POST: inbound stops accepting and drains, outbound keeps serving (drain.go)
 //	/debug/pprof/  Go profiles
@@ -72,7 +74,14 @@ type Snapshot struct {
 	Addrs        Addrs              `json:"addresses"`
 	Registration *RegistrationState `json:"registration,omitempty"`
 	TLS          *TLSState          `json:"tls,omitempty"`
+	Tracing      *TracingState      `json:"tracing,omitempty"`
 	Upstreams    []UpstreamState    `json:"upstreams"`
+}
+
+// TracingState is where spans go and the export counters, when tracing is on.
+type TracingState struct {
+	Endpoint string `json:"endpoint"`
+	tracing.Stats
 }
 
 // RegistrationState is the instance's registration and app probe.
@@ -128,6 +137,9 @@ func (s *Sidecar) Snapshot() Snapshot {
 			st.Identity = id.String()
 		}
 		snap.TLS = st
+	}
+	if s.tracer.Enabled() {
+		snap.Tracing = &TracingState{Endpoint: s.tracer.Endpoint(), Stats: s.tracer.Stats()}
 	}
 	for _, u := range s.upstreams {
 		snap.Upstreams = append(snap.Upstreams, UpstreamState{

@@ -10,6 +10,7 @@ import (
 
 	"github.com/podmesh/podmesh/lb"
 	"github.com/podmesh/podmesh/proxy"
+	"github.com/podmesh/podmesh/tracing"
 )
 
 func env(kv ...string) func(string) string {
@@ -47,6 +48,8 @@ func TestParseFlags(t *testing.T) {
 		"retry_on":       strings.Join(c.Upstreams[0].RetryOn, ",") == "connect-failure,refused-stream,idempotent",
 		"breakers":       c.Upstreams[0].Breakers == Breakers{1024, 1024, 1024, 0},
 		"budget":         c.Upstreams[0].Budget == Budget{20, 3},
+		"tracing off":    c.TraceEndpoint == "" && *c.TraceSample == 1 && !c.AccessLog,
+		"propagation":    c.TracePropagation.String() == "w3c,b3,b3multi",
 	}
 	for k, ok := range want {
 		if ok != true {
@@ -96,6 +99,10 @@ func TestParseErrors(t *testing.T) {
 		{"bad check path", with("-check-http", "healthz"), "config: check.http: \"healthz\": want a path starting with /"},
 		{"stray argument", with("extra"), "unexpected argument \"extra\""},
 		{"advertise with port", with("-advertise", "10.0.0.1:80"), "config: advertise: \"10.0.0.1:80\": want a host name or IP address, without a port"},
+		{"sample above 1", with("-trace-sample", "1.5"), "config: trace_sample: \"1.5\": want a ratio from 0 to 1"},
+		{"negative sample", with("-trace-sample", "-0.1"), "config: trace_sample: \"-0.1\": want a ratio from 0 to 1"},
+		{"bad trace endpoint", with("-trace-endpoint", "ftp://collector:4318"), "config: trace_endpoint: \"ftp://collector:4318\": want host:port or an http:// or https:// URL"},
+		{"bad propagation", with("-trace-propagation", "w3c,jaeger"), "invalid value \"w3c,jaeger\" for flag -trace-propagation: tracing: propagation format \"jaeger\": want w3c, b3, b3multi or all"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := Parse(tc.args, env(), io.Discard)
@@ -176,6 +183,10 @@ advertise: 10.0.0.5
 app: 127.0.0.1:8080
 metrics: 0.0.0.0:9102
 register: false
+trace_endpoint: collector:4318
+trace_sample: 0.25
+trace_propagation: b3,b3multi
+access_log: true
 tags: [v1]
 check:
   http: /healthz
@@ -216,6 +227,10 @@ func TestLoadYAML(t *testing.T) {
 	if c.ID != "web-10.0.0.5-21000" || c.Protocol != "grpc" || *c.Register || c.Check.TTL != Duration(3*time.Second) ||
 		c.Limits.MaxHeaderBytes != 16384 || c.DrainTimeout != Duration(3*time.Second) {
 		t.Errorf("service fields: %+v", c)
+	}
+	if c.Metrics != "0.0.0.0:9102" || c.TraceEndpoint != "collector:4318" || *c.TraceSample != 0.25 ||
+		c.TracePropagation != tracing.PropagateB3Single|tracing.PropagateB3Multi || !c.AccessLog {
+		t.Errorf("observability fields: %+v", c)
 	}
 	if prices.Listen != "127.0.0.1:9009" || prices.LB != "least_request" {
 		t.Errorf("prices: %+v", prices)
@@ -304,4 +319,50 @@ func FuzzLoadYAML(f *testing.F) {
 			}
 		}
 	})
+}
+
+// The observability flags override the file, and tracing follows the OTEL_* environment
+// when no endpoint is configured.
+func TestParseObservability(t *testing.T) {
+	c, err := Parse([]string{"-upstream", "db=127.0.0.1:5432", "-tls=false", "-metrics", "127.0.0.1:15090",
+		"-trace-endpoint", "http://127.0.0.1:4318", "-trace-sample", "0", "-trace-propagation", "w3c", "-access-log"},
+		env(), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Metrics != "127.0.0.1:15090" || c.TraceEndpoint != "http://127.0.0.1:4318" || *c.TraceSample != 0 ||
+		c.TracePropagation != tracing.PropagateW3C || !c.AccessLog {
+		t.Errorf("%+v", c)
+	}
+
+	c, err = Parse([]string{"-upstream", "db=127.0.0.1:5432", "-tls=false"}, env(), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		env, val string
+		on       bool
+		endpoint string
+	}{
+		{"", "", false, ""},
+		{tracing.EnvEndpoint, "http://127.0.0.1:4318", true, "http://127.0.0.1:4318/v1/traces"},
+		{tracing.EnvTracesEndpoint, "http://127.0.0.1:4319/v1/traces", true, "http://127.0.0.1:4319/v1/traces"},
+	} {
+		t.Run(tc.env, func(t *testing.T) {
+			if tc.env != "" {
+				t.Setenv(tc.env, tc.val)
+			}
+			s, err := New(c, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := s.startTracing(t.Context()); err != nil {
+				t.Fatal(err)
+			}
+			defer s.stopTracing(t.Context())
+			if s.Tracer().Enabled() != tc.on || s.Tracer().Endpoint() != tc.endpoint {
+				t.Errorf("enabled %v endpoint %q", s.Tracer().Enabled(), s.Tracer().Endpoint())
+			}
+		})
+	}
 }

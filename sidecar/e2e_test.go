@@ -141,6 +141,12 @@ func plainUnlessTLS(args []string) []string {
 // runs the sidecar and waits until it is ready.
 func runSidecar(t *testing.T, registry string, edit func(*Config), args ...string) *running {
 	t.Helper()
+	return runSidecarWith(t, registry, edit, nil, args...)
+}
+
+// runSidecarWith is runSidecar with Options.
+func runSidecarWith(t *testing.T, registry string, edit func(*Config), opts []Option, args ...string) *running {
+	t.Helper()
 	args = append(plainUnlessTLS(args), "-registry", registry)
 	if !strings.Contains(strings.Join(args, " "), "-admin") {
 		args = append(args, "-admin", "127.0.0.1:0")
@@ -159,7 +165,7 @@ func runSidecar(t *testing.T, registry string, edit func(*Config), args ...strin
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	sc, err := New(cfg, slog.New(slog.DiscardHandler))
+	sc, err := New(cfg, slog.New(slog.DiscardHandler), opts...)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -325,9 +325,10 @@ func (s *Sidecar) startTracing(ctx context.Context) error {
 	return nil
 }
 
-// stopTracing exports what is queued, for at most two seconds.
+// stopTracing exports what is queued, for at most a second (the drain has used most of
+// the stop grace by then).
 func (s *Sidecar) stopTracing(ctx context.Context) {
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()
 	if err := s.tracer.Shutdown(ctx); err != nil {
 		s.log.Warn("tracing: shutdown", "err", err)

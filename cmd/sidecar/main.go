@@ -5,6 +5,12 @@
 //	        -admin ADDR -registry URL
 //	sidecar -config FILE
 //
+// Observability: -metrics ADDR serves GET /metrics alone (advertised as meta metrics_port;
+// the admin listener serves it too), -trace-endpoint URL exports spans over OTLP/HTTP (or
+// the OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT environment), -trace-sample RATIO and
+// -trace-propagation w3c,b3,b3multi tune them, -access-log writes a JSON line per request
+// with its trace and span IDs on stderr.
+//
 // SIGTERM (or SIGINT) deregisters the instance and drains: listeners stop accepting,
 // requests and sessions in flight finish until the drain timeout, then the rest is closed.
 package main
