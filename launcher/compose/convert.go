@@ -82,18 +82,18 @@ func (c *converter) projectMesh(v any) ProjectMesh {
 	}
 	m.Bridge, _ = c.str("x-podmesh.bridge", raw["bridge"])
 	m.Registry, _ = c.str("x-podmesh.registry", raw["registry"])
-	if s, ok := c.str("x-podmesh.trace_endpoint", raw["trace_endpoint"]); ok && s != "" {
-		if _, err := TraceTarget(s); err != nil {
-			c.fail("x-podmesh.trace_endpoint", "%v", err)
-		} else {
-			m.TraceEndpoint = s
-		}
-	}
 	if s, ok := c.str("x-podmesh.default_policy", raw["default_policy"]); ok && s != "" {
 		if s != PolicyAllow && s != PolicyDeny {
 			c.fail("x-podmesh.default_policy", "must be %q or %q, not %q", PolicyAllow, PolicyDeny, s)
 		} else {
 			m.DefaultPolicy = s
+		}
+	}
+	if s, ok := c.str("x-podmesh.trace_endpoint", raw["trace_endpoint"]); ok && s != "" {
+		if _, err := TraceTarget(s); err != nil {
+			c.fail("x-podmesh.trace_endpoint", "%v", err)
+		} else {
+			m.TraceEndpoint = s
 		}
 	}
 	return m
