@@ -227,7 +227,7 @@ services:
 				return &Project{
 					Name:     "shop",
 					Services: []Service{db, cache, web}, // dependencies first, then file order
-					Mesh:     ProjectMesh{Subnet: mustPrefix("10.90.0.0/16"), Bridge: "pm1", Registry: "http://127.0.0.1:8500", DefaultPolicy: PolicyDeny,
+					Mesh: ProjectMesh{Subnet: mustPrefix("10.90.0.0/16"), Bridge: "pm1", Registry: "http://127.0.0.1:8500", DefaultPolicy: PolicyDeny,
 						TraceEndpoint: "http://127.0.0.1:4318"},
 				}
 			},
