@@ -30,8 +30,8 @@ func SidecarUser() *initproc.User {
 }
 
 // Guards are the destinations a pod's app may not reach: the relays (the gateway addresses
-// and ports pods reach the registry and the trace collector at; invalid ones are skipped)
-// and the sidecar's admin listener. The supervisor plans them into every pod's network.
+// and ports pods reach the registry and the trace collector at, and the launcher's metrics
+// listener; invalid ones are skipped) and the sidecar's admin listener. The supervisor plans them into every pod's network.
 func Guards(relays ...netip.AddrPort) []netns.Guard {
 	g := []netns.Guard{{Addr: netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), AdminPort), UID: SidecarUID}}
 	for _, r := range relays {

@@ -210,6 +210,20 @@ func (s *Supervisor) startMetrics(addr string) (*metricsServer, error) {
 	return m, nil
 }
 
+// metricsGuard is the launcher's metrics listener as the pods could reach it (on the
+// gateway address), so that their apps cannot: it is for Prometheus on the host. Invalid
+// when there is none or the pods cannot reach it.
+func (s *Supervisor) metricsGuard() netip.AddrPort {
+	if s.metrics == nil {
+		return netip.AddrPort{}
+	}
+	gw := s.state.get().Network.Gateway()
+	if a := s.metrics.addr.Addr(); a != gw && !a.IsUnspecified() {
+		return netip.AddrPort{}
+	}
+	return netip.AddrPortFrom(gw, s.metrics.addr.Port())
+}
+
 // close stops the listener and waits for its server to end: at most 2s for the scrapes
 // under way.
 func (m *metricsServer) close(ctx context.Context) {

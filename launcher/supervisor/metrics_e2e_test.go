@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -258,6 +259,15 @@ func TestLauncherMetrics(t *testing.T) {
 		}
 		return nil
 	})
+
+	// Both listeners on the gateway are for the host and the sidecars, not the apps.
+	for _, url := range []string{metricsURL, fmt.Sprintf("http://%s:%d/v1/traces", gw, supervisor.DefaultTracePort)} {
+		out, err := exec.Command("nsenter", "-t", fmt.Sprint(web.Pid), "-n", "setpriv", "--reuid=65534", "--regid=65534",
+			"--clear-groups", testApp, "-probe", url).CombinedOutput()
+		if err == nil || !strings.Contains(string(out), "connection refused") {
+			t.Errorf("web-1's app: GET %s: %v %s; want the connection refused", url, err, out)
+		}
+	}
 
 	// A killed app is a restart; the hog's allocations beyond its limit an OOM kill.
 	if err := syscall.Kill(web.Pid, syscall.SIGKILL); err != nil {

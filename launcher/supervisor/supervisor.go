@@ -415,7 +415,7 @@ func (s *Supervisor) startServices(ctx context.Context) error {
 				np.Open = []uint16{pod.InboundPort, pod.MetricsPort}
 			}
 			// The relays and the sidecar's admin listener: for the sidecar only.
-			np.Guard = pod.Guards(s.relayAddr, s.traceAddr)
+			np.Guard = pod.Guards(s.relayAddr, s.traceAddr, s.metricsGuard())
 			planned = append(planned, np)
 			name := fmt.Sprintf("%s-%d", svc.Name, r)
 			if svc.Mesh.Port > 0 {
