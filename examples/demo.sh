@@ -12,8 +12,10 @@
 #
 # When `make tools` has built Prometheus and Jaeger (in ~/.cache/podmesh/bin), the demo also
 # runs them on loopback: Prometheus with deploy/prometheus/prometheus.yml pointed at the
-# launcher's registry, so it discovers the sidecars and the registry; "where to look" prints
-# their addresses and how to point Grafana at deploy/grafana/provisioning.
+# launcher's registry, so it discovers the sidecars, the registry and the launcher; Jaeger
+# starts first and `launcher up -trace-endpoint` hands its OTLP address to every sidecar
+# (through the launcher's relay on the bridge); "where to look" prints their addresses, the
+# frontend's trace count and link, and how to point Grafana at deploy/grafana/provisioning.
 #
 # Environment (optional): BIN (./bin), RATE (50 requests/s), STEADY (3s), KILL_LOAD (6s),
 # SHOP_EXPOSE (the host address of the frontend; default the first free of
