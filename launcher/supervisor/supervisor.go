@@ -12,6 +12,11 @@
 // with -http ADDR -data DIR unless -registry names one already running (a Consul agent
 // works). Services with x-podmesh.expose are reached from the host through the project's
 // ingress, a sidecar in the host's network namespace (ingress.go).
+//
+// The launcher serves the metrics of docs/metrics.md's launcher table, read from each pod's
+// cgroup files and state, on Config.MetricsAddr and registers itself there as
+// podmesh-launcher (metrics.go); with a trace endpoint, the sidecars send their spans to it
+// through a relay on the bridge's gateway, like the registry relay.
 package supervisor
 
 import (
