@@ -669,7 +669,7 @@ func TestKilledLauncherThenDown(t *testing.T) {
 	e.waitFor("worker-1", 60*time.Second, healthy)
 	e.waitFor("ingress-0", 60*time.Second, healthy)
 	testutil.Eventually(t, 30*time.Second, 20*time.Millisecond, func() error {
-		if e.reg.registered("web-1") == nil || e.reg.registered("web-2") == nil {
+		if e.reg.registered("web-1") == nil || e.reg.registered("web-2") == nil || e.reg.registered(supervisor.LauncherID(e.project)) == nil {
 			return fmt.Errorf("not registered yet: %v", e.reg.events())
 		}
 		return nil
@@ -687,8 +687,8 @@ func TestKilledLauncherThenDown(t *testing.T) {
 	if out, err := e.runInOtherCgroup("down", "-p", e.project); err != nil {
 		t.Fatalf("down after kill: %v\n%s", err, out)
 	}
-	if e.reg.registered("web-1") != nil || e.reg.registered("web-2") != nil {
-		t.Errorf("a killed launcher's instances are still registered after down: %v", e.reg.events())
+	if e.reg.registered("web-1") != nil || e.reg.registered("web-2") != nil || e.reg.registered(supervisor.LauncherID(e.project)) != nil {
+		t.Errorf("a killed launcher's instances (or its own) are still registered after down: %v", e.reg.events())
 	}
 	after := podtest.Leftovers(t, e.project, e.bridge)
 	if strings.Join(before, "\n") != strings.Join(after, "\n") {
