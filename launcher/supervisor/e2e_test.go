@@ -241,6 +241,7 @@ type env struct {
 	stateDir string
 	logDir   string
 	reg      *registry
+	launcher int // pid of the `up` process start ran, 0 before
 	project  string
 	bridge   string
 	subnet   netip.Prefix
@@ -306,6 +307,7 @@ func (e *env) startArgs(file string, up ...string) *exec.Cmd {
 	if err := cmd.Start(); err != nil {
 		e.t.Fatal(err)
 	}
+	e.launcher = cmd.Process.Pid
 	e.t.Cleanup(func() {
 		if cmd.ProcessState == nil {
 			_ = cmd.Process.Signal(syscall.SIGTERM)
@@ -358,6 +360,11 @@ func (e *env) waitFor(name string, timeout time.Duration, cond func(supervisor.R
 	e.t.Helper()
 	var last supervisor.Row
 	testutil.Eventually(e.t, timeout, 20*time.Millisecond, func() error {
+		// A launcher that has exited (a zombie until the test reaps it) will not get there:
+		// say so now rather than after the whole timeout.
+		if e.launcher > 0 && exited(e.launcher) {
+			e.t.Fatalf("waiting for pod %s: the launcher (pid %d) has exited; last seen %+v", name, e.launcher, last)
+		}
 		for _, r := range e.ps() {
 			if r.Name == name {
 				last = r
@@ -370,6 +377,16 @@ func (e *env) waitFor(name string, timeout time.Duration, cond func(supervisor.R
 		return fmt.Errorf("pod %s not listed", name)
 	})
 	return last
+}
+
+// exited reports whether process pid is gone or a zombie.
+func exited(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return true
+	}
+	i := strings.LastIndexByte(string(b), ')')
+	return i >= 0 && strings.HasPrefix(string(b[i:]), ") Z")
 }
 
 func healthy(r supervisor.Row) bool { return r.State == "running" && r.Health == pod.HealthHealthy }
@@ -865,7 +882,19 @@ func TestTrafficDuringRestart(t *testing.T) {
 	}
 	t.Logf("%d failed requests around the restart", len(failures))
 	if !restarted || seen["catalog-1"] < 5 || seen["catalog-2"] < 5 {
-		t.Fatalf("after the restart: restarted %v, served by %v; failures %v", restarted, seen, failures)
+		if m, err := cgroups.New(cgroups.Config{Name: supervisor.CgroupName(e.project)}); err == nil {
+			if cg, err := m.Open(netns.PinName(e.project, "catalog", 1)); err == nil {
+				pids, _ := cg.MemberPids(cgroups.Sidecar)
+				for _, pid := range pids {
+					_ = syscall.Kill(pid, syscall.SIGQUIT)
+				}
+				t.Logf("SIGQUIT to catalog-1's sidecar %v (goroutine dump in its log below)", pids)
+				time.Sleep(time.Second)
+			}
+		}
+		app, _ := os.ReadFile(filepath.Join(e.logDir, e.project, "catalog-1", "app.log"))
+		side, _ := os.ReadFile(filepath.Join(e.logDir, e.project, "catalog-1", "sidecar.log"))
+		t.Fatalf("after the restart: restarted %v, served by %v; failures %v\ncatalog-1 app.log:\n%s\nsidecar.log:\n%s", restarted, seen, failures, app, side)
 	}
 	if after := e.waitFor("catalog-1", time.Second, healthy); after.Addr != victim.Addr {
 		t.Errorf("catalog-1 moved from %v to %v", victim.Addr, after.Addr)
@@ -947,6 +976,12 @@ func TestOwnRegistry(t *testing.T) {
 	}
 	// A request crosses the ingress and two sidecars.
 	throughIngress(t, expose, "hello from catalog-1\n via frontend-1")
+
+	// The registry's output goes through the pods' log files (size-rotated), line by line.
+	regLog := readFile(t, filepath.Join(e.logDir, e.project, "registry.log"))
+	if first, _, _ := strings.Cut(regLog, "\n"); !strings.Contains(first, " stderr ") && !strings.Contains(first, " stdout ") {
+		t.Errorf("registry.log does not hold timestamped stream lines: %q", first)
+	}
 
 	// The registry dies: the launcher restarts it on the same address, the instances are
 	// passing there again, and requests go on crossing the mesh.

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/podmesh/podmesh/launcher/compose"
+	"github.com/podmesh/podmesh/launcher/logs"
 )
 
 // registryProc is the registry the launcher started.
@@ -101,16 +102,34 @@ func startRegistry(ctx context.Context, cfg Config, dir string, sf *stateFile, p
 	if err := os.MkdirAll(data, 0o755); err != nil {
 		return nil, fmt.Errorf("supervisor: registry data dir: %w", err)
 	}
-	logf, err := os.OpenFile(filepath.Join(cfg.LogDir, sf.get().Project, "registry.log"), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o640)
+	// Size-rotated like the pods' logs (cfg.LogPolicy), closed once the registry has exited
+	// and its output is drained.
+	logf, err := logs.Open(filepath.Join(cfg.LogDir, sf.get().Project, "registry.log"), cfg.LogPolicy)
 	if err != nil {
-		if err := os.MkdirAll(filepath.Join(cfg.LogDir, sf.get().Project), 0o755); err != nil {
-			return nil, fmt.Errorf("supervisor: registry log: %w", err)
-		}
-		if logf, err = os.OpenFile(filepath.Join(cfg.LogDir, sf.get().Project, "registry.log"), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o640); err != nil {
-			return nil, fmt.Errorf("supervisor: registry log: %w", err)
-		}
+		return nil, fmt.Errorf("supervisor: registry log: %w", err)
 	}
-	defer logf.Close()
+	out, outDone, err := logf.Capture("stdout")
+	if err != nil {
+		logf.Close()
+		return nil, fmt.Errorf("supervisor: registry log: %w", err)
+	}
+	errw, errDone, err := logf.Capture("stderr")
+	if err != nil {
+		out.Close()
+		<-outDone
+		logf.Close()
+		return nil, fmt.Errorf("supervisor: registry log: %w", err)
+	}
+	started := false
+	defer func() {
+		out.Close()
+		errw.Close()
+		if !started {
+			<-outDone
+			<-errDone
+			logf.Close()
+		}
+	}()
 	exe, err := resolveExe(cfg.RegistryBin)
 	if err != nil {
 		return nil, fmt.Errorf("supervisor: registry program: %w", err)
@@ -128,12 +147,18 @@ func startRegistry(ctx context.Context, cfg Config, dir string, sf *stateFile, p
 		return nil, err
 	}
 	cmd := exec.Command(exe, args...)
-	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.Stdout, cmd.Stderr = out, errw
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true} // not killed by the terminal's Ctrl-C before the pods deregister
 	done, err := startChild(cmd)
 	if err != nil {
 		return nil, fmt.Errorf("supervisor: start registry %s: %w", exe, err)
 	}
+	started = true
+	go func() {
+		<-outDone
+		<-errDone
+		logf.Close()
+	}()
 	r := &registryProc{cmd: cmd, addr: addr, done: done}
 	start, _ := procStart(cmd.Process.Pid)
 	if err := sf.update(func(st *State) {
