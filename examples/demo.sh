@@ -12,8 +12,10 @@
 #
 # When `make tools` has built Prometheus and Jaeger (in ~/.cache/podmesh/bin), the demo also
 # runs them on loopback: Prometheus with deploy/prometheus/prometheus.yml pointed at the
-# launcher's registry, so it discovers the sidecars and the registry; "where to look" prints
-# their addresses and how to point Grafana at deploy/grafana/provisioning.
+# launcher's registry, so it discovers the sidecars, the registry and the launcher; Jaeger
+# starts first and `launcher up -trace-endpoint` hands its OTLP address to every sidecar
+# (through the launcher's relay on the bridge); "where to look" prints their addresses, the
+# frontend's trace count and link, and how to point Grafana at deploy/grafana/provisioning.
 #
 # Environment (optional): BIN (./bin), RATE (50 requests/s), STEADY (3s), KILL_LOAD (6s),
 # SHOP_EXPOSE (the host address of the frontend; default the first free of
@@ -126,9 +128,11 @@ PROMETHEUS=$(newest prometheus)
 JAEGER=$(newest jaeger)
 PROM_URL=""
 JAEGER_URL=""
-# start_observability runs Prometheus (the shipped scrape configuration, pointed at the
-# launcher's registry, scraping every 2s) and Jaeger (in memory) in the background.
-start_observability() {
+JAEGER_OTLP=""
+# start_prometheus runs Prometheus (the shipped scrape configuration, pointed at the
+# launcher's registry, scraping every 2s) in the background: it discovers the sidecars, the
+# registry and the launcher there.
+start_prometheus() {
   local reg obs=$tmp/obs
   mkdir -p "$obs"
   reg=$(sed -n 's/.*"registry_url": *"\(http:\/\/\)\{0,1\}\([^"]*\)".*/\2/p' "$STATE/$PROJECT/state.json" 2>/dev/null | head -n 1)
@@ -144,6 +148,12 @@ start_observability() {
       PROM_URL=http://127.0.0.1:$port
     fi
   fi
+}
+# start_jaeger runs Jaeger (in memory) in the background, before the launcher, which hands
+# its OTLP address to every sidecar (up -trace-endpoint, through its relay on the bridge).
+start_jaeger() {
+  local obs=$tmp/obs
+  mkdir -p "$obs"
   if [ -n "$JAEGER" ]; then
     local ui grpc otlp
     ui=$(free_from 16686); grpc=$(free_from 16685); otlp=$(free_from 4318)
@@ -171,10 +181,11 @@ JAEGER
 }
 
 say "starting the shop: the registry, 4 pods (prices, catalog ×2, frontend) and the ingress"
+start_jaeger
 t0=$(date +%s%N)
-show up -d -f "$COMPOSE"
+show up -d -f "$COMPOSE" ${JAEGER_OTLP:+-trace-endpoint "$JAEGER_OTLP"}
 up=1
-start_observability
+start_prometheus
 # Healthy: every row of ps healthy, and the frontend answering through the ingress.
 ready=0
 for _ in $(seq 1 300); do
@@ -240,7 +251,7 @@ where_to_look() {
       [ "${targets:-0}" -gt 0 ] && break
       sleep 0.1
     done
-    echo "Prometheus:       $PROM_URL (deploy/prometheus/prometheus.yml on the registry; ${targets:-0} targets up so far: sidecars, registry)"
+    echo "Prometheus:       $PROM_URL (deploy/prometheus/prometheus.yml on the registry; ${targets:-0} targets up so far: sidecars, registry, launcher)"
   else
     echo "Prometheus:       not running: build it with make tools (it lands in $TOOLBIN), then run this demo again;"
     echo "                  or run your own with deploy/prometheus/prometheus.yml (see deploy/prometheus/README.md)"
@@ -252,8 +263,16 @@ where_to_look() {
     sleep 0.1
   done
   if [ "$jaeger_up" = 1 ]; then
-    echo "Jaeger:           $JAEGER_URL (OTLP/HTTP on $JAEGER_OTLP; the demo's sidecars do not send spans yet: the"
-    echo "                  launcher has no -trace-endpoint to hand them)"
+    # The sidecars send their spans in batches (at most 5s apart): wait for the frontend's.
+    local traces=0
+    for _ in $(seq 1 70); do
+      traces=$(curl -fsS -m 2 "$JAEGER_URL/api/traces?service=frontend&limit=2000&lookback=1h" 2>/dev/null |
+        grep -o '"traceID":"[0-9a-f]*"' | sort -u | grep -c . || true)
+      [ "${traces:-0}" -gt 0 ] && break
+      sleep 0.1
+    done
+    echo "Jaeger:           $JAEGER_URL (OTLP/HTTP on $JAEGER_OTLP, which the sidecars reach through the launcher's relay)"
+    echo "                  ${traces:-0} traces of the frontend so far: $JAEGER_URL/search?service=frontend"
   elif [ -n "$JAEGER_URL" ]; then
     echo "Jaeger:           $JAEGER did not answer on $JAEGER_URL: $(tail -n 3 "$tmp/obs/jaeger.log" 2>/dev/null | tr '\n' ' ')"
   else

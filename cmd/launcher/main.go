@@ -1,6 +1,9 @@
 // Command launcher runs a Compose file's services as isolated, meshed pods.
 //
-//	launcher [flags] up [-d] [-f FILE]   start (foreground; -d in the background)
+//	launcher [flags] up [-d] [-f FILE] [-metrics ADDR] [-trace-endpoint URL]
+//	                                     start (foreground; -d in the background); metrics on
+//	                                     ADDR (default gateway:15091, the bridge's gateway),
+//	                                     sidecars' spans to URL through a relay
 //	launcher [flags] ps [-f FILE | -p NAME]
 //	launcher [flags] logs [-follow] [-c app|sidecar|init] [-p NAME] SERVICE[/REPLICA]
 //	launcher [flags] down [-f FILE | -p NAME]

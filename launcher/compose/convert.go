@@ -3,6 +3,7 @@ package compose
 import (
 	"fmt"
 	"math"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -86,6 +87,13 @@ func (c *converter) projectMesh(v any) ProjectMesh {
 			c.fail("x-podmesh.default_policy", "must be %q or %q, not %q", PolicyAllow, PolicyDeny, s)
 		} else {
 			m.DefaultPolicy = s
+		}
+	}
+	if s, ok := c.str("x-podmesh.trace_endpoint", raw["trace_endpoint"]); ok && s != "" {
+		if _, err := TraceTarget(s); err != nil {
+			c.fail("x-podmesh.trace_endpoint", "%v", err)
+		} else {
+			m.TraceEndpoint = s
 		}
 	}
 	return m
@@ -506,4 +514,20 @@ func toInt(v any) (int, error) {
 		return strconv.Atoi(strings.TrimSpace(v))
 	}
 	return 0, fmt.Errorf("unexpected type %T", v)
+}
+
+// TraceTarget is the host:port of a trace collector given as host:port or as an http:// URL
+// (a path is ignored: the sidecar adds OTLP's /v1/traces).
+func TraceTarget(endpoint string) (string, error) {
+	rest := endpoint
+	if r, ok := strings.CutPrefix(endpoint, "http://"); ok {
+		rest, _, _ = strings.Cut(r, "/")
+	} else if strings.Contains(endpoint, "://") {
+		return "", fmt.Errorf("trace endpoint %q: want host:port or http://host:port", endpoint)
+	}
+	host, port, err := net.SplitHostPort(rest)
+	if err != nil || host == "" || port == "" {
+		return "", fmt.Errorf("trace endpoint %q: want host:port or http://host:port", endpoint)
+	}
+	return rest, nil
 }

@@ -16,6 +16,7 @@ func FuzzLoad(f *testing.F) {
 		"services:\n  web:\n    image: nginx\n",
 		"services:\n  a: {command: x, depends_on: [b]}\n  b: {command: x, depends_on: [a]}\n",
 		"services:\n  web: {command: x, environment: {A: '${B:-c}'}, deploy: {replicas: 2, resources: {limits: {cpus: 0.5, memory: 64m, pids: 20}}}}\n",
+		"x-podmesh: {trace_endpoint: 'http://127.0.0.1:4318/v1/traces', default_policy: deny}\nservices:\n  web: {command: x}\n",
 		"a: &a [*a]\n",
 		"services: [\n",
 	}
@@ -37,6 +38,11 @@ func FuzzLoad(f *testing.F) {
 		}
 		if len(p.Services) == 0 {
 			t.Fatal("accepted a project without services")
+		}
+		if e := p.Mesh.TraceEndpoint; e != "" {
+			if _, err := TraceTarget(e); err != nil {
+				t.Fatalf("accepted trace endpoint %q: %v", e, err)
+			}
 		}
 		for _, s := range p.Services {
 			if len(s.Command) == 0 || s.Command[0] == "" {

@@ -72,7 +72,7 @@ var (
 		"stop_grace_period": nil,
 		"x-podmesh":         serviceMeshSpec,
 	}, ext: true}
-	projectMeshSpec = &spec{keys: map[string]*spec{"subnet": nil, "bridge": nil, "registry": nil, "default_policy": nil}, own: true}
+	projectMeshSpec = &spec{keys: map[string]*spec{"subnet": nil, "bridge": nil, "registry": nil, "default_policy": nil, "trace_endpoint": nil}, own: true}
 	topSpec         = &spec{keys: map[string]*spec{
 		"name":      nil,
 		"version":   nil, // obsolete, accepted and ignored as compose does

@@ -144,6 +144,7 @@ x-podmesh:
   bridge: pm1
   registry: http://127.0.0.1:8500
   default_policy: deny
+  trace_endpoint: http://127.0.0.1:4318
 services:
   web:
     entrypoint: ["/usr/bin/env"]
@@ -226,7 +227,8 @@ services:
 				return &Project{
 					Name:     "shop",
 					Services: []Service{db, cache, web}, // dependencies first, then file order
-					Mesh:     ProjectMesh{Subnet: mustPrefix("10.90.0.0/16"), Bridge: "pm1", Registry: "http://127.0.0.1:8500", DefaultPolicy: PolicyDeny},
+					Mesh: ProjectMesh{Subnet: mustPrefix("10.90.0.0/16"), Bridge: "pm1", Registry: "http://127.0.0.1:8500", DefaultPolicy: PolicyDeny,
+						TraceEndpoint: "http://127.0.0.1:4318"},
 				}
 			},
 		},
@@ -706,8 +708,9 @@ compose.yaml:10: services.worker.x-podmesh.expose: 127.0.0.1:8081: only a servic
 		},
 		{
 			name: "project mesh",
-			yaml: "x-podmesh:\n  subnet: fd00::/64\n  bridge: averyveryverylongbridgename\n  registry: ftp://x\n  default_policy: Deny\nservices:\n  web: {command: x}\n",
+			yaml: "x-podmesh:\n  subnet: fd00::/64\n  bridge: averyveryverylongbridgename\n  registry: ftp://x\n  default_policy: Deny\n  trace_endpoint: grpc://c:4317\nservices:\n  web: {command: x}\n",
 			want: `compose.yaml:5: x-podmesh.default_policy: must be "allow" or "deny", not "Deny"
+compose.yaml:6: x-podmesh.trace_endpoint: trace endpoint "grpc://c:4317": want host:port or http://host:port
 compose.yaml:2: x-podmesh.subnet: fd00::/64: only IPv4 subnets are supported
 compose.yaml:3: x-podmesh.bridge: invalid interface name "averyveryverylongbridgename" (at most 15 characters, no '/', ':' or spaces)
 compose.yaml:4: x-podmesh.registry: "ftp://x": only http:// is supported (the pods reach the registry through a plain TCP relay)`,
@@ -910,5 +913,25 @@ func TestProjectNameFromDirectory(t *testing.T) {
 	}
 	if p.Dir != filepath.Join(dir, "My Shop_2") {
 		t.Errorf("Dir %q", p.Dir)
+	}
+}
+
+func TestTraceTarget(t *testing.T) {
+	for in, want := range map[string]string{
+		"jaeger:4318":                  "jaeger:4318",
+		"http://127.0.0.1:4318":        "127.0.0.1:4318",
+		"http://c:4318/v1/traces":      "c:4318",
+		"http://[::1]:4318":            "[::1]:4318",
+		"https://c:4318":               "",
+		"c":                            "",
+		"http://c":                     "",
+		":4318":                        "",
+		"":                             "",
+		"grpc://collector.example:443": "",
+	} {
+		got, err := TraceTarget(in)
+		if (err != nil) != (want == "") || got != want {
+			t.Errorf("TraceTarget(%q) = %q, %v; want %q", in, got, err, want)
+		}
 	}
 }

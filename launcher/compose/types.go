@@ -38,6 +38,10 @@ type ProjectMesh struct {
 	// ingress to its exposed services) are allowed: the launcher creates an allow intention
 	// for each, and starts its own registry with that default.
 	DefaultPolicy string
+	// TraceEndpoint is the trace collector (OTLP/HTTP, host:port or http://host:port) the
+	// sidecars send spans to, through the launcher's relay; `launcher up -trace-endpoint`
+	// overrides it. "" = no tracing.
+	TraceEndpoint string
 }
 
 // Default intention policies (ProjectMesh.DefaultPolicy).

@@ -39,6 +39,20 @@ type Stats struct {
 	OOMKills uint64        // processes the kernel killed for exceeding the memory limit
 }
 
+// Usage is what the launcher's metrics show of a pod cgroup: its Stats, its limits as the
+// cgroup files say, and the usage of the members (Children) it knows.
+type Usage struct {
+	Stats
+	MemoryLimit uint64           // bytes; 0 = none
+	CPULimit    float64          // cores; 0 = none
+	Members     map[string]Stats // by child cgroup name; OOMKills unset
+}
+
+// UsageReader is a Cgroup that also reports Usage (the host's does; test fakes need not).
+type UsageReader interface {
+	Usage() (Usage, error)
+}
+
 // Registry is where a pod registers its instance; the supervisor implements it over
 // consul/api.
 type Registry interface {

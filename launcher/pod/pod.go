@@ -62,6 +62,7 @@ type Config struct {
 	Exe         string // binary re-executed as init; "" = /proc/self/exe
 	SidecarBin  string // the sidecar program
 	RegistryURL string // the registry as the sidecar reaches it from inside the pod
+	TraceURL    string // the trace collector (OTLP/HTTP) as the sidecar reaches it; "" = none
 
 	Cgroups  Cgroups
 	Registry Registry // nil: not registered
@@ -179,6 +180,22 @@ func (p *Pod) Stats() (Stats, error) {
 		return Stats{}, nil
 	}
 	return cg.Stats()
+}
+
+// ErrNoUsage is returned by Usage while the pod has no cgroup (not created yet, or removed),
+// or when its cgroup does not report usage.
+var ErrNoUsage = errors.New("pod: no cgroup usage")
+
+// Usage reads the pod cgroup's usage, limits and members for the metrics.
+func (p *Pod) Usage() (Usage, error) {
+	p.mu.Lock()
+	cg := p.cg
+	p.mu.Unlock()
+	u, ok := cg.(UsageReader)
+	if !ok {
+		return Usage{}, ErrNoUsage
+	}
+	return u.Usage()
 }
 
 // WaitFor blocks until cond holds for the pod's Info, or ctx ends.
@@ -331,6 +348,7 @@ func (p *Pod) prepare() error {
 		if err != nil {
 			return err
 		}
+		sc.TraceEndpoint = p.cfg.TraceURL
 		b, err := sc.Marshal()
 		if err != nil {
 			return err

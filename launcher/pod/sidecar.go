@@ -29,13 +29,15 @@ func SidecarUser() *initproc.User {
 	return &initproc.User{UID: SidecarUID, GID: SidecarUID, Groups: []uint32{SidecarUID}}
 }
 
-// Guards are the destinations a pod's app may not reach: the registry relay (relay, the
-// gateway address and port pods reach the registry at; invalid when there is none) and
-// the sidecar's admin listener. The supervisor plans them into every pod's network.
-func Guards(relay netip.AddrPort) []netns.Guard {
+// Guards are the destinations a pod's app may not reach: the relays (the gateway addresses
+// and ports pods reach the registry and the trace collector at, and the launcher's metrics
+// listener; invalid ones are skipped) and the sidecar's admin listener. The supervisor plans them into every pod's network.
+func Guards(relays ...netip.AddrPort) []netns.Guard {
 	g := []netns.Guard{{Addr: netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), AdminPort), UID: SidecarUID}}
-	if relay.IsValid() {
-		g = append(g, netns.Guard{Addr: relay, UID: SidecarUID})
+	for _, r := range relays {
+		if r.IsValid() {
+			g = append(g, netns.Guard{Addr: r, UID: SidecarUID})
+		}
 	}
 	return g
 }
@@ -68,17 +70,20 @@ const (
 // `sidecar -config FILE`. Its keys are a subset of the sidecar's own (sidecar.Config),
 // whose loader rejects unknown keys; the launcher's tests load it with that loader.
 type SidecarConfig struct {
-	Service      string            `yaml:"service"`
-	ID           string            `yaml:"id"`
-	Protocol     string            `yaml:"protocol,omitempty"`
-	Inbound      string            `yaml:"inbound,omitempty"` // "": outbound only (no x-podmesh.port)
-	App          string            `yaml:"app,omitempty"`
-	Admin        string            `yaml:"admin"`
-	Metrics      string            `yaml:"metrics,omitempty"`
-	Registry     string            `yaml:"registry"`
-	Register     bool              `yaml:"register"` // false: the launcher registers the instance
-	DrainTimeout string            `yaml:"drain_timeout,omitempty"`
-	Upstreams    []SidecarUpstream `yaml:"upstreams,omitempty"`
+	Service  string `yaml:"service"`
+	ID       string `yaml:"id"`
+	Protocol string `yaml:"protocol,omitempty"`
+	Inbound  string `yaml:"inbound,omitempty"` // "": outbound only (no x-podmesh.port)
+	App      string `yaml:"app,omitempty"`
+	Admin    string `yaml:"admin"`
+	Metrics  string `yaml:"metrics,omitempty"`
+	Registry string `yaml:"registry"`
+	// TraceEndpoint is where the sidecar sends its spans (OTLP/HTTP): the launcher's trace
+	// relay; "" = no tracing.
+	TraceEndpoint string            `yaml:"trace_endpoint,omitempty"`
+	Register      bool              `yaml:"register"` // false: the launcher registers the instance
+	DrainTimeout  string            `yaml:"drain_timeout,omitempty"`
+	Upstreams     []SidecarUpstream `yaml:"upstreams,omitempty"`
 }
 
 // SidecarUpstream is one upstream the app calls through the sidecar: its name, the local

@@ -89,6 +89,33 @@ func (h *hostPod) Stats() (pod.Stats, error) {
 	return pod.Stats{CPU: st.CPUUsage, Memory: st.MemoryCurrent, OOMKills: st.OOMKills}, nil
 }
 
+// Usage reads the pod's usage and limits from its cgroup files, and the app's and the
+// sidecar's usage from theirs.
+func (h *hostPod) Usage() (pod.Usage, error) {
+	st, err := h.p.Stats()
+	if err != nil {
+		return pod.Usage{}, err
+	}
+	u := pod.Usage{
+		Stats:       pod.Stats{CPU: st.CPUUsage, Memory: st.MemoryCurrent, OOMKills: st.OOMKills},
+		MemoryLimit: st.MemoryMax,
+		Members:     map[string]pod.Stats{},
+	}
+	l, err := h.p.Limits()
+	if err != nil {
+		return pod.Usage{}, err
+	}
+	u.CPULimit = float64(l.NanoCPUs) / 1e9
+	for _, m := range []cgroups.Member{cgroups.App, cgroups.Sidecar} {
+		ms, err := h.p.MemberStats(m)
+		if err != nil {
+			return pod.Usage{}, err
+		}
+		u.Members[string(m)] = pod.Stats{CPU: ms.CPUUsage, Memory: ms.MemoryCurrent}
+	}
+	return u, nil
+}
+
 func (h *hostPod) Delete(ctx context.Context) error {
 	if err := h.p.Kill(ctx); err != nil {
 		return err
@@ -97,6 +124,7 @@ func (h *hostPod) Delete(ctx context.Context) error {
 }
 
 var (
-	_ CgroupSystem = HostCgroups{}
-	_ pod.Cgroup   = (*hostPod)(nil)
+	_ CgroupSystem    = HostCgroups{}
+	_ pod.Cgroup      = (*hostPod)(nil)
+	_ pod.UsageReader = (*hostPod)(nil)
 )

@@ -18,7 +18,7 @@ import (
 	"github.com/podmesh/podmesh/launcher/initproc"
 )
 
-const usage = `usage: launcher [flags] up [-d] [-f FILE]
+const usage = `usage: launcher [flags] up [-d] [-f FILE] [-metrics ADDR] [-trace-endpoint URL]
        launcher [flags] ps [-f FILE | -p PROJECT]
        launcher [flags] logs [-follow] [-c app|sidecar|init] [-f FILE | -p PROJECT] SERVICE[/REPLICA]
        launcher [flags] down [-f FILE | -p PROJECT]
@@ -76,6 +76,9 @@ func CLI(ctx context.Context, args []string, stdout io.Writer) error {
 	switch cmd {
 	case "up":
 		detach := sub.Bool("d", false, "run in the background")
+		sub.StringVar(&cfg.MetricsAddr, "metrics", DefaultMetricsAddr, "serve the launcher's metrics (docs/metrics.md) at this host:port, host \""+GatewayHost+"\" being the bridge's gateway address, and register it in the registry as "+LauncherService+"; empty: no metrics")
+		sub.StringVar(&cfg.TraceEndpoint, "trace-endpoint", "", "trace collector (OTLP/HTTP, host:port or http://host:port) the sidecars send spans to, through a relay on the bridge's gateway; default the compose file's x-podmesh.trace_endpoint, else none")
+		sub.IntVar(&cfg.TracePort, "trace-port", DefaultTracePort, "port of the trace relay on the bridge's gateway address")
 		if err := sub.Parse(rest); err != nil {
 			return err
 		}

@@ -295,7 +295,13 @@ func (e *env) compose(services string) string {
 // start runs `launcher up -f file` as a separate process and returns it.
 func (e *env) start(file string) *exec.Cmd {
 	e.t.Helper()
-	cmd := exec.Command(e.bin, e.args("up", "-f", file)...)
+	return e.startArgs(file)
+}
+
+// startArgs is start with more arguments of `up`.
+func (e *env) startArgs(file string, up ...string) *exec.Cmd {
+	e.t.Helper()
+	cmd := exec.Command(e.bin, e.args(append([]string{"up", "-f", file}, up...)...)...)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
@@ -680,7 +686,7 @@ func TestKilledLauncherThenDown(t *testing.T) {
 	e.waitFor("worker-1", 60*time.Second, healthy)
 	e.waitFor("ingress-0", 60*time.Second, healthy)
 	testutil.Eventually(t, 30*time.Second, 20*time.Millisecond, func() error {
-		if e.reg.registered("web-1") == nil || e.reg.registered("web-2") == nil {
+		if e.reg.registered("web-1") == nil || e.reg.registered("web-2") == nil || e.reg.registered(supervisor.LauncherID(e.project)) == nil {
 			return fmt.Errorf("not registered yet: %v", e.reg.events())
 		}
 		return nil
@@ -698,8 +704,8 @@ func TestKilledLauncherThenDown(t *testing.T) {
 	if out, err := e.runInOtherCgroup("down", "-p", e.project); err != nil {
 		t.Fatalf("down after kill: %v\n%s", err, out)
 	}
-	if e.reg.registered("web-1") != nil || e.reg.registered("web-2") != nil {
-		t.Errorf("a killed launcher's instances are still registered after down: %v", e.reg.events())
+	if e.reg.registered("web-1") != nil || e.reg.registered("web-2") != nil || e.reg.registered(supervisor.LauncherID(e.project)) != nil {
+		t.Errorf("a killed launcher's instances (or its own) are still registered after down: %v", e.reg.events())
 	}
 	after := podtest.Leftovers(t, e.project, e.bridge)
 	if strings.Join(before, "\n") != strings.Join(after, "\n") {

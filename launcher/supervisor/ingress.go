@@ -78,7 +78,7 @@ type ingress struct {
 }
 
 // newIngress prepares the project's ingress, or returns nil when no service is exposed.
-func newIngress(cfg Config, p *compose.Project, dir string, cgs ProjectCgroups, sf *stateFile, registryURL string) (*ingress, error) {
+func newIngress(cfg Config, p *compose.Project, dir string, cgs ProjectCgroups, sf *stateFile, registryURL, traceURL string) (*ingress, error) {
 	var exposed []*compose.Service
 	var exposes []string
 	for i := range p.Services {
@@ -99,6 +99,7 @@ func newIngress(cfg Config, p *compose.Project, dir string, cgs ProjectCgroups, 
 		return nil, fmt.Errorf("supervisor: ingress admin port: %w", err)
 	}
 	conf := pod.NewIngressConfig(p.Name, exposed, admin, registryURL)
+	conf.TraceEndpoint = traceURL // in the host's network: the collector itself
 	in := &ingress{
 		cfg: cfg, dir: filepath.Join(dir, "ingress"), conf: conf, exposes: exposes, cgs: cgs, state: sf,
 		cgName:   netns.PinName(p.Name, ingressName, ingressReplica),

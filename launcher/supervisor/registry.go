@@ -236,6 +236,17 @@ func (s *Supervisor) superviseRegistry(ctx context.Context, policy string) {
 		if err := s.allowEdges(ctx, "http://"+next.addr); err != nil {
 			s.cfg.Logf("after the registry's restart: %v", err)
 		}
+		// And the launcher's own instance, if it had lost it (registering again is harmless).
+		s.mu.Lock()
+		at, ok := s.selfAt, s.registered
+		s.mu.Unlock()
+		if ok {
+			rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			if err := registerLauncher(rctx, "http://"+next.addr, s.project.Name, at); err != nil {
+				s.cfg.Logf("after the registry's restart: %v", err)
+			}
+			cancel()
+		}
 	}
 }
 
@@ -315,7 +326,7 @@ type relay struct {
 func startRelay(listen, target string) (*relay, error) {
 	l, err := net.Listen("tcp", listen)
 	if err != nil {
-		return nil, fmt.Errorf("supervisor: registry relay on %s: %w", listen, err)
+		return nil, fmt.Errorf("supervisor: relay on %s (to %s): %w", listen, target, err)
 	}
 	r := &relay{l: l, target: target, conns: map[net.Conn]struct{}{}}
 	r.wg.Add(1)

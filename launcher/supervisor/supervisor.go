@@ -12,6 +12,11 @@
 // with -http ADDR -data DIR unless -registry names one already running (a Consul agent
 // works). Services with x-podmesh.expose are reached from the host through the project's
 // ingress, a sidecar in the host's network namespace (ingress.go).
+//
+// The launcher serves the metrics of docs/metrics.md's launcher table, read from each pod's
+// cgroup files and state, on Config.MetricsAddr and registers itself there as
+// podmesh-launcher (metrics.go); with a trace endpoint, the sidecars send their spans to it
+// through a relay on the bridge's gateway, like the registry relay.
 package supervisor
 
 import (
@@ -39,6 +44,7 @@ const (
 	DefaultStateDir  = "/run/podmesh"
 	DefaultLogDir    = "/var/log/podmesh"
 	DefaultRelayPort = 8500
+	DefaultTracePort = 4318 // OTLP/HTTP's own port, on the bridge's gateway address
 )
 
 // ErrRunning is returned by Up when a launcher already runs the project.
@@ -57,9 +63,18 @@ type Config struct {
 	RegistryArgs func(addr, dataDir string) []string
 	RegistryURL  string // use this registry (a Consul agent works) instead of starting one
 	RelayPort    int    // pods reach the registry at http://<gateway>:RelayPort
-	Cgroups      CgroupSystem
-	TTL          time.Duration // registry TTL checks; default 10s
-	Logf         func(format string, args ...any)
+	// MetricsAddr is where the launcher serves its metrics (metrics.go), host:port, the host
+	// GatewayHost standing for the bridge's gateway address; "" = none (the zero Config; the
+	// command line's default is DefaultMetricsAddr). The launcher registers itself there.
+	MetricsAddr string
+	// TraceEndpoint is the trace collector (OTLP/HTTP: host:port or http://host:port) the
+	// sidecars send spans to; "" = the compose file's x-podmesh.trace_endpoint, if any.
+	// Pods reach it through a relay at http://<gateway>:TracePort.
+	TraceEndpoint string
+	TracePort     int
+	Cgroups       CgroupSystem
+	TTL           time.Duration // registry TTL checks; default 10s
+	Logf          func(format string, args ...any)
 }
 
 func (c *Config) withDefaults() {
@@ -71,6 +86,9 @@ func (c *Config) withDefaults() {
 	}
 	if c.RelayPort == 0 {
 		c.RelayPort = DefaultRelayPort
+	}
+	if c.TracePort == 0 {
+		c.TracePort = DefaultTracePort
 	}
 	if c.RegistryArgs == nil {
 		c.RegistryArgs = DefaultRegistryArgs
@@ -125,6 +143,14 @@ type Supervisor struct {
 	regClient    pod.Registry
 	registryURL  string // as pods see it
 	hostReg      string // as the host sees it (the ingress)
+
+	traceRelay *relay         // nil: no tracing
+	traceAddr  netip.AddrPort // where pods reach traceRelay
+	traceURL   string         // as sidecars are given it
+	traceHost  string         // the collector as the host reaches it (the ingress)
+	metrics    *metricsServer // nil: no metrics
+	registered bool           // the launcher's own instance (LauncherID) is; guarded by mu
+	selfAt     netip.AddrPort // where it is registered; guarded by mu
 
 	ingress     *ingress // nil: nothing exposed
 	stopIngress context.CancelFunc
@@ -203,6 +229,10 @@ func Up(ctx context.Context, cfg Config, project *compose.Project, ready func(er
 		}
 	}()
 	if err := s.start(ctx); err != nil {
+		ready(err)
+		return err
+	}
+	if err := s.startObservability(ctx); err != nil {
 		ready(err)
 		return err
 	}
@@ -389,8 +419,8 @@ func (s *Supervisor) startServices(ctx context.Context) error {
 			if svc.Mesh.Port > 0 {
 				np.Open = []uint16{pod.InboundPort, pod.MetricsPort}
 			}
-			// The registry relay and the sidecar's admin listener: for the sidecar only.
-			np.Guard = pod.Guards(s.relayAddr)
+			// The relays and the sidecar's admin listener: for the sidecar only.
+			np.Guard = pod.Guards(s.relayAddr, s.traceAddr, s.metricsGuard())
 			planned = append(planned, np)
 			name := fmt.Sprintf("%s-%d", svc.Name, r)
 			if svc.Mesh.Port > 0 {
@@ -409,6 +439,7 @@ func (s *Supervisor) startServices(ctx context.Context) error {
 				Exe:         s.cfg.Exe,
 				SidecarBin:  s.cfg.SidecarBin,
 				RegistryURL: s.registryURL,
+				TraceURL:    s.traceURL,
 				Cgroups:     s.cg,
 				Registry:    s.regClient,
 				TTL:         s.cfg.TTL,
@@ -436,7 +467,7 @@ func (s *Supervisor) startServices(ctx context.Context) error {
 // startIngress starts the ingress sidecar when the project exposes a service; it runs
 // until teardown stops it, before the services.
 func (s *Supervisor) startIngress(ctx context.Context) error {
-	in, err := newIngress(s.cfg, s.project, s.dir, s.cg, s.state, s.hostReg)
+	in, err := newIngress(s.cfg, s.project, s.dir, s.cg, s.state, s.hostReg, s.traceHost)
 	if err != nil || in == nil {
 		return err
 	}
@@ -548,6 +579,20 @@ func (s *Supervisor) teardown() error {
 	if s.relay != nil {
 		s.relay.Close()
 	}
+	if s.traceRelay != nil {
+		s.traceRelay.Close()
+	}
+	s.mu.Lock()
+	registered := s.registered
+	s.mu.Unlock()
+	if registered {
+		if err := deregisterLauncher(ctx, s.hostReg, s.project.Name); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if s.metrics != nil {
+		s.metrics.close(ctx)
+	}
 	if s.state != nil {
 		st := s.state.get()
 		if err := removeIntentions(ctx, st.RegistryURL, st.Intentions); err != nil {
@@ -630,9 +675,12 @@ func cleanup(ctx context.Context, cfg Config, st State) error {
 			}
 		}
 	}
-	// The intentions it created there, likewise; a registry the launcher started goes with
-	// its data.
+	// The intentions it created there, and the launcher's own instance, likewise; a
+	// registry the launcher started goes with its data.
 	if st.RegistryURL != "" && st.Registry == nil {
+		dctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		_ = deregisterLauncher(dctx, st.RegistryURL, st.Project)
+		cancel()
 		if err := removeIntentions(ctx, st.RegistryURL, st.Intentions); err != nil {
 			errs = append(errs, err)
 		}
