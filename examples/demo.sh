@@ -156,8 +156,9 @@ start_jaeger() {
   mkdir -p "$obs"
   if [ -n "$JAEGER" ]; then
     local ui grpc otlp
-    ui=$(free_from 16686); grpc=$(free_from 16685); otlp=$(free_from 4318)
-    if [ -n "$ui" ] && [ -n "$grpc" ] && [ -n "$otlp" ] && [ "$grpc" != "$ui" ]; then
+    ui=$(free_from 16686); otlp=$(free_from 4318)
+    grpc=${ui:+$(free_from $((ui + 1)))}
+    if [ -n "$ui" ] && [ -n "$grpc" ] && [ -n "$otlp" ]; then
       cat >"$obs/jaeger.yaml" <<JAEGER
 service:
   extensions: [jaeger_storage, jaeger_query]
@@ -275,6 +276,8 @@ where_to_look() {
     echo "                  ${traces:-0} traces of the frontend so far: $JAEGER_URL/search?service=frontend"
   elif [ -n "$JAEGER_URL" ]; then
     echo "Jaeger:           $JAEGER did not answer on $JAEGER_URL: $(tail -n 3 "$tmp/obs/jaeger.log" 2>/dev/null | tr '\n' ' ')"
+  elif [ -n "$JAEGER" ]; then
+    echo "Jaeger:           not started: no free loopback ports near 16686 and 4318"
   else
     echo "Jaeger:           not running: build it with make tools (it lands in $TOOLBIN), then run this demo again"
   fi

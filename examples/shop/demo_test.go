@@ -49,6 +49,17 @@ func TestDemo(t *testing.T) {
 		"SHOP_EXPOSE="+testutil.FreePort(t),
 		"RATE=50", "STEADY=2s", "KILL_LOAD=4s",
 	)
+	// Issue 6: with Prometheus and Jaeger built (always in CI: make test builds them), the
+	// demo runs them and prints where to look, with the frontend's traces found in Jaeger.
+	prom, promOK := testutil.BuiltTool("prometheus")
+	jaeger, jaegerOK := testutil.BuiltTool("jaeger")
+	observe := promOK && jaegerOK && filepath.Dir(prom) == filepath.Dir(jaeger)
+	if !observe && os.Getenv("PODMESH_REQUIRE_TOOLS") == "1" {
+		t.Fatalf("prometheus (%q) and jaeger (%q) must be built in one directory under PODMESH_REQUIRE_TOOLS=1", prom, jaeger)
+	}
+	if observe {
+		cmd.Env = append(cmd.Env, "TOOLBIN="+filepath.Dir(prom))
+	}
 	cmd.WaitDelay = 10 * time.Second
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
@@ -71,6 +82,22 @@ func TestDemo(t *testing.T) {
 		}
 	}
 	// The kill happened under load: the run across it counted both replicas.
+	if observe {
+		s := out.String()
+		for _, want := range []string{"Prometheus:       http://127.0.0.1:", "targets up so far",
+			"Jaeger:           http://127.0.0.1:", "traces of the frontend so far",
+			"Grafana:          provisioning in "} {
+			if !strings.Contains(s, want) {
+				t.Errorf("the demo's where-to-look lacks %q", want)
+			}
+		}
+		if strings.Contains(s, " 0 traces of the frontend so far") {
+			t.Errorf("the demo's sidecars sent no trace of the frontend to Jaeger")
+		}
+		if strings.Contains(s, " 0 targets up so far") {
+			t.Errorf("Prometheus found no target through the registry")
+		}
+	}
 	if s := out.String(); strings.Count(s, "errors    0 (0.00%)") != 2 {
 		t.Errorf("want two load runs without errors")
 	}

@@ -37,16 +37,8 @@ var tools = map[string]struct{ env, file string }{
 func Tool(t testing.TB, name string) string {
 	t.Helper()
 	if tl, ok := tools[name]; ok {
-		if p := os.Getenv(tl.env); p != "" {
-			if _, err := os.Stat(p); err == nil {
-				return p
-			}
-		}
-		if home, err := os.UserHomeDir(); err == nil {
-			p := filepath.Join(home, ".cache", "podmesh", "bin", tl.file)
-			if _, err := os.Stat(p); err == nil {
-				return p
-			}
+		if p, ok := BuiltTool(name); ok {
+			return p
 		}
 		missing(t, fmt.Sprintf("%s not built (set %s or run `make tools`)", name, tl.env))
 		return ""
@@ -61,6 +53,28 @@ func Tool(t testing.TB, name string) string {
 		missing(t, fmt.Sprintf("%s not installed (run `make apt-deps`)", name))
 	}
 	return p
+}
+
+// BuiltTool returns the path of one of the Go tools `make tools` builds ("consul",
+// "prometheus", "jaeger", "vegeta"): its PODMESH_*_BIN variable, else the cached file. ok is
+// false when it is not there; unlike Tool, nothing is skipped.
+func BuiltTool(name string) (path string, ok bool) {
+	tl, known := tools[name]
+	if !known {
+		return "", false
+	}
+	if p := os.Getenv(tl.env); p != "" {
+		if _, err := os.Stat(p); err == nil {
+			return p, true
+		}
+	}
+	if home, err := os.UserHomeDir(); err == nil {
+		p := filepath.Join(home, ".cache", "podmesh", "bin", tl.file)
+		if _, err := os.Stat(p); err == nil {
+			return p, true
+		}
+	}
+	return "", false
 }
 
 func missing(t testing.TB, why string) {
