@@ -19,6 +19,9 @@ done
 [ "$(id -u)" = 0 ] || { echo "bench launcher: needs root (namespaces, veths, cgroups)" >&2; exit 1; }
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/podmesh-bench-launcher.XXXXXX")
+# Apps run as nobody (65534) unless the compose file says otherwise: the app program under
+# $work must be reachable by them (mktemp makes the directory 0700).
+chmod 0755 "$work"
 pid=""
 cleanup() {
   # The program removes what it made on SIGTERM; wait for it to finish doing so.
