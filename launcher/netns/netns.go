@@ -25,6 +25,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -564,4 +565,112 @@ func Listen(pin, network, addr string) (net.Listener, error) {
 		return nil, fmt.Errorf("netns: listen %s %s in %s: %w", network, addr, pin, err)
 	}
 	return l, nil
+}
+
+// Dialer dials from inside one network namespace on a single OS thread that it keeps there
+// until Close, so that frequent probes (a sidecar's /ready, a TCP health check every few
+// milliseconds) do not each create and destroy a thread, which under many pods starting at
+// once costs more CPU than the probes themselves. The thread is thrown away on Close.
+type Dialer struct {
+	pin   string
+	reqs  chan func()
+	stop  chan struct{}
+	done  chan struct{}
+	once  sync.Once
+	ready error // entering the namespace (or taking the uid) failed: every Dial reports it
+}
+
+// NewDialer starts a Dialer in the namespace pinned at pin. With uid >= 0 its sockets are
+// created with uid as the thread's file-system uid (see DialAs).
+func NewDialer(pin string, uid int) *Dialer {
+	d := &Dialer{pin: pin, reqs: make(chan func()), stop: make(chan struct{}), done: make(chan struct{})}
+	started := make(chan struct{})
+	go func() {
+		defer close(d.done)
+		runtime.LockOSThread()
+		if unix.Gettid() == unix.Getpid() {
+			// The main thread is never destroyed: serve from another one (see throwaway).
+			d.serve(uid, started)
+			runtime.UnlockOSThread()
+			return
+		}
+		d.serveLocked(uid, started) // never unlocked: the thread exits with this goroutine
+	}()
+	<-started
+	return d
+}
+
+func (d *Dialer) serve(uid int, started chan struct{}) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		runtime.LockOSThread()
+		d.serveLocked(uid, started)
+	}()
+	<-done
+}
+
+func (d *Dialer) serveLocked(uid int, started chan struct{}) {
+	d.ready = func() error {
+		ns, err := os.Open(d.pin)
+		if err != nil {
+			return fmt.Errorf("netns: open %s: %w", d.pin, err)
+		}
+		defer ns.Close()
+		if err := unix.Setns(int(ns.Fd()), unix.CLONE_NEWNET); err != nil {
+			return fmt.Errorf("netns: enter %s: %w", d.pin, err)
+		}
+		if uid >= 0 {
+			_, _ = unix.SetfsuidRetUid(uid)
+			if cur, _ := unix.SetfsuidRetUid(-1); cur != uid {
+				return fmt.Errorf("set the thread's file-system uid to %d: it stays %d", uid, cur)
+			}
+		}
+		return nil
+	}()
+	close(started)
+	for {
+		select {
+		case f := <-d.reqs:
+			f()
+		case <-d.stop:
+			return
+		}
+	}
+}
+
+// Dial connects to addr from inside the Dialer's namespace, like Dial.
+func (d *Dialer) Dial(ctx context.Context, network, addr string) (net.Conn, error) {
+	if d.ready != nil {
+		return nil, fmt.Errorf("netns: dial %s %s in %s: %w", network, addr, d.pin, d.ready)
+	}
+	type res struct {
+		conn net.Conn
+		err  error
+	}
+	out := make(chan res, 1)
+	f := func() {
+		var nd net.Dialer
+		c, err := nd.DialContext(ctx, network, addr)
+		out <- res{c, err}
+	}
+	select {
+	case d.reqs <- f:
+	case <-d.stop:
+		return nil, fmt.Errorf("netns: dial %s %s in %s: dialer closed", network, addr, d.pin)
+	case <-ctx.Done():
+		return nil, fmt.Errorf("netns: dial %s %s in %s: %w", network, addr, d.pin, ctx.Err())
+	}
+	r := <-out
+	if r.err != nil {
+		return nil, fmt.Errorf("netns: dial %s %s in %s: %w", network, addr, d.pin, r.err)
+	}
+	return r.conn, nil
+}
+
+// Close ends the Dialer's thread once any dial under way has returned. It is safe to call
+// more than once.
+func (d *Dialer) Close() {
+	d.once.Do(func() { close(d.stop) })
+	<-d.done
 }

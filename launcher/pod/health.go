@@ -77,10 +77,14 @@ func (c *checker) loop(ctx context.Context, p *Pod, r *run) {
 	case p.Meshed():
 		interval, timeout, startPeriod, retries = defaultTCPInterval, defaultTCPTimeout, p.cfg.ReadyTimeout, defaultTCPRetries
 		addr := fmt.Sprintf("127.0.0.1:%d", p.cfg.Service.Mesh.Port)
+		// One thread kept in the pod's namespace for every check (every tcpPoll while
+		// the app starts), rather than a new one per check.
+		d := netns.NewDialer(p.cfg.Net.Pin, -1)
+		defer d.Close()
 		check = func(ctx context.Context) (bool, string) {
 			ctx, cancel := context.WithTimeout(ctx, timeout)
 			defer cancel()
-			conn, err := netns.Dial(ctx, p.cfg.Net.Pin, "tcp", addr)
+			conn, err := d.Dial(ctx, "tcp", addr)
 			if err != nil {
 				return false, err.Error()
 			}

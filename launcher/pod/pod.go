@@ -597,14 +597,25 @@ func (p *Pod) adminClient(timeout time.Duration) *http.Client {
 }
 
 // readyPoll is how often the sidecar's /ready is asked while it starts. One probe costs a
-// short-lived thread in the pod's namespace and a loopback HTTP request.
+// loopback HTTP request from the run's Dialer thread in the pod's namespace.
 const readyPoll = 5 * time.Millisecond
 
 // waitReady polls the sidecar's /ready from inside the pod until it answers 200.
 func (p *Pod) waitReady(ctx context.Context, r *run) error {
 	ctx, cancel := context.WithTimeout(ctx, p.cfg.ReadyTimeout)
 	defer cancel()
-	c := p.adminClient(time.Second)
+	// One thread in the pod's namespace for every probe, rather than one per probe.
+	d := netns.NewDialer(p.cfg.Net.Pin, int(SidecarUID))
+	defer d.Close()
+	c := &http.Client{
+		Timeout: time.Second,
+		Transport: &http.Transport{
+			DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+				return d.Dial(ctx, network, addr)
+			},
+			DisableKeepAlives: true,
+		},
+	}
 	url := fmt.Sprintf("http://127.0.0.1:%d/ready", AdminPort)
 	var last string
 	for {
