@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -109,6 +110,12 @@ func (c *checker) loop(ctx context.Context, p *Pod, r *run) {
 	wait, growth := firstCheck, 2
 	if hc == nil {
 		wait, growth = tcpPoll, 1
+		startProbing()
+		defer func() {
+			if !succeeded {
+				stopProbing()
+			}
+		}()
 	}
 	for {
 		ok, out := check(ctx)
@@ -118,6 +125,9 @@ func (c *checker) loop(ctx context.Context, p *Pod, r *run) {
 		inStartup := !succeeded && time.Since(began) < startup
 		switch {
 		case ok:
+			if !succeeded && hc == nil {
+				stopProbing()
+			}
 			succeeded, fails = true, 0
 			if !c.send(ctx, result{healthy: true, output: out}) {
 				return
@@ -132,6 +142,9 @@ func (c *checker) loop(ctx context.Context, p *Pod, r *run) {
 		next := interval
 		if !succeeded && time.Since(began) < startup {
 			next = min(wait, interval, maxStartupInterval)
+			if hc == nil {
+				next = probeEvery(next)
+			}
 			wait *= time.Duration(growth)
 		}
 		t := time.NewTimer(next)
@@ -230,3 +243,31 @@ func (t *tail) write(p []byte) {
 }
 
 func (t *tail) String() string { return string(t.b) }
+
+// probing counts the pods whose launcher is polling, every few milliseconds, their
+// sidecar's /ready or their app's port while they start. Each probe costs the launcher (and
+// the sidecar) a little CPU; with many pods starting at once on few cores, that CPU is taken
+// from the very processes being waited for, so probeEvery spaces each pod's probes out as
+// more pods poll together, keeping the total rate near what probingAlone pods would make.
+var probing atomic.Int64
+
+const (
+	probingAlone = 4
+	maxProbe     = 40 * time.Millisecond
+)
+
+func startProbing() { probing.Add(1) }
+func stopProbing()  { probing.Add(-1) }
+
+// probeEvery is the wait before a pod's next probe: base while at most probingAlone pods
+// poll, growing in proportion beyond (at most maxProbe).
+func probeEvery(base time.Duration) time.Duration {
+	return probeInterval(base, probing.Load())
+}
+
+func probeInterval(base time.Duration, n int64) time.Duration {
+	if n <= probingAlone {
+		return base
+	}
+	return max(base, min(base*time.Duration(n)/probingAlone, maxProbe))
+}

@@ -618,6 +618,8 @@ func (p *Pod) waitReady(ctx context.Context, r *run) error {
 	}
 	url := fmt.Sprintf("http://127.0.0.1:%d/ready", AdminPort)
 	var last string
+	startProbing()
+	defer stopProbing()
 	for {
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 		resp, err := c.Do(req)
@@ -630,7 +632,7 @@ func (p *Pod) waitReady(ctx context.Context, r *run) error {
 		} else {
 			last = err.Error()
 		}
-		t := time.NewTimer(readyPoll)
+		t := time.NewTimer(probeEvery(readyPoll))
 		select {
 		case <-ctx.Done():
 			t.Stop()
