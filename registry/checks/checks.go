@@ -102,6 +102,7 @@ type Manager struct {
 
 	mu      sync.Mutex
 	ctx     context.Context // Run's; nil until Run starts
+	started chan struct{}   // closed when Run has started
 	running map[string]*runner
 	stopped bool
 }
@@ -112,7 +113,8 @@ func New(cfg Config) (*Manager, error) {
 		return nil, errors.New("checks: Config.Store is nil")
 	}
 	cfg = cfg.withDefaults()
-	return &Manager{cfg: cfg, store: cfg.Store, log: cfg.Logger, running: map[string]*runner{}}, nil
+	return &Manager{cfg: cfg, store: cfg.Store, log: cfg.Logger, running: map[string]*runner{},
+		started: make(chan struct{})}, nil
 }
 
 // Run runs the checks and the reaper until ctx ends, then stops every check and returns nil.
@@ -124,6 +126,7 @@ func (m *Manager) Run(ctx context.Context) error {
 		return errors.New("checks: Run called twice")
 	}
 	m.ctx = ctx
+	close(m.started)
 	m.mu.Unlock()
 	defer m.stopAll()
 
@@ -216,6 +219,13 @@ func (m *Manager) Sync() {
 func (m *Manager) SetTTL(ctx context.Context, checkID, status, output string) error {
 	r := m.ttlRunner(checkID)
 	if r == nil {
+		// Run starts beside the HTTP server: an update arriving before it has started
+		// waits for it rather than finding no runner (404 for a registered check).
+		select {
+		case <-m.started:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
 		m.Sync()
 		if r = m.ttlRunner(checkID); r == nil {
 			return &state.NotFoundError{Kind: "TTL check", ID: checkID}

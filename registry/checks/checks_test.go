@@ -534,3 +534,39 @@ func TestReaperRechecksInsideTheWrite(t *testing.T) {
 		}
 	})
 }
+
+// TestSetTTLBeforeRun: an update for a registered TTL check that arrives before Run has
+// started (the HTTP server and the manager start side by side) waits for Run instead of
+// answering that the check does not exist.
+func TestSetTTLBeforeRun(t *testing.T) {
+	testutil.CheckGoroutines(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	store, err := state.Open(ctx, state.Options{Dir: t.TempDir(), NodeName: "n1", CheckUpdateInterval: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	mgr, err := New(Config{Store: store})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &env{store: store, mgr: mgr}
+	e.register(t, "a", &state.Check{CheckID: "a-ttl", Type: state.CheckTypeTTL,
+		Definition: state.CheckDefinition{TTL: time.Minute}})
+	set := make(chan error, 1)
+	go func() { set <- mgr.SetTTL(testutil.Context(t, 5*time.Second), "a-ttl", state.HealthPassing, "early") }()
+	time.Sleep(50 * time.Millisecond) // SetTTL is waiting now: Run has not started
+	done := make(chan error, 1)
+	go func() { done <- mgr.Run(ctx) }()
+	if err := <-set; err != nil {
+		t.Fatalf("SetTTL before Run: %v", err)
+	}
+	if c := e.check("a-ttl"); c.Status != state.HealthPassing || c.Output != "early" {
+		t.Fatalf("check after the early update: %s %q", c.Status, c.Output)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
