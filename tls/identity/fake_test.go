@@ -246,70 +246,33 @@ type echoServer struct {
 
 func startEcho(t testing.TB, cfg *tls.Config) *echoServer {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	e := &echoServer{addr: ln.Addr().String(), errs: make(chan error, 1000), peers: make(chan tls.ConnectionState, 1000)}
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	conns := map[net.Conn]bool{}
-	t.Cleanup(func() {
-		ln.Close()
-		mu.Lock()
-		for c := range conns {
-			c.Close()
+	e := &echoServer{errs: make(chan error, 1000), peers: make(chan tls.ConnectionState, 1000)}
+	e.addr = testutil.ServeTCP(t, func(c net.Conn) {
+		tc := tls.Server(c, cfg)
+		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+		if err := tc.Handshake(); err != nil {
+			select {
+			case e.errs <- err:
+			default:
+			}
+			return
 		}
-		mu.Unlock()
-		wg.Wait()
-	})
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
+		_ = c.SetDeadline(time.Time{})
+		select {
+		case e.peers <- tc.ConnectionState():
+		default:
+		}
+		br := bufio.NewReader(tc)
 		for {
-			c, err := ln.Accept()
+			line, err := br.ReadString('\n')
 			if err != nil {
 				return
 			}
-			mu.Lock()
-			conns[c] = true
-			mu.Unlock()
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer func() {
-					mu.Lock()
-					delete(conns, c)
-					mu.Unlock()
-					c.Close()
-				}()
-				tc := tls.Server(c, cfg)
-				_ = c.SetDeadline(time.Now().Add(5 * time.Second))
-				if err := tc.Handshake(); err != nil {
-					select {
-					case e.errs <- err:
-					default:
-					}
-					return
-				}
-				_ = c.SetDeadline(time.Time{})
-				select {
-				case e.peers <- tc.ConnectionState():
-				default:
-				}
-				br := bufio.NewReader(tc)
-				for {
-					line, err := br.ReadString('\n')
-					if err != nil {
-						return
-					}
-					if _, err := io.WriteString(tc, line); err != nil {
-						return
-					}
-				}
-			}()
+			if _, err := io.WriteString(tc, line); err != nil {
+				return
+			}
 		}
-	}()
+	})
 	return e
 }
 
