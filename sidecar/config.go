@@ -50,6 +50,11 @@ type Config struct {
 	// ReadyTimeout is how long /ready waits for the first discovery answer of every
 	// upstream before reporting ready anyway (5s).
 	ReadyTimeout Duration `yaml:"ready_timeout" json:"ready_timeout"`
+	// ReadyFD is an inherited descriptor (3 or above) the sidecar writes "READY=1\n" to,
+	// then closes, the first time /ready would answer 200: whoever started it learns it is
+	// ready without polling (s6's notification-fd). Closed without a word when the sidecar
+	// stops first. 0: none. A flag only: a descriptor belongs to a process, not a file.
+	ReadyFD int `yaml:"-" json:"ready_fd,omitempty"`
 
 	// TraceEndpoint is the OTLP/HTTP collector spans are exported to: host:port or
 	// http://host:port (/v1/traces is added), or a full URL. Empty: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT,
@@ -433,6 +438,9 @@ var checks = []check{
 		if c.ReadyTimeout < 0 {
 			return fieldErr("ready_timeout", c.ReadyTimeout, "want a duration")
 		}
+		if c.ReadyFD != 0 && c.ReadyFD < 3 {
+			return fieldErr("ready_fd", c.ReadyFD, "want a descriptor of 3 or above (0, 1 and 2 are stdin, stdout and stderr)")
+		}
 		if c.MaxRequests < 0 {
 			return fieldErr("max_requests", c.MaxRequests, "want a positive number")
 		}
@@ -663,6 +671,7 @@ func Parse(args []string, getenv func(string) string, out io.Writer) (Config, er
 	fs.TextVar(&flags.TracePropagation, "trace-propagation", tracing.PropagateW3C|tracing.PropagateB3Single|tracing.PropagateB3Multi,
 		"trace header formats written, a `list` of w3c, b3, b3multi (all are read)")
 	fs.BoolVar(&flags.AccessLog, "access-log", false, "write one JSON line per request (with trace_id and span_id) on stderr")
+	fs.IntVar(&flags.ReadyFD, "ready-fd", 0, "inherited `descriptor` to write READY=1 to, then close, once ready (instead of polling /ready)")
 	if err := fs.Parse(args); err != nil {
 		return Config{}, err
 	}
@@ -716,6 +725,8 @@ func Parse(args []string, getenv func(string) string, out io.Writer) (Config, er
 			c.TracePropagation = flags.TracePropagation
 		case "access-log":
 			c.AccessLog = flags.AccessLog
+		case "ready-fd":
+			c.ReadyFD = flags.ReadyFD
 		}
 	})
 	// -upstream NAME=ADDR replaces the listen address of a configured upstream of that

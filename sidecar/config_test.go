@@ -102,6 +102,7 @@ func TestParseErrors(t *testing.T) {
 		{"sample above 1", with("-trace-sample", "1.5"), "config: trace_sample: \"1.5\": want a ratio from 0 to 1"},
 		{"negative sample", with("-trace-sample", "-0.1"), "config: trace_sample: \"-0.1\": want a ratio from 0 to 1"},
 		{"bad trace endpoint", with("-trace-endpoint", "ftp://collector:4318"), "config: trace_endpoint: \"ftp://collector:4318\": want host:port or an http:// or https:// URL"},
+		{"ready fd is stderr", with("-ready-fd", "2"), "config: ready_fd: \"2\": want a descriptor of 3 or above (0, 1 and 2 are stdin, stdout and stderr)"},
 		{"bad propagation", with("-trace-propagation", "w3c,jaeger"), "invalid value \"w3c,jaeger\" for flag -trace-propagation: tracing: propagation format \"jaeger\": want w3c, b3, b3multi or all"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -186,6 +186,9 @@ func (s *Sidecar) Run(ctx context.Context) error {
 	}
 	s.listening.Store(true)
 	s.log.Info("sidecar running", "service", s.cfg.Service, "id", s.cfg.ID, "upstreams", len(s.upstreams))
+	if s.cfg.ReadyFD > 0 {
+		go s.notifyReady(gctx, os.NewFile(uintptr(s.cfg.ReadyFD), "ready-fd"))
+	}
 
 	select {
 	case <-ctx.Done():
@@ -413,6 +416,43 @@ func (s *Sidecar) Addrs() Addrs {
 		}
 	}
 	return a
+}
+
+// awaitReady returns once Ready would answer true (nil), or when ctx ends first. It waits on
+// the same events Ready looks at, without polling: the mutual TLS material, then every
+// upstream's first discovery answer until ReadyTimeout after the start.
+func (s *Sidecar) awaitReady(ctx context.Context) error {
+	if s.ident != nil {
+		select {
+		case <-s.ident.Ready():
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	deadline := time.NewTimer(time.Until(s.start.Add(time.Duration(s.cfg.ReadyTimeout))))
+	defer deadline.Stop()
+	for _, u := range s.upstreams {
+		select {
+		case <-u.watch.Ready():
+		case <-deadline.C:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
+}
+
+// notifyReady writes READY=1 to f once the sidecar is ready, unless it stops first, and
+// closes f either way.
+func (s *Sidecar) notifyReady(ctx context.Context, f *os.File) {
+	defer f.Close()
+	if err := s.awaitReady(ctx); err != nil || s.draining.Load() {
+		return
+	}
+	if _, err := io.WriteString(f, "READY=1\n"); err != nil {
+		s.log.Warn("readiness notification failed", "fd", s.cfg.ReadyFD, "err", err)
+	}
 }
 
 // Ready reports whether the sidecar is ready, and if not why.

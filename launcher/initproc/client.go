@@ -282,6 +282,30 @@ func (in *Init) Spawn(ctx context.Context, spec Spec, stdout, stderr *os.File, p
 // the launcher reaches a program that could not open it by its path (a directory on the
 // way it may not search): the sidecar reads its configuration from /dev/stdin.
 func (in *Init) SpawnStdin(ctx context.Context, spec Spec, stdin, stdout, stderr *os.File, place func(pid int) error) (*Proc, error) {
+	return in.SpawnFiles(ctx, spec, Files{Stdin: stdin, Stdout: stdout, Stderr: stderr}, place)
+}
+
+// Files are the descriptors a spawned program gets: Stdin (nil: /dev/null), Stdout and
+// Stderr as its 0, 1 and 2, and Notify as its 3 when the spec asks for it.
+type Files struct {
+	Stdin, Stdout, Stderr, Notify *os.File
+}
+
+// SpawnFiles is Spawn with every descriptor the program gets.
+func (in *Init) SpawnFiles(ctx context.Context, spec Spec, files Files, place func(pid int) error) (*Proc, error) {
+	if spec.Notify != (files.Notify != nil) {
+		return nil, fmt.Errorf("initproc: spawn %s: Spec.Notify and Files.Notify go together", spec.Name)
+	}
+	stdin, stdout, stderr := files.Stdin, files.Stdout, files.Stderr
+	if stdin == nil && files.Notify != nil {
+		// The descriptors travel in order (stdout, stderr, stdin, notify): notify needs a stdin.
+		null, err := os.Open(os.DevNull)
+		if err != nil {
+			return nil, fmt.Errorf("initproc: spawn %s: %w", spec.Name, err)
+		}
+		defer null.Close()
+		stdin = null
+	}
 	in.spawnMu.Lock()
 	defer in.spawnMu.Unlock()
 	in.mu.Lock()
@@ -293,6 +317,9 @@ func (in *Init) SpawnStdin(ctx context.Context, spec Spec, stdin, stdout, stderr
 	fds := []int{int(stdout.Fd()), int(stderr.Fd())}
 	if stdin != nil {
 		fds = append(fds, int(stdin.Fd()))
+	}
+	if files.Notify != nil {
+		fds = append(fds, int(files.Notify.Fd()))
 	}
 	rights := unix.UnixRights(fds...)
 	r, err := in.request(ctx, message{Op: opSpawn, Name: spec.Name, Spec: &spec}, rights)

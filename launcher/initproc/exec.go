@@ -50,6 +50,10 @@ func runExec() int {
 	return 0 // not reached: execSpec only returns errors
 }
 
+// notifyShimFD is where init puts a spawn's notify descriptor in the shim (after stdin,
+// stdout, stderr, the spec pipe and the status pipe); the shim moves it to 3.
+const notifyShimFD = 5
+
 func execSpec(spec Spec) error {
 	_ = syscall.Close(3)
 	if len(spec.Argv) == 0 {
@@ -69,9 +73,18 @@ func execSpec(spec Spec) error {
 	if err := dropPrivileges(spec.User); err != nil {
 		return fmt.Errorf("exec %s: %w", spec.Argv[0], err)
 	}
-	// The program gets its stdin, stdout and stderr, nothing else (fd 4, the status pipe,
-	// already closes at exec).
-	if err := CloseOnExecFrom(3); err != nil {
+	// The program gets its stdin, stdout and stderr, and its notify pipe as fd 3 when it
+	// asked for one (the shim's 5), nothing else (fd 4, the status pipe, already closes at
+	// exec).
+	keep := 3
+	if spec.Notify {
+		if err := unix.Dup3(notifyShimFD, 3, 0); err != nil {
+			return fmt.Errorf("exec %s: notify descriptor: %w", spec.Argv[0], err)
+		}
+		_ = syscall.Close(notifyShimFD)
+		keep = 4
+	}
+	if err := CloseOnExecFrom(keep); err != nil {
 		return fmt.Errorf("exec %s: mark descriptors close-on-exec: %w", spec.Argv[0], err)
 	}
 	if err := syscall.Exec(path, spec.Argv, spec.Env); err != nil {

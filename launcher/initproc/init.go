@@ -208,9 +208,20 @@ func (s *initState) spawn(r received) {
 		closeAll(r.fds)
 		s.send(message{Seq: r.Seq, Event: evError, Name: r.Name, Err: err.Error()}, nil)
 	}
-	if r.Spec == nil || len(r.fds) < 2 || len(r.fds) > 3 {
-		fail(fmt.Errorf("spawn %q: need a spec and 2 or 3 file descriptors (stdout, stderr, stdin), got %d", r.Name, len(r.fds)))
+	want := "2 or 3 file descriptors (stdout, stderr, stdin)"
+	ok := r.Spec != nil && len(r.fds) >= 2 && len(r.fds) <= 3
+	if r.Spec != nil && r.Spec.Notify {
+		want, ok = "4 file descriptors (stdout, stderr, stdin, notify)", len(r.fds) == 4
+	}
+	if !ok {
+		fail(fmt.Errorf("spawn %q: need a spec and %s, got %d", r.Name, want, len(r.fds)))
 		return
+	}
+	var notify *os.File
+	if len(r.fds) == 4 {
+		notify = os.NewFile(uintptr(r.fds[3]), "notify")
+		r.fds = r.fds[:3]
+		defer notify.Close() // the child has its own copy once forked
 	}
 	spec, err := json.Marshal(r.Spec)
 	if err != nil {
@@ -245,6 +256,9 @@ func (s *initState) spawn(r received) {
 		Env:   os.Environ(), // the shim's own; the program gets Spec.Env
 		Files: []uintptr{stdin.Fd(), uintptr(r.fds[0]), uintptr(r.fds[1]), specR.Fd(), errW.Fd()},
 		Sys:   &syscall.SysProcAttr{Setsid: true},
+	}
+	if notify != nil {
+		attr.Files = append(attr.Files, notify.Fd()) // the shim's 5, the program's 3
 	}
 	s.mu.Lock()
 	// A child of the same name that was never released was given up on by the launcher,

@@ -492,3 +492,45 @@ func TestAbandonedSpawn(t *testing.T) {
 		}
 	}
 }
+
+// TestNotifyDescriptor: a spec with Notify gets Files.Notify as its fd 3 and nothing more
+// (the status pipe and the shim's copy do not leak), it can write on it, and the reader
+// sees EOF once the program is gone (init and the launcher keep no copy).
+func TestNotifyDescriptor(t *testing.T) {
+	testutil.RequirePrivileged(t)
+	in := startInit(t, initproc.Config{Setup: initproc.Setup{Hostname: "t"}})
+	nr, nw, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nr.Close()
+	or, ow, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer or.Close()
+	spec := sh("notified", "ls /proc/self/fd | tr '\\n' ' '; echo READY=1 >&3")
+	spec.Notify = true
+	ctx := testutil.Context(t, 20*time.Second)
+	if _, err := in.SpawnFiles(ctx, spec, initproc.Files{Stdout: ow, Stderr: ow}, nil); err == nil {
+		t.Fatal("Notify without Files.Notify was accepted")
+	}
+	p, err := in.SpawnFiles(ctx, spec, initproc.Files{Stdout: ow, Stderr: ow, Notify: nw}, nil)
+	ow.Close()
+	nw.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	notified, _ := io.ReadAll(nr) // EOF: the program's copy was the last writer
+	out, _ := io.ReadAll(or)
+	if e := p.Exit(); !e.OK() {
+		t.Fatalf("exit %s: %s", e, out)
+	}
+	if string(notified) != "READY=1\n" {
+		t.Errorf("notify pipe: %q", notified)
+	}
+	// ls's own directory descriptor is the lowest free one: 4.
+	if got := strings.Join(strings.Fields(string(out)), " "); got != "0 1 2 3 4" {
+		t.Errorf("the program's descriptors: %s; want 0 1 2, the notify pipe 3 and ls's own 4", got)
+	}
+}

@@ -71,6 +71,10 @@ type Spec struct {
 	// User, when set, is the uid, gid and supplementary groups the program runs as;
 	// otherwise it keeps uid 0, still without any capability.
 	User *User `json:"user,omitempty"`
+	// Notify, when set, gives the program one more descriptor as its fd 3: the file passed
+	// as Files.Notify, the write end of a pipe on which it says it is ready (the sidecar's
+	// -ready-fd 3), so that nobody polls it.
+	Notify bool `json:"notify,omitempty"`
 }
 
 // User is a resolved compose `user`.

@@ -244,8 +244,8 @@ func (t *tail) write(p []byte) {
 
 func (t *tail) String() string { return string(t.b) }
 
-// probing counts the pods whose launcher is polling, every few milliseconds, their
-// sidecar's /ready or their app's port while they start. Each probe costs the launcher (and
+// probing counts the pods whose launcher is polling, every few milliseconds, their app's
+// port while it starts (the sidecar's readiness is not polled: it says so on a pipe). Each probe costs the launcher (and
 // the sidecar) a little CPU; with many pods starting at once on few cores, that CPU is taken
 // from the very processes being waited for, so probeEvery spaces each pod's probes out as
 // more pods poll together, keeping the total rate near what probingAlone pods would make.

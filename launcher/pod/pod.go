@@ -6,8 +6,8 @@
 // upstreams; without a port the sidecar serves only the app's outbound calls and nothing
 // is registered.
 //
-// Start order: pod network → init → sidecar → sidecar ready (/ready on its admin address,
-// probed from inside the pod) → app → app healthy (the compose healthcheck run inside the
+// Start order: pod network → init → sidecar → sidecar ready (it says READY=1 on a pipe the
+// launcher gave it as fd 3, -ready-fd 3, when its /ready turns 200: nothing polls) → app → app healthy (the compose healthcheck run inside the
 // pod, or a TCP connect to the app's port) → registered passing (a TTL check the pod keeps
 // passing from the health results, since the registry cannot reach a pod's loopback).
 //
@@ -24,9 +24,11 @@
 package pod
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/netip"
@@ -455,11 +457,12 @@ func (p *Pod) start(ctx context.Context) (_ *run, err error) {
 	tInit = time.Since(t0)
 
 	if HasSidecar(p.cfg.Service) {
-		if r.sidecar, err = p.spawnSidecar(ctx, r.init); err != nil {
+		var ready *os.File
+		if r.sidecar, ready, err = p.spawnSidecar(ctx, r.init); err != nil {
 			return r, err
 		}
 		tSidecar = time.Since(t0)
-		if err := p.waitReady(ctx, r); err != nil {
+		if err := p.waitReady(ctx, r.sidecar, ready); err != nil {
 			return r, err
 		}
 		tReady = time.Since(t0)
@@ -547,26 +550,45 @@ func hasEnv(env []string, key string) bool {
 	return false
 }
 
-// spawnSidecar starts the sidecar as SidecarUID, its configuration file as its stdin.
-func (p *Pod) spawnSidecar(ctx context.Context, in *initproc.Init) (*initproc.Proc, error) {
+// spawnSidecar starts the sidecar as SidecarUID, its configuration file as its stdin and
+// the write end of a pipe as its fd 3 (-ready-fd 3). It returns the read end, on which the
+// sidecar says READY=1 once ready: waitReady reads it.
+func (p *Pod) spawnSidecar(ctx context.Context, in *initproc.Init) (*initproc.Proc, *os.File, error) {
 	conf, err := os.Open(p.sidecarConfigPath())
 	if err != nil {
-		return nil, fmt.Errorf("pod %s: sidecar config: %w", p.name, err)
+		return nil, nil, fmt.Errorf("pod %s: sidecar config: %w", p.name, err)
 	}
 	defer conf.Close()
-	spec := initproc.Spec{
-		Name: "sidecar",
-		Argv: []string{p.cfg.SidecarBin, "-config", "/dev/stdin"},
-		Env:  []string{"PATH=" + os.Getenv("PATH"), "HOSTNAME=" + p.name},
-		Dir:  "/",
-		User: SidecarUser(),
+	ready, notify, err := os.Pipe()
+	if err != nil {
+		return nil, nil, fmt.Errorf("pod %s: sidecar readiness pipe: %w", p.name, err)
 	}
-	return p.spawn(ctx, in, spec, conf, p.logSidecar, "sidecar")
+	// Only the sidecar keeps a write end: its exit (or its close) ends the reader's wait.
+	defer notify.Close()
+	spec := initproc.Spec{
+		Name:   "sidecar",
+		Argv:   []string{p.cfg.SidecarBin, "-config", "/dev/stdin", "-ready-fd", "3"},
+		Env:    []string{"PATH=" + os.Getenv("PATH"), "HOSTNAME=" + p.name},
+		Dir:    "/",
+		User:   SidecarUser(),
+		Notify: true,
+	}
+	proc, err := p.spawnFiles(ctx, in, spec, initproc.Files{Stdin: conf, Notify: notify}, p.logSidecar, "sidecar")
+	if err != nil {
+		ready.Close()
+		return nil, nil, err
+	}
+	return proc, ready, nil
 }
 
 // spawn starts a long-lived program with its output captured into l and stdin (nil:
 // /dev/null) as its input.
 func (p *Pod) spawn(ctx context.Context, in *initproc.Init, spec initproc.Spec, stdin *os.File, l *logs.File, child string) (*initproc.Proc, error) {
+	return p.spawnFiles(ctx, in, spec, initproc.Files{Stdin: stdin}, l, child)
+}
+
+// spawnFiles is spawn with more descriptors: Stdout and Stderr of files are replaced by l's.
+func (p *Pod) spawnFiles(ctx context.Context, in *initproc.Init, spec initproc.Spec, files initproc.Files, l *logs.File, child string) (*initproc.Proc, error) {
 	out, _, err := l.Capture("stdout")
 	if err != nil {
 		return nil, err
@@ -577,7 +599,8 @@ func (p *Pod) spawn(ctx context.Context, in *initproc.Init, spec initproc.Spec, 
 		return nil, err
 	}
 	defer errw.Close()
-	return in.SpawnStdin(ctx, spec, stdin, out, errw, func(pid int) error { return p.cg.Add(child, pid) })
+	files.Stdout, files.Stderr = out, errw
+	return in.SpawnFiles(ctx, spec, files, func(pid int) error { return p.cg.Add(child, pid) })
 }
 
 // adminClient is an HTTP client for the sidecar's admin listener: its connections start
@@ -596,53 +619,59 @@ func (p *Pod) adminClient(timeout time.Duration) *http.Client {
 	}
 }
 
-// readyPoll is how often the sidecar's /ready is asked while it starts. One probe costs a
-// loopback HTTP request from the run's Dialer thread in the pod's namespace.
-const readyPoll = 5 * time.Millisecond
-
-// waitReady polls the sidecar's /ready from inside the pod until it answers 200.
-func (p *Pod) waitReady(ctx context.Context, r *run) error {
-	ctx, cancel := context.WithTimeout(ctx, p.cfg.ReadyTimeout)
-	defer cancel()
-	// One thread in the pod's namespace for every probe, rather than one per probe.
-	d := netns.NewDialer(p.cfg.Net.Pin, int(SidecarUID))
-	defer d.Close()
-	c := &http.Client{
-		Timeout: time.Second,
-		Transport: &http.Transport{
-			DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-				return d.Dial(ctx, network, addr)
-			},
-			DisableKeepAlives: true,
-		},
-	}
-	url := fmt.Sprintf("http://127.0.0.1:%d/ready", AdminPort)
-	var last string
-	startProbing()
-	defer stopProbing()
-	for {
-		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-		resp, err := c.Do(req)
+// waitReady waits for the sidecar to say READY=1 on its readiness pipe (see spawnSidecar),
+// and closes the pipe. Nothing polls: the sidecar writes once its listeners, certificates,
+// intentions and first discovery answers are in, which is when its /ready turns 200.
+func (p *Pod) waitReady(ctx context.Context, sidecar *initproc.Proc, ready *os.File) error {
+	defer ready.Close()
+	got := make(chan error, 1)
+	go func() { got <- ReadReady(ready) }()
+	timer := time.NewTimer(p.cfg.ReadyTimeout)
+	defer timer.Stop()
+	select {
+	case err := <-got:
 		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return nil
-			}
-			last = resp.Status
-		} else {
-			last = err.Error()
+			return nil
 		}
-		t := time.NewTimer(probeEvery(readyPoll))
+		// A sidecar that closed its pipe on its way out: say how it ended.
 		select {
-		case <-ctx.Done():
-			t.Stop()
-			return fmt.Errorf("pod %s: sidecar not ready after %v: %s", p.name, p.cfg.ReadyTimeout, last)
-		case <-r.sidecar.Done():
-			t.Stop()
-			return fmt.Errorf("pod %s: sidecar %s before it was ready", p.name, r.sidecar.Exit())
-		case <-t.C:
+		case <-sidecar.Done():
+			return fmt.Errorf("pod %s: sidecar %s before it was ready", p.name, sidecar.Exit())
+		case <-time.After(time.Second):
 		}
+		return fmt.Errorf("pod %s: sidecar not ready: %w", p.name, err)
+	case <-timer.C:
+		return fmt.Errorf("pod %s: sidecar not ready after %v: %s", p.name, p.cfg.ReadyTimeout, p.readyStatus())
+	case <-ctx.Done():
+		return fmt.Errorf("pod %s: waiting for the sidecar to be ready: %w", p.name, ctx.Err())
+	case <-sidecar.Done():
+		return fmt.Errorf("pod %s: sidecar %s before it was ready", p.name, sidecar.Exit())
 	}
+}
+
+// ReadReady reads a sidecar's readiness pipe (its -ready-fd): nil once it said READY=1, an
+// error when it said something else or closed the pipe first (it stopped, or failed).
+func ReadReady(r io.Reader) error {
+	line, err := bufio.NewReader(io.LimitReader(r, 256)).ReadString('\n')
+	switch {
+	case line == "READY=1\n":
+		return nil
+	case err == nil:
+		return fmt.Errorf("it said %q on its readiness pipe", line)
+	default:
+		return errors.New("it closed its readiness pipe without saying it was ready")
+	}
+}
+
+// readyStatus asks the sidecar's /ready once why it is not ready, for an error message.
+func (p *Pod) readyStatus() string {
+	resp, err := p.adminClient(time.Second).Get(fmt.Sprintf("http://127.0.0.1:%d/ready", AdminPort))
+	if err != nil {
+		return err.Error()
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+	return fmt.Sprintf("/ready %s: %s", resp.Status, strings.TrimSpace(string(b)))
 }
 
 // supervise watches a run until it fails or ctx ends: process exits, health checks,
@@ -783,9 +812,9 @@ func (sr *sidecarRestarter) start(ctx context.Context) {
 		if !sleep(ctx, sr.p.cfg.Clock, wait) {
 			return
 		}
-		proc, err := sr.p.spawnSidecar(ctx, sr.r.init)
+		proc, ready, err := sr.p.spawnSidecar(ctx, sr.r.init)
 		if err == nil {
-			if err = sr.p.waitReady(ctx, &run{sidecar: proc}); err != nil {
+			if err = sr.p.waitReady(ctx, proc, ready); err != nil {
 				_ = sr.r.init.Signal("sidecar", syscall.SIGKILL)
 				<-proc.Done()
 			}

@@ -28,7 +28,7 @@ func TestProbeInterval(t *testing.T) {
 	}
 }
 
-// TestProbingCount: waitReady's and the TCP check's polling are counted while under way
+// TestProbingCount: the TCP check's polling are counted while under way
 // and no longer once over.
 func TestProbingCount(t *testing.T) {
 	before := probing.Load()

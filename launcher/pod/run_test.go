@@ -13,6 +13,8 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -30,7 +32,10 @@ import (
 const (
 	fakeSidecar        = "fakesidecar"         // /ready and /drain answer 200 on the admin port
 	fakeSidecarUnready = "fakesidecar-unready" // /ready answers 503 for ever
-	fakeApp            = "fakeapp"             // listens on 127.0.0.1:8080 until SIGTERM
+	fakeSidecarSlow    = "fakesidecar-slow"    // says READY=1 only after slowReady
+	fakeSidecarCloses  = "fakesidecar-closes"  // closes its readiness pipe without a word, keeps running
+	slowReady          = 400 * time.Millisecond
+	fakeApp            = "fakeapp" // listens on 127.0.0.1:8080 until SIGTERM
 )
 
 func TestMain(m *testing.M) {
@@ -38,8 +43,8 @@ func TestMain(m *testing.M) {
 		os.Exit(code)
 	}
 	switch filepath.Base(os.Args[0]) {
-	case fakeSidecar, fakeSidecarUnready:
-		os.Exit(runFakeSidecar(filepath.Base(os.Args[0]) == fakeSidecar))
+	case fakeSidecar, fakeSidecarUnready, fakeSidecarSlow, fakeSidecarCloses:
+		os.Exit(runFakeSidecar(filepath.Base(os.Args[0])))
 	case fakeApp:
 		os.Exit(runFakeApp())
 	}
@@ -47,7 +52,8 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-func runFakeSidecar(ready bool) int {
+func runFakeSidecar(mode string) int {
+	ready := mode != fakeSidecarUnready
 	l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", AdminPort))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -62,6 +68,27 @@ func runFakeSidecar(ready bool) int {
 	mux.HandleFunc("/drain", func(http.ResponseWriter, *http.Request) {})
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: time.Second}
 	go func() { _ = srv.Serve(l) }()
+	// The real sidecar's -ready-fd: READY=1 on that descriptor once ready (the unready one
+	// keeps it open and silent, as a sidecar waiting for its certificates does).
+	for i, a := range os.Args {
+		if a == "-ready-fd" && i+1 < len(os.Args) && ready {
+			fd, err := strconv.Atoi(os.Args[i+1])
+			if err != nil {
+				fmt.Fprintln(os.Stderr, err)
+				return 2
+			}
+			f := os.NewFile(uintptr(fd), "ready-fd")
+			switch mode {
+			case fakeSidecarSlow:
+				time.Sleep(slowReady)
+			case fakeSidecarCloses:
+				f.Close()
+				continue
+			}
+			_, _ = f.WriteString("READY=1\n")
+			f.Close()
+		}
+	}
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGTERM)
 	<-sig
@@ -483,4 +510,45 @@ func TestSidecarRestartsAlone(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// TestAppWaitsForSidecarReady: the app starts only once its sidecar has said READY=1 on
+// its readiness pipe, not as soon as the sidecar runs (nothing polls /ready any more; the
+// slow fake sidecar's /ready answers 200 from its start, so a poll would not wait).
+func TestAppWaitsForSidecarReady(t *testing.T) {
+	e := newPodEnv(t)
+	svc := &compose.Service{Name: "slow", StopGracePeriod: time.Second, Mesh: compose.Mesh{Port: 8080},
+		Restart: compose.RestartPolicy{Condition: compose.RestartNone}}
+	p := e.pod(svc, fakeSidecarSlow, nil)
+	svc.Command = []string{e.program(fakeApp)}
+	e.run(p)
+	waitFor(t, p, 10*time.Second, "healthy", isHealthy)
+	m := regexp.MustCompile(`sidecar exec (\S+), sidecar ready (\S+), app exec (\S+)`).FindStringSubmatch(readLog(p, "app"))
+	if m == nil {
+		t.Fatalf("no start timings in the app log:\n%s", readLog(p, "app"))
+	}
+	exec, _ := time.ParseDuration(m[1])
+	ready, _ := time.ParseDuration(m[2])
+	app, _ := time.ParseDuration(m[3])
+	if ready-exec < slowReady || app < ready {
+		t.Errorf("sidecar exec %v, ready %v, app exec %v: want ready at least %v after the exec, the app after it", exec, ready, app, slowReady)
+	}
+}
+
+// TestSidecarClosesReadyPipe: a sidecar that closes its readiness pipe without saying
+// READY=1 fails the start at once, with a message saying so (not after ReadyTimeout).
+func TestSidecarClosesReadyPipe(t *testing.T) {
+	e := newPodEnv(t)
+	svc := &compose.Service{Name: "closes", StopGracePeriod: time.Second, Mesh: compose.Mesh{Port: 8080},
+		Restart: compose.RestartPolicy{Condition: compose.RestartNone}}
+	p := e.pod(svc, fakeSidecarCloses, nil) // ReadyTimeout stays 60s
+	svc.Command = []string{e.program(fakeApp)}
+	e.run(p)
+	got := waitFor(t, p, 10*time.Second, "exited", func(i Info) bool { return i.Status == Exited })
+	if !strings.Contains(got.LastExit, "closed its readiness pipe without saying it was ready") {
+		t.Errorf("last exit %q; want the closed readiness pipe named", got.LastExit)
+	}
+	if got.Pid != 0 {
+		t.Errorf("the app ran (pid %d) beside a sidecar that never got ready", got.Pid)
+	}
 }

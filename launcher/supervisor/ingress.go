@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -209,8 +208,16 @@ func (in *ingress) once(ctx context.Context, logf *logs.File) string {
 	if err != nil {
 		return err.Error()
 	}
-	cmd := exec.Command(exe, "-config", in.configPath())
+	readyR, readyW, err := os.Pipe()
+	if err != nil {
+		out.Close()
+		errw.Close()
+		return err.Error()
+	}
+	defer readyR.Close()
+	cmd := exec.Command(exe, "-config", in.configPath(), "-ready-fd", "3")
 	cmd.Stdout, cmd.Stderr = out, errw
+	cmd.ExtraFiles = []*os.File{readyW} // its fd 3
 	cmd.Dir = "/"
 	// Its own process group: a terminal's Ctrl-C reaches the launcher, which stops the
 	// ingress first, in order. It ends with the launcher (startChild).
@@ -218,6 +225,7 @@ func (in *ingress) once(ctx context.Context, logf *logs.File) string {
 	exited, err := startChild(cmd)
 	out.Close()
 	errw.Close()
+	readyW.Close() // the sidecar's copy is the only writer left
 	if err != nil {
 		return fmt.Sprintf("start %s: %v", exe, err)
 	}
@@ -235,7 +243,7 @@ func (in *ingress) once(ctx context.Context, logf *logs.File) string {
 	logf.Notef("started the ingress sidecar, pid %d, admin %s: %s", pid, in.admin, strings.Join(in.exposes, ", "))
 	in.set(func() { in.pid, in.health, in.since = pid, pod.HealthStarting, time.Now() })
 
-	ready := in.waitReady(ctx, exited)
+	ready := in.waitReady(ctx, readyR, exited)
 	if ready {
 		in.set(func() { in.status, in.health = pod.Running, pod.HealthHealthy })
 		logf.Notef("ready")
@@ -274,29 +282,22 @@ func exitString(ps *os.ProcessState) string {
 	return fmt.Sprintf("exited %d", ps.ExitCode())
 }
 
-// waitReady polls the sidecar's /ready until it answers 200 (true), it exits or ctx ends.
-func (in *ingress) waitReady(ctx context.Context, exited <-chan struct{}) bool {
-	c := &http.Client{Timeout: time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
-	url := "http://" + in.admin + "/ready"
-	for {
-		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-		if resp, err := c.Do(req); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return true
-			}
+// waitReady waits for the sidecar to say READY=1 on its readiness pipe: true once it did,
+// false when it closed the pipe first, exited or ctx ended.
+func (in *ingress) waitReady(ctx context.Context, ready *os.File, exited <-chan struct{}) bool {
+	got := make(chan error, 1)
+	go func() { got <- pod.ReadReady(ready) }()
+	select {
+	case err := <-got:
+		if err != nil {
+			in.cfg.Logf("ingress: sidecar not ready: %v", err)
 		}
-		t := time.NewTimer(10 * time.Millisecond)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return false
-		case <-exited:
-			t.Stop()
-			return false
-		case <-t.C:
-		}
+		return err == nil
+	case <-ctx.Done():
+	case <-exited:
 	}
+	ready.Close() // ends ReadReady
+	return false
 }
 
 // row is the ingress's line in `launcher ps`.
