@@ -26,6 +26,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"strings"
 	"sync"
@@ -33,6 +34,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
+	"golang.org/x/sys/unix"
 
 	"github.com/podmesh/podmesh/launcher/netns"
 	"github.com/podmesh/podmesh/launcher/pod"
@@ -52,6 +54,7 @@ func main() {
 	subnet := flag.String("subnet", "10.86.0.0/24", "pod subnet of the benchmark's own bridge (at least 2×max replicas+2 addresses)")
 	flag.StringVar(&c.bridge, "bridge", "pmbench0", "the benchmark's bridge (created and removed by it)")
 	flag.StringVar(&c.tmp, "tmp", "", "work directory (default: a new temp dir, removed at the end)")
+	flag.StringVar(&c.ways, "ways", "alone,hand,launcher,fixed", "the ways of starting to run (for profiling one of them alone)")
 	flag.Parse()
 	var err error
 	if c.subnet, err = netip.ParsePrefix(*subnet); err != nil {
@@ -68,9 +71,9 @@ func main() {
 }
 
 type config struct {
-	bin, replicas, bridge, tmp string
-	rounds                     int
-	subnet                     netip.Prefix
+	bin, replicas, bridge, tmp, ways string
+	rounds                           int
+	subnet                           netip.Prefix
 }
 
 // app is the trivial app: an HTTP server answering 200 "ok".
@@ -108,7 +111,8 @@ type bench struct {
 	gateway  netip.Addr
 	registry string // http://GATEWAY:PORT, reachable from the host and from pods
 	client   *http.Client
-	scheme   string // of the probes: http, or https once the sidecars speak mutual TLS
+	scheme   string      // of the probes: http, or https once the sidecars speak mutual TLS
+	probeTLS *tls.Config // of the probes to the pods' sidecars, nil for plaintext
 }
 
 func run(ctx context.Context, c config) (err error) {
@@ -176,14 +180,18 @@ func run(ctx context.Context, c config) (err error) {
 		for r := 0; r < c.rounds; r++ {
 			// Interleaved, so that the machine's moods spread over the ways.
 			for _, way := range []struct {
-				name string
-				n    int
-				fn   func(context.Context, int, int) (result, error)
-				out  *[]result
+				key, name string
+				n         int
+				fn        func(context.Context, int, int) (result, error)
+				out       *[]result
 			}{
-				{"app alone", n, b.appAlone, &alone}, {"by hand", n, b.byHand, &hand},
-				{"launcher", n, b.launcher, &launch}, {"launcher", 0, b.launcher, &fixed},
+				{"alone", "app alone", n, b.appAlone, &alone}, {"hand", "by hand", n, b.byHand, &hand},
+				{"launcher", "launcher", n, b.launcher, &launch}, {"fixed", "launcher", 0, b.launcher, &fixed},
 			} {
+				if !strings.Contains(","+c.ways+",", ","+way.key+",") {
+					*way.out = append(*way.out, result{})
+					continue
+				}
 				res, err := way.fn(ctx, way.n, r)
 				if err != nil {
 					return fmt.Errorf("%d replicas, %s, round %d: %w", way.n, way.name, r+1, err)
@@ -220,11 +228,14 @@ func run(ctx context.Context, c config) (err error) {
 	fmt.Println("  /dev/tcp), the app (the launcher's order: the app starts once its sidecar is ready); all pods at once.")
 	fmt.Println("LAUNCHER: launcher up (foreground) on a compose file with N replicas, using the registry above; it also")
 	fmt.Println("  makes the pod cgroups with limits, runs podmesh-init as each pod's PID 1, a private /proc and /tmp,")
-	fmt.Println("  /etc/hosts, the pod firewall, waits for the sidecar's /ready before the app, and health-checks the app.")
+	fmt.Println("  /etc/hosts, the pod firewall, waits for the sidecar's READY=1 (on a pipe, -ready-fd) before the app, and")
+	fmt.Println("  health-checks the app.")
 	fmt.Println("LAUNCHER FIXED: launcher up with 0 replicas, from exec to \"started\": its own process start, the compose file,")
 	fmt.Println("  bridge, cgroups and registry relay; paid once per `up`, whatever the number of pods.")
 	fmt.Println("OVERHEAD/POD = (LAUNCHER - BY HAND - LAUNCHER FIXED) / PODS: what the launcher adds per pod beyond the")
 	fmt.Println("  same processes' own start.")
+	fmt.Printf("PROBES: the same in every way: each pod's namespace watched for its app's listening socket (/proc/net/tcp\n")
+	fmt.Printf("  every %v), then requests through its sidecar every %v on a kept-alive connection until a 200.\n", ListenPoll, ProbeInterval)
 	fmt.Printf("Load average at the end: %s (2 cores: above 2, other work shares the machine and the times grow).\n", loadavg())
 	return nil
 }
@@ -356,7 +367,7 @@ func (b *bench) meshClient() error {
 			return err
 		},
 	}
-	b.client = &http.Client{Timeout: time.Second, Transport: &http.Transport{DisableKeepAlives: true, TLSClientConfig: tc}}
+	b.probeTLS = tc
 	b.scheme = "https"
 	fmt.Println("the registry runs a Connect CA: the probes speak mutual TLS to the sidecars, as pmbench-probe")
 	return nil
@@ -377,10 +388,28 @@ func (b *bench) podAddr(i int, upper bool) netip.Addr {
 	return a
 }
 
-// waitAll probes every URL until it answers 200, each first waiting for its veth (when
-// named) to be up: a request to an address nobody holds yet would wait out a failed ARP
-// resolution, about a second, which is not start-up time. It returns the times since t0.
-func (b *bench) waitAll(ctx context.Context, t0 time.Time, urls, veths []string) (result, error) {
+// The probes. A request through a pod's sidecar before its app listens only makes the
+// sidecar refuse it (a mutual TLS handshake, a refused dial to the app, a 502): with 20 pods
+// probed every millisecond, that cost the sidecars more CPU than their own start on 2 cores,
+// and the longer a way kept its sidecars waiting for their apps, the more of it that way
+// paid — the probes measured themselves. So each pod is first watched, cheaply, for its app's
+// listening socket (its namespace's /proc/net/tcp, every ListenPoll), and only then probed
+// through its sidecar, every ProbeInterval on a kept-alive connection, until a 200. The
+// time reported is still that of the first request served through the sidecar.
+const (
+	ListenPoll    = 2 * time.Millisecond
+	ProbeInterval = time.Millisecond
+	AppPort       = 8080
+)
+
+// waitAll probes every URL until it answers 200, each first waiting for its app to listen
+// in the namespace pinned at pins[i] (when pins is given) and for its veth (when named) to
+// be up: a request to an address nobody holds yet would wait out a failed ARP resolution,
+// about a second, which is not start-up time. It returns the times since t0.
+func (b *bench) waitAll(ctx context.Context, t0 time.Time, urls, veths, pins []string) (result, error) {
+	tr := &http.Transport{TLSClientConfig: b.probeTLS, MaxIdleConnsPerHost: 1, IdleConnTimeout: time.Minute}
+	defer tr.CloseIdleConnections()
+	client := &http.Client{Timeout: time.Second, Transport: tr}
 	var wg sync.WaitGroup
 	times := make([]time.Duration, len(urls))
 	errs := make([]error, len(urls))
@@ -390,6 +419,12 @@ func (b *bench) waitAll(ctx context.Context, t0 time.Time, urls, veths []string)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			if pins != nil {
+				if err := waitListening(ctx, pins[i], AppPort); err != nil {
+					errs[i] = err
+					return
+				}
+			}
 			if veths != nil {
 				for ctx.Err() == nil {
 					if b, err := os.ReadFile("/sys/class/net/" + veths[i] + "/operstate"); err == nil && strings.TrimSpace(string(b)) == "up" {
@@ -400,14 +435,15 @@ func (b *bench) waitAll(ctx context.Context, t0 time.Time, urls, veths []string)
 			}
 			for ctx.Err() == nil {
 				req, _ := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
-				if resp, err := b.client.Do(req); err == nil {
+				if resp, err := client.Do(req); err == nil {
+					_, _ = io.Copy(io.Discard, resp.Body)
 					resp.Body.Close()
 					if resp.StatusCode == http.StatusOK {
 						times[i] = time.Since(t0)
 						return
 					}
 				}
-				time.Sleep(time.Millisecond)
+				time.Sleep(ProbeInterval)
 			}
 			errs[i] = fmt.Errorf("%s never answered", u)
 		}()
@@ -452,7 +488,7 @@ func (b *bench) appAlone(ctx context.Context, n, _ int) (result, error) {
 		cmds = append(cmds, c)
 		urls = append(urls, "http://"+ports[i]+"/")
 	}
-	return b.waitAll(ctx, t0, urls, nil)
+	return b.waitAll(ctx, t0, urls, nil, nil)
 }
 
 // byHand starts n pods with ip and unshare, one shell each, all at once.
@@ -524,7 +560,7 @@ exec ip netns exec %[1]s unshare --pid --mount --uts --ipc --fork --kill-child -
 		}
 		cmds = append(cmds, c)
 	}
-	return b.waitAll(ctx, t0, urls, veths)
+	return b.waitAll(ctx, t0, urls, veths, pinPaths(names))
 }
 
 // launcher runs `launcher up` on a compose file with n replicas of the trivial app. With
@@ -607,7 +643,80 @@ services:
 			return result{}, ctx.Err()
 		}
 	}
-	return b.waitAll(ctx, t0, urls, veths)
+	return b.waitAll(ctx, t0, urls, veths, pinPaths(names))
+}
+
+func pinPaths(names []string) []string {
+	var p []string
+	for _, n := range names {
+		p = append(p, filepath.Join(netns.PinDir, n))
+	}
+	return p
+}
+
+// waitListening returns once a socket listens on port in the network namespace pinned at
+// pin, reading that namespace's /proc/net/tcp every ListenPoll.
+func waitListening(ctx context.Context, pin string, port int) error {
+	var table *os.File
+	for table == nil {
+		// The pin is an empty file until the namespace is mounted on it: try again.
+		f, err := openTCPTable(pin)
+		if err == nil {
+			table = f
+			break
+		}
+		if ctx.Err() != nil {
+			return fmt.Errorf("%s: %w", pin, err)
+		}
+		time.Sleep(ListenPoll)
+	}
+	defer table.Close()
+	want := fmt.Sprintf(":%04X ", port)
+	buf := make([]byte, 64<<10)
+	for ctx.Err() == nil {
+		n, err := table.ReadAt(buf, 0)
+		if err != nil && !errors.Is(err, io.EOF) {
+			return fmt.Errorf("%s: read tcp table: %w", pin, err)
+		}
+		// "  sl  local_address rem_address   st ...": a local address ending in :PORT in state 0A (LISTEN).
+		for _, line := range strings.Split(string(buf[:n]), "\n")[1:] {
+			f := strings.Fields(line)
+			if len(f) > 3 && strings.HasSuffix(f[1]+" ", want) && f[3] == "0A" {
+				return nil
+			}
+		}
+		time.Sleep(ListenPoll)
+	}
+	return fmt.Errorf("%s: nothing listened on port %d", pin, port)
+}
+
+// openTCPTable opens /proc/thread-self/net/tcp from a thread that entered the namespace
+// pinned at pin: the open file keeps showing that namespace's sockets after the thread is
+// gone (a thread that changed namespace is not given back to the runtime: it exits with
+// its goroutine).
+func openTCPTable(pin string) (*os.File, error) {
+	type opened struct {
+		f   *os.File
+		err error
+	}
+	ch := make(chan opened, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked
+		ns, err := os.Open(pin)
+		if err != nil {
+			ch <- opened{err: err}
+			return
+		}
+		defer ns.Close()
+		if err := unix.Setns(int(ns.Fd()), unix.CLONE_NEWNET); err != nil {
+			ch <- opened{err: fmt.Errorf("setns: %w", err)}
+			return
+		}
+		f, err := os.Open("/proc/thread-self/net/tcp")
+		ch <- opened{f, err}
+	}()
+	o := <-ch
+	return o.f, o.err
 }
 
 // checkGone fails when a pod's namespace or veth is still there after a few seconds (the
