@@ -61,6 +61,20 @@ type File struct {
 	f      *os.File
 	size   int64
 	closed bool
+	onOpen func(*os.File)
+}
+
+// SetOnOpen calls fn with the file now being written, and again with each new one after a
+// rotation, under the File's lock: a process whose own stdout and stderr are its log (the
+// background launcher) moves them onto the new file there, so that what bypasses the File
+// (a runtime crash report) still lands in the current file.
+func (l *File) SetOnOpen(fn func(*os.File)) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.onOpen = fn
+	if fn != nil && !l.closed {
+		fn(l.f)
+	}
 }
 
 // Open opens (appending) or creates the log file at path.
@@ -86,6 +100,9 @@ func (l *File) openLocked() error {
 		return fmt.Errorf("logs: stat %s: %w", l.path, err)
 	}
 	l.f, l.size = f, fi.Size()
+	if l.onOpen != nil {
+		l.onOpen(f)
+	}
 	return nil
 }
 

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/podmesh/podmesh/internal/testutil"
+	"golang.org/x/sys/unix"
 )
 
 func fixedClock() func() time.Time {
@@ -199,5 +200,49 @@ func BenchmarkLine(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		_ = l.Line("stdout", line)
+	}
+}
+
+// TestOnOpenFollowsRotation: SetOnOpen's function gets the current file at once and each
+// new file after a rotation; a descriptor it moves there (as the background launcher moves
+// its stderr) writes into the current file, not into a rotated one.
+func TestOnOpenFollowsRotation(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "launcher.log")
+	l, err := Open(path, Policy{MaxSize: 100, MaxFiles: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	l.now = fixedClock()
+	spare, err := os.Open(os.DevNull) // stands for fd 2
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer spare.Close()
+	opened := 0
+	l.SetOnOpen(func(f *os.File) {
+		opened++
+		if err := unix.Dup3(int(f.Fd()), int(spare.Fd()), unix.O_CLOEXEC); err != nil {
+			t.Error(err)
+		}
+	})
+	if opened != 1 {
+		t.Fatalf("SetOnOpen called its function %d times; want once, with the current file", opened)
+	}
+	for i := 0; i < 3; i++ { // the third line rotates
+		if err := l.Line("stderr", fmt.Appendf(nil, "l%02d", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if opened != 2 {
+		t.Fatalf("after one rotation: called %d times; want 2", opened)
+	}
+	if _, err := spare.WriteString("crash report\n"); err != nil {
+		t.Fatal(err)
+	}
+	cur, _ := os.ReadFile(path)
+	old, _ := os.ReadFile(path + ".1")
+	if !strings.Contains(string(cur), "crash report") || strings.Contains(string(old), "crash report") {
+		t.Errorf("the moved descriptor wrote elsewhere than the current file:\ncurrent %q\n.1 %q", cur, old)
 	}
 }

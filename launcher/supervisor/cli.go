@@ -16,6 +16,8 @@ import (
 
 	"github.com/podmesh/podmesh/launcher/compose"
 	"github.com/podmesh/podmesh/launcher/initproc"
+	"github.com/podmesh/podmesh/launcher/logs"
+	"golang.org/x/sys/unix"
 )
 
 const usage = `usage: launcher [flags] up [-d] [-f FILE] [-metrics ADDR] [-trace-endpoint URL]
@@ -165,6 +167,18 @@ func reorder(args []string) []string {
 func upCmd(ctx context.Context, cfg Config, project *compose.Project, stdout io.Writer) error {
 	var ready func(error)
 	if fd := os.Getenv(daemonEnv); fd != "" {
+		// In the background the launcher's own log is launcher.log, rotated like the pods'
+		// logs (-log-max-size, -log-max-files); its stdout and stderr follow the current file.
+		lf, err := logs.Open(filepath.Join(cfg.StateDir, project.Name, "launcher.log"), cfg.LogPolicy)
+		if err != nil {
+			return err
+		}
+		defer lf.Close()
+		lf.SetOnOpen(func(f *os.File) {
+			_ = unix.Dup3(int(f.Fd()), 1, 0)
+			_ = unix.Dup3(int(f.Fd()), 2, 0)
+		})
+		cfg.Logf = log.New(lf, "launcher: ", log.LstdFlags).Printf
 		// Children (the registry) must not inherit the pipe, or `up -d` waits for them.
 		syscall.CloseOnExec(3)
 		pipe := os.NewFile(3, "ready")
@@ -187,7 +201,8 @@ func upCmd(ctx context.Context, cfg Config, project *compose.Project, stdout io.
 }
 
 // detachUp starts `launcher up` again in the background (a new session, output to
-// <state-dir>/<project>/launcher.log) and returns once it reports that everything started.
+// <state-dir>/<project>/launcher.log, which the background launcher rotates) and returns
+// once it reports that everything started.
 func detachUp(ctx context.Context, cfg Config, project *compose.Project, args []string, stdout io.Writer) error {
 	var child []string
 	for _, a := range args {

@@ -1057,7 +1057,8 @@ func TestDetached(t *testing.T) {
     x-podmesh: {port: 8080}
 `)
 	t.Cleanup(func() { _, _ = e.run("down", "-p", e.project) })
-	out, err := e.run("up", "-d", "-f", file)
+	// Small log files, so that the background launcher's own log rotates too.
+	out, err := e.run("-log-max-size", "50", "-log-max-files", "2", "up", "-d", "-f", file)
 	if err != nil || !strings.Contains(out, "started in the background") {
 		t.Fatalf("up -d: %v\n%s", err, out)
 	}
@@ -1086,6 +1087,17 @@ func TestDetached(t *testing.T) {
 	// Gone, or a zombie waiting for whoever inherited it (its parent, `up -d`, has exited).
 	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err == nil && !strings.Contains(string(b), ") Z ") {
 		t.Errorf("launcher %d still running after down: %s", pid, b)
+	}
+	// launcher.log rotated (its two lines, "metrics on …" and "stopping …", are each longer
+	// than 50 bytes: one per file), two files kept, the stop in the current one.
+	logPath := filepath.Join(e.stateDir, e.project, "launcher.log")
+	older, err1 := os.ReadFile(logPath + ".1")
+	current, err2 := os.ReadFile(logPath)
+	if err1 != nil || err2 != nil || strings.Count(string(older), "\n") != 1 || !strings.Contains(string(current), "stopping") {
+		t.Errorf("launcher log not rotated: .1 (%v):\n%s\ncurrent (%v):\n%s", err1, older, err2, current)
+	}
+	if _, err := os.Stat(logPath + ".2"); err == nil {
+		t.Errorf("%s.2 exists; -log-max-files 2", logPath)
 	}
 	after := podtest.Leftovers(t, e.project, e.bridge)
 	if strings.Join(before, "\n") != strings.Join(after, "\n") {
