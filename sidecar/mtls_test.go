@@ -16,8 +16,6 @@ import (
 	"math/big"
 	"net"
 	"net/http"
-	"net/http/httptest"
-	"net/http/httputil"
 	"net/url"
 	"os"
 	"os/exec"
@@ -849,20 +847,10 @@ func TestRotationUnderLoad(t *testing.T) {
 // port refuses every handshake (reason not_ready). Once the registry answers, it is ready.
 func TestNotReadyWithoutCA(t *testing.T) {
 	testutil.CheckGoroutines(t)
-	reg := meshtest.Start(t, "", 0)
-	target, _ := url.Parse(reg.URL())
-	var open atomic.Bool
-	gate := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !open.Load() {
-			http.Error(w, "registry starting", http.StatusServiceUnavailable)
-			return
-		}
-		httputil.NewSingleHostReverseProxy(target).ServeHTTP(w, r)
-	}))
-	t.Cleanup(gate.Close)
+	reg, gate, open := gatedRegistry(t)
 	app := startTestApp(t, "nr-db", nil)
 	cfg, err := Parse([]string{"-service", "nr-db", "-protocol", "http", "-inbound", "127.0.0.1:0", "-app", app.addr,
-		"-register=false", "-admin", "127.0.0.1:0", "-registry", gate.URL}, env(), io.Discard)
+		"-register=false", "-admin", "127.0.0.1:0", "-registry", gate}, env(), io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -909,7 +897,7 @@ func TestNotReadyWithoutCA(t *testing.T) {
 		t.Errorf("podmesh_tls_ready %v before the material", v)
 	}
 
-	open.Store(true)
+	open()
 	testutil.Eventually(t, 10*time.Second, 20*time.Millisecond, func() error {
 		if code, body := ready(); code != 200 {
 			return fmt.Errorf("/ready %d %q", code, body)

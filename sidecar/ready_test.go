@@ -36,11 +36,11 @@ func readyPipe(t *testing.T) (r *os.File, fd int) {
 	return r, fd
 }
 
-// gatedRegistry is a registry that answers 503 to everything until opened: the sidecar's
-// certificates and intentions stay out of reach until then.
-func gatedRegistry(t *testing.T) (addr string, open func()) {
+// gatedRegistry is a registry behind a gate (addr) that answers 503 to everything until
+// opened: the sidecar's certificates and intentions stay out of reach until then.
+func gatedRegistry(t *testing.T) (reg *meshtest.Registry, addr string, open func()) {
 	t.Helper()
-	reg := meshtest.Start(t, "", 0)
+	reg = meshtest.Start(t, "", 0)
 	target, _ := url.Parse(reg.URL())
 	var opened atomic.Bool
 	gate := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -51,7 +51,7 @@ func gatedRegistry(t *testing.T) (addr string, open func()) {
 		httputil.NewSingleHostReverseProxy(target).ServeHTTP(w, r)
 	}))
 	t.Cleanup(gate.Close)
-	return gate.URL, func() { opened.Store(true) }
+	return reg, gate.URL, func() { opened.Store(true) }
 }
 
 // startReadyFD runs a mutual-TLS sidecar with -ready-fd against registry.
@@ -114,7 +114,7 @@ func readWithin(t *testing.T, r *os.File, d time.Duration) (string, bool) {
 // then closes the descriptor.
 func TestReadyFD(t *testing.T) {
 	testutil.CheckGoroutines(t)
-	registry, open := gatedRegistry(t)
+	_, registry, open := gatedRegistry(t)
 	r, fd := readyPipe(t)
 	sc, _ := startReadyFD(t, registry, fd)
 	if got, eof := readWithin(t, r, 300*time.Millisecond); got != "" || eof {
@@ -137,7 +137,7 @@ func TestReadyFD(t *testing.T) {
 // descriptor without a word, so whoever waits on it learns at once.
 func TestReadyFDClosedWhenStoppedFirst(t *testing.T) {
 	testutil.CheckGoroutines(t)
-	registry, _ := gatedRegistry(t)
+	_, registry, _ := gatedRegistry(t)
 	r, fd := readyPipe(t)
 	_, stop := startReadyFD(t, registry, fd)
 	time.Sleep(100 * time.Millisecond)

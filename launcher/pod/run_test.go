@@ -353,6 +353,18 @@ func waitFor(t *testing.T, p *Pod, d time.Duration, what string, cond func(Info)
 	return p.Info()
 }
 
+// meshedPod runs a pod of a meshed service called name, with the fake app, the given fake
+// sidecar, and no restart of the app.
+func (e *podEnv) meshedPod(name, sidecar string) *Pod {
+	e.t.Helper()
+	svc := &compose.Service{Name: name, StopGracePeriod: time.Second, Mesh: compose.Mesh{Port: 8080},
+		Restart: compose.RestartPolicy{Condition: compose.RestartNone}}
+	p := e.pod(svc, sidecar, nil)
+	svc.Command = []string{e.program(fakeApp)}
+	e.run(p)
+	return p
+}
+
 func readLog(p *Pod, name string) string {
 	b, _ := os.ReadFile(filepath.Join(p.cfg.LogDir, name+".log"))
 	return string(b)
@@ -472,11 +484,7 @@ func TestReregisterAfterRegistryLoss(t *testing.T) {
 // passing again once the new sidecar is ready.
 func TestSidecarRestartsAlone(t *testing.T) {
 	e := newPodEnv(t)
-	svc := &compose.Service{Name: "side", StopGracePeriod: time.Second, Mesh: compose.Mesh{Port: 8080},
-		Restart: compose.RestartPolicy{Condition: compose.RestartNone}}
-	p := e.pod(svc, fakeSidecar, nil)
-	svc.Command = []string{e.program(fakeApp)}
-	e.run(p)
+	p := e.meshedPod("side", fakeSidecar)
 	before := waitFor(t, p, 10*time.Second, "healthy", isHealthy)
 	cg := e.cgroupOf(p)
 	old := cg.last("sidecar")
@@ -517,11 +525,7 @@ func TestSidecarRestartsAlone(t *testing.T) {
 // slow fake sidecar's /ready answers 200 from its start, so a poll would not wait).
 func TestAppWaitsForSidecarReady(t *testing.T) {
 	e := newPodEnv(t)
-	svc := &compose.Service{Name: "slow", StopGracePeriod: time.Second, Mesh: compose.Mesh{Port: 8080},
-		Restart: compose.RestartPolicy{Condition: compose.RestartNone}}
-	p := e.pod(svc, fakeSidecarSlow, nil)
-	svc.Command = []string{e.program(fakeApp)}
-	e.run(p)
+	p := e.meshedPod("slow", fakeSidecarSlow)
 	waitFor(t, p, 10*time.Second, "healthy", isHealthy)
 	m := regexp.MustCompile(`sidecar exec (\S+), sidecar ready (\S+), app exec (\S+)`).FindStringSubmatch(readLog(p, "app"))
 	if m == nil {
@@ -539,11 +543,7 @@ func TestAppWaitsForSidecarReady(t *testing.T) {
 // READY=1 fails the start at once, with a message saying so (not after ReadyTimeout).
 func TestSidecarClosesReadyPipe(t *testing.T) {
 	e := newPodEnv(t)
-	svc := &compose.Service{Name: "closes", StopGracePeriod: time.Second, Mesh: compose.Mesh{Port: 8080},
-		Restart: compose.RestartPolicy{Condition: compose.RestartNone}}
-	p := e.pod(svc, fakeSidecarCloses, nil) // ReadyTimeout stays 60s
-	svc.Command = []string{e.program(fakeApp)}
-	e.run(p)
+	p := e.meshedPod("closes", fakeSidecarCloses)
 	got := waitFor(t, p, 10*time.Second, "exited", func(i Info) bool { return i.Status == Exited })
 	if !strings.Contains(got.LastExit, "closed its readiness pipe without saying it was ready") {
 		t.Errorf("last exit %q; want the closed readiness pipe named", got.LastExit)
