@@ -634,10 +634,8 @@ func (p *Pod) waitReady(ctx context.Context, sidecar *initproc.Proc, ready *os.F
 			return nil
 		}
 		// A sidecar that closed its pipe on its way out: say how it ended.
-		select {
-		case <-sidecar.Done():
+		if waitDone(sidecar.Done(), time.Second) {
 			return fmt.Errorf("pod %s: sidecar %s before it was ready", p.name, sidecar.Exit())
-		case <-time.After(time.Second):
 		}
 		return fmt.Errorf("pod %s: sidecar not ready: %w", p.name, err)
 	case <-timer.C:
