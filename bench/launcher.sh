@@ -8,7 +8,7 @@
 # a bridge and subnet of its own, and removes every namespace, veth and process it made.
 #
 # Needs root. Environment (optional): BIN (./bin, from make build), REPLICAS (1,20),
-# ROUNDS (3), BENCH_SUBNET (10.86.0.0/24), BENCH_BRIDGE (pmbench0).
+# ROUNDS (5), BENCH_SUBNET (10.86.0.0/24), BENCH_BRIDGE (pmbench0).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${BIN:=$PWD/bin}"
@@ -38,7 +38,7 @@ trap 'exit 143' TERM
 "$GO" build -o "$work/launcherbench" ./bench/launcher
 # A program outside /tmp-private paths is not needed: the pods see the host's files except
 # /tmp, and the launcher keeps the app's directory visible.
-"$work/launcherbench" -bin "$BIN" -replicas "${REPLICAS:-1,20}" -rounds "${ROUNDS:-3}" \
+"$work/launcherbench" -bin "$BIN" -replicas "${REPLICAS:-1,20}" -rounds "${ROUNDS:-5}" \
   -subnet "${BENCH_SUBNET:-10.86.0.0/24}" -bridge "${BENCH_BRIDGE:-pmbench0}" -tmp "$work/run" &
 pid=$!
 rc=0
