@@ -36,6 +36,7 @@ type h2ClientConn struct {
 	conn   net.Conn
 	br     *bufio.Reader
 	fr     *http2.Framer
+	rd     *h2FrameReader // reads fr's frames, decoding header blocks
 	scheme string
 
 	wmu         sync.Mutex
@@ -130,9 +131,8 @@ func newH2ClientConn(conn net.Conn, tlsOn bool) (*h2ClientConn, error) {
 	cc.bw = bufio.NewWriterSize(conn, h2WriteBuffer)
 	cc.fr = http2.NewFramer(cc.bw, cc.br)
 	cc.fr.SetMaxReadFrameSize(h2MaxReadFrame)
-	cc.fr.MaxHeaderListSize = 1 << 20
-	cc.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
 	cc.fr.SetReuseFrames()
+	cc.rd = newH2FrameReader(cc.fr, 1<<20)
 	cc.enc = hpack.NewEncoder(&cc.hbuf)
 	cc.bw.WriteString(http2.ClientPreface)
 	cc.fr.WriteSettings(
@@ -737,7 +737,7 @@ func (cc *h2ClientConn) readLoop() {
 
 func (cc *h2ClientConn) readFrames() error {
 	for {
-		f, err := cc.fr.ReadFrame()
+		f, err := cc.rd.ReadFrame()
 		if err != nil {
 			var se http2.StreamError
 			if errors.As(err, &se) {
@@ -980,12 +980,18 @@ func (cc *h2ClientConn) processHeaders(f *http2.MetaHeadersFrame) error {
 	}
 	fields := f.RegularFields()
 	h := make(http.Header, len(fields))
-	for _, hf := range fields {
+	vals := make([]string, len(fields)) // one array for every single-valued field
+	for i, hf := range fields {
 		k := cc.canonical(hf.Name)
-		h[k] = append(h[k], hf.Value)
+		if vv, ok := h[k]; ok {
+			h[k] = append(vv, hf.Value)
+		} else {
+			vals[i] = hf.Value
+			h[k] = vals[i : i+1 : i+1]
+		}
 	}
 	res := &http.Response{
-		Status:        status + " " + http.StatusText(code),
+		Status:        statusLine(code, status),
 		StatusCode:    code,
 		Proto:         "HTTP/2.0",
 		ProtoMajor:    2,
@@ -1029,6 +1035,26 @@ func (cc *h2ClientConn) processHeaders(f *http2.MetaHeadersFrame) error {
 	}
 	return nil
 }
+
+// statusLine is http.Response.Status for code (whose digits are status): precomputed for
+// the common codes.
+func statusLine(code int, status string) string {
+	if code >= 100 && code < 600 {
+		if s := statusLines[code-100]; s != "" {
+			return s
+		}
+	}
+	return status + " " + http.StatusText(code)
+}
+
+var statusLines = func() (t [500]string) {
+	for code := 100; code < 600; code++ {
+		if text := http.StatusText(code); text != "" {
+			t[code-100] = strconv.Itoa(code) + " " + text
+		}
+	}
+	return t
+}()
 
 func (cc *h2ClientConn) canonical(name string) string {
 	if k, ok := cc.canon[name]; ok {

@@ -72,6 +72,7 @@ type h2Conn struct {
 	conn   net.Conn
 	br     *bufio.Reader
 	fr     *http2.Framer
+	rd     *h2FrameReader // reads fr's frames, decoding header blocks
 	remote string
 	tls    *tls.ConnectionState
 	ctx    context.Context
@@ -153,9 +154,8 @@ func (l *listener) serveHTTP2(conn net.Conn, tlsState *tls.ConnectionState) {
 	c.bw = bufio.NewWriterSize(conn, h2WriteBuffer)
 	c.fr = http2.NewFramer(c.bw, c.br)
 	c.fr.SetMaxReadFrameSize(h2MaxReadFrame)
-	c.fr.MaxHeaderListSize = uint32(l.limits.MaxHeaderBytes)
-	c.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
 	c.fr.SetReuseFrames()
+	c.rd = newH2FrameReader(c.fr, uint32(l.limits.MaxHeaderBytes))
 	c.enc = hpack.NewEncoder(&c.hbuf)
 	c.idleSince = time.Now()
 	c.lastRead.Store(time.Now().UnixNano())
@@ -202,7 +202,7 @@ func (c *h2Conn) serve() {
 	go c.flusher()
 	controls := 0
 	for {
-		f, err := c.fr.ReadFrame()
+		f, err := c.rd.ReadFrame()
 		if err != nil {
 			var se http2.StreamError
 			switch {
@@ -724,18 +724,14 @@ func (c *h2Conn) newStream(f *http2.MetaHeadersFrame) (*h2Stream, error) {
 	st := &h2Stream{c: c, id: f.StreamID, recvWin: h2StreamWindow, declared: -1}
 	st.cond.L = &st.mu
 	st.ctx, st.cancel = context.WithCancel(c.ctx)
-	req := (&http.Request{
-		Method:     method,
-		URL:        u,
-		Proto:      "HTTP/2.0",
-		ProtoMajor: 2,
-		Header:     h,
-		Host:       authority,
-		RemoteAddr: c.remote,
-		RequestURI: path,
-		TLS:        c.tls,
-		Body:       http.NoBody,
-	}).WithContext(st.ctx)
+	req := h2ReqTemplate.WithContext(st.ctx) // a copy: one allocation, not two
+	req.Method = method
+	req.URL = u
+	req.Header = h
+	req.Host = authority
+	req.RemoteAddr = c.remote
+	req.RequestURI = path
+	req.TLS = c.tls
 	if scheme == "https" && c.tls == nil {
 		req.URL.Scheme = "" // as net/http: a request's URL has no scheme
 	}
@@ -775,6 +771,9 @@ func (c *h2Conn) newStream(f *http2.MetaHeadersFrame) (*h2Stream, error) {
 	st.res.st = st
 	return st, nil
 }
+
+// h2ReqTemplate holds what every HTTP/2 request has; nobody modifies it.
+var h2ReqTemplate = &http.Request{Proto: "HTTP/2.0", ProtoMajor: 2, Body: http.NoBody}
 
 // runHandler serves one stream in its own goroutine.
 func (c *h2Conn) runHandler(st *h2Stream) {
