@@ -239,6 +239,18 @@ func (p *h1Client) exchange(ctx context.Context, cc *h1ClientConn, req *http.Req
 		if _, err := cc.br.Peek(1); err != nil {
 			return fail(err, !streaming)
 		}
+		if res, ok := readResponseFast(cc.br, req); ok {
+			b := &h1ClientBody{p: p, cc: cc, stop: stop, bodyDone: bodyDone, keep: !req.Close}
+			if res.ContentLength == 0 {
+				res.Body = http.NoBody
+				b.finish(true)
+				return res, nil
+			}
+			b.fixed = fixedBody{br: cc.br, n: res.ContentLength}
+			b.rc = &b.fixed
+			res.Body = b
+			return res, nil
+		}
 		var err error
 		res, err = http.ReadResponse(cc.br, req)
 		if err != nil {
@@ -422,6 +434,7 @@ type h1ClientBody struct {
 	bodyDone chan error // the request body writer's result, when there is one
 	keep     bool
 	done     bool
+	fixed    fixedBody // rc when the head was read by readResponseFast
 }
 
 func (b *h1ClientBody) Read(p []byte) (int, error) {
