@@ -81,16 +81,14 @@ type h2Conn struct {
 	lastRead atomic.Int64 // unix nanoseconds of the last read from the peer
 
 	// Writing, under wmu. Handlers waiting for send window wait on wcond.
-	wmu         sync.Mutex
-	wcond       *sync.Cond
-	bw          *bufio.Writer
-	enc         *hpack.Encoder
-	hbuf        bytes.Buffer
-	werr        error
-	sendWin     int64 // connection send window
-	peerInitWin int64
-	peerMaxSize int
-	lower       map[string]string // canonical header name -> lower case
+	wmu    sync.Mutex
+	wcond  *sync.Cond
+	bw     *bufio.Writer
+	enc    *hpack.Encoder
+	hbuf   bytes.Buffer
+	werr   error
+	h2Flow                   // send windows and frame size
+	lower  map[string]string // canonical header name -> lower case
 
 	// Streams, under mu.
 	mu        sync.Mutex
@@ -145,7 +143,7 @@ type h2Stream struct {
 // tlsState is the connection's, or nil.
 func (l *listener) serveHTTP2(conn net.Conn, tlsState *tls.ConnectionState) {
 	c := &h2Conn{l: l, conn: conn, remote: conn.RemoteAddr().String(), tls: tlsState,
-		streams: map[uint32]*h2Stream{}, peerInitWin: 65535, sendWin: 65535, peerMaxSize: 16384,
+		streams: map[uint32]*h2Stream{}, h2Flow: newH2Flow(),
 		recvWin: h2ConnWindow, lower: map[string]string{}, canon: map[string]string{},
 		flushCh: make(chan struct{}, 1)}
 	c.ctx, c.cancel = context.WithCancel(l.ctx)
@@ -410,31 +408,8 @@ func (c *h2Conn) processSettings(f *http2.SettingsFrame) error {
 	}
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
-	err := f.ForeachSetting(func(s http2.Setting) error {
-		if err := s.Valid(); err != nil {
-			return err
-		}
-		switch s.ID {
-		case http2.SettingHeaderTableSize:
-			c.enc.SetMaxDynamicTableSizeLimit(s.Val)
-		case http2.SettingInitialWindowSize:
-			delta := int64(s.Val) - c.peerInitWin
-			c.peerInitWin = int64(s.Val)
-			c.mu.Lock()
-			for _, st := range c.streams {
-				st.sendWin += delta
-				if st.sendWin > 1<<31-1 {
-					c.mu.Unlock()
-					return http2.ConnectionError(http2.ErrCodeFlowControl)
-				}
-			}
-			c.mu.Unlock()
-			c.wcond.Broadcast()
-		case http2.SettingMaxFrameSize:
-			c.peerMaxSize = int(s.Val)
-		}
-		return nil
-	})
+	err := c.settingsLocked(f, c.enc, c.streamWindows, nil)
+	c.wcond.Broadcast()
 	if err != nil {
 		return err
 	}
@@ -443,8 +418,20 @@ func (c *h2Conn) processSettings(f *http2.SettingsFrame) error {
 	return nil
 }
 
+// streamWindows yields the send window of every open stream, under mu.
+func (c *h2Conn) streamWindows(yield func(*int64) bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, st := range c.streams {
+		if !yield(&st.sendWin) {
+			return
+		}
+	}
+}
+
 func (c *h2Conn) processWindowUpdate(f *http2.WindowUpdateFrame) error {
 	var st *h2Stream
+	var win *int64
 	if f.StreamID != 0 {
 		c.mu.Lock()
 		st = c.streams[f.StreamID]
@@ -452,17 +439,11 @@ func (c *h2Conn) processWindowUpdate(f *http2.WindowUpdateFrame) error {
 		if st == nil {
 			return nil // closed, or idle (a peer bug we tolerate)
 		}
+		win = &st.sendWin
 	}
 	c.wmu.Lock()
-	overflow := false
-	if st == nil {
-		c.sendWin += int64(f.Increment)
-		if c.sendWin > 1<<31-1 {
-			c.wmu.Unlock()
-			return http2.ConnectionError(http2.ErrCodeFlowControl)
-		}
-	} else if st.sendWin += int64(f.Increment); st.sendWin > 1<<31-1 {
-		overflow = true
+	overflow, err := c.windowUpdateLocked(win, f.Increment)
+	if overflow && !st.reset {
 		st.reset = true
 		c.fr.WriteRSTStream(f.StreamID, http2.ErrCodeFlowControl)
 		c.kickLocked()
@@ -472,7 +453,7 @@ func (c *h2Conn) processWindowUpdate(f *http2.WindowUpdateFrame) error {
 	if overflow {
 		st.abort(errH2StreamReset)
 	}
-	return nil
+	return err
 }
 
 func (c *h2Conn) processReset(f *http2.RSTStreamFrame) {
