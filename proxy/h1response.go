@@ -10,7 +10,8 @@ import (
 // readResponseFast parses the common response head of an app straight from br's buffer:
 // "HTTP/1.1", a final status that allows a body, header fields that are plain
 // "Name: value" lines, exactly one Content-Length, and no Transfer-Encoding, Connection
-// Trailer or Pragma (which http.ReadResponse may complete with a Cache-Control) field. The Response is what http.ReadResponse returns for such a head (the
+// Trailer or Pragma (which http.ReadResponse may complete with a Cache-Control) field,
+// and no Connection field listing "close". The Response is what http.ReadResponse returns for such a head (the
 // tests compare them), for a tenth of its allocations. ok is false, with nothing
 // consumed, for anything else, which the caller leaves to http.ReadResponse: other
 // versions, interim and bodiless statuses, HEAD, chunked or close-delimited bodies,
@@ -63,8 +64,14 @@ func readResponseFast(br *bufio.Reader, req *http.Request) (res *http.Response, 
 				return nil, false
 			}
 			cl = n
-		case asciiEqualFold(name, "transfer-encoding"), asciiEqualFold(name, "connection"),
-			asciiEqualFold(name, "trailer"), asciiEqualFold(name, "pragma"):
+		case asciiEqualFold(name, "connection"):
+			// "keep-alive" and the like say nothing in HTTP/1.1; "close" is left to
+			// http.ReadResponse (which drops the field and sets Close).
+			if hasCloseToken(line[colon+1:]) {
+				return nil, false
+			}
+		case asciiEqualFold(name, "transfer-encoding"), asciiEqualFold(name, "trailer"),
+			asciiEqualFold(name, "pragma"):
 			return nil, false
 		}
 	}
@@ -101,6 +108,18 @@ func validFieldValue(v []byte) bool {
 		}
 	}
 	return true
+}
+
+// hasCloseToken reports whether a Connection value lists "close" (in any case).
+func hasCloseToken(v []byte) bool {
+	for len(v) > 0 {
+		var t []byte
+		t, v, _ = bytes.Cut(v, []byte{','})
+		if asciiEqualFold(bytes.Trim(t, " \t"), "close") {
+			return true
+		}
+	}
+	return false
 }
 
 // parseLength parses a Content-Length value: decimal digits only, at most 18 of them.

@@ -73,6 +73,9 @@ func TestReadResponseFast(t *testing.T) {
 		{"chunked", ok + "Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nX-T: 1\r\n\r\n", "GET", false},
 		{"close-delimited", ok + "Content-Type: text/plain\r\n\r\nuntil the end", "GET", false},
 		{"connection close", ok + "Connection: close\r\nContent-Length: 1\r\n\r\nx", "GET", false},
+		{"connection close listed", ok + "Connection: foo, CLOSE \r\nContent-Length: 1\r\n\r\nx", "GET", false},
+		{"nginx", ok + "Server: nginx/1.22.1\r\nDate: Wed, 26 Nov 2026 23:00:00 GMT\r\nContent-Type: text/plain\r\n" +
+			"Content-Length: 3\r\nConnection: keep-alive\r\n\r\nabc", "GET", true},
 		{"trailer declared", ok + "Trailer: X-T\r\nContent-Length: 1\r\n\r\nx", "GET", false},
 		{"pragma", ok + "Pragma: no-cache\r\nContent-Length: 1\r\n\r\nx", "GET", false},
 		{"HTTP/1.0", "HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\nx", "GET", false},
@@ -130,6 +133,7 @@ func FuzzReadResponseFast(f *testing.F) {
 	f.Add("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nhello", false)
 	f.Add("HTTP/1.1 404 Not Found\r\nX-A: 1\r\nx-a: 2\r\nContent-Length: 0\r\n\r\n", true)
 	f.Add("HTTP/1.1 200\r\nContent-Length: 3\r\nPragma: x\r\n\r\nabc", false)
+	f.Add("HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Length: 1\r\nConnection: keep-alive, Close\r\n\r\nx", false)
 	f.Fuzz(func(t *testing.T, raw string, head bool) {
 		method := "GET"
 		if head {
