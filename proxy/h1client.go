@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -236,6 +237,11 @@ func (p *h1Client) exchange(ctx context.Context, cc *h1ClientConn, req *http.Req
 	}
 	var res *http.Response
 	for {
+		if cc.br.Buffered() == 0 {
+			// The app cannot have answered yet: let the goroutines ready to run go first
+			// rather than read now for nothing (a system call for EAGAIN, then the poller).
+			runtime.Gosched()
+		}
 		if _, err := cc.br.Peek(1); err != nil {
 			return fail(err, !streaming)
 		}
