@@ -153,6 +153,9 @@ func newH2ClientConn(conn net.Conn, tlsOn bool) (*h2ClientConn, error) {
 type h2ClientTimedReader struct{ cc *h2ClientConn }
 
 func (r h2ClientTimedReader) Read(p []byte) (int, error) {
+	// Everything read so far is handled: let the goroutines it woke run first, so that
+	// the read finds more of the peer's frames (see h1Conn.serve).
+	runtime.Gosched()
 	n, err := r.cc.conn.Read(p)
 	if n > 0 {
 		r.cc.lastRead.Store(time.Now().UnixNano())

@@ -171,6 +171,9 @@ func (l *listener) serveHTTP2(conn net.Conn, tlsState *tls.ConnectionState) {
 type h2TimedReader struct{ c *h2Conn }
 
 func (r h2TimedReader) Read(p []byte) (int, error) {
+	// Everything read so far is handled: let the handlers it started run first, so that
+	// the read finds more of the peer's frames (see h1Conn.serve).
+	runtime.Gosched()
 	n, err := r.c.conn.Read(p)
 	if n > 0 {
 		r.c.lastRead.Store(time.Now().UnixNano())
