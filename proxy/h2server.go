@@ -107,6 +107,7 @@ type h2Conn struct {
 
 	timer   *time.Timer
 	flushCh chan struct{}     // kicks the flusher (capacity 1)
+	work    chan *h2Stream    // hands a new stream to an idle worker (unbuffered)
 	canon   map[string]string // lower-case name -> canonical, reader goroutine only
 }
 
@@ -145,7 +146,7 @@ func (l *listener) serveHTTP2(conn net.Conn, tlsState *tls.ConnectionState) {
 	c := &h2Conn{l: l, conn: conn, remote: conn.RemoteAddr().String(), tls: tlsState,
 		streams: map[uint32]*h2Stream{}, h2Flow: newH2Flow(),
 		recvWin: h2ConnWindow, lower: map[string]string{}, canon: map[string]string{},
-		flushCh: make(chan struct{}, 1)}
+		flushCh: make(chan struct{}, 1), work: make(chan *h2Stream)}
 	c.ctx, c.cancel = context.WithCancel(l.ctx)
 	c.wcond = sync.NewCond(&c.wmu)
 	c.br = bufio.NewReaderSize(h2TimedReader{c}, h2ReadBuffer)
@@ -595,8 +596,26 @@ func (c *h2Conn) processHeaders(f *http2.MetaHeadersFrame) error {
 	c.streams[id] = st
 	c.handlers++
 	c.mu.Unlock()
-	go c.runHandler(st)
+	select {
+	case c.work <- st: // an idle handler goroutine takes it
+	default:
+		go c.worker(st)
+	}
 	return nil
+}
+
+// worker runs handlers: st's, then those of later streams, until the connection ends.
+// Reusing the goroutines spares a new goroutine per request and the growth of its stack
+// (a proxy's handler needs more than a new goroutine starts with).
+func (c *h2Conn) worker(st *h2Stream) {
+	for {
+		c.runHandler(st)
+		select {
+		case st = <-c.work:
+		case <-c.ctx.Done():
+			return
+		}
+	}
 }
 
 // writeStatusOnly answers a stream with a bare status and ends it.
