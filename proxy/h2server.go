@@ -29,9 +29,10 @@ import (
 // goroutine, another to the handler's goroutine and back for every write, a goroutine per
 // flush, two flushes (two write(2)s) for a response's HEADERS and DATA, and two read(2)s
 // per frame. Here the connection's goroutine reads frames through a buffer and handles
-// them itself; each stream's handler runs in a goroutine of its own and writes its frames
-// straight into the connection's buffer under a lock, so a short response goes out as
-// HEADERS, DATA and END_STREAM in one write.
+// them itself; each stream's handler runs in a goroutine of its own (reused for later
+// streams of the connection, see worker) and writes its frames straight into the
+// connection's buffer under a lock, so a short response goes out as HEADERS, DATA and
+// END_STREAM in one write.
 //
 // What it does (RFC 9113): SETTINGS (the peer's table size, initial window, frame size),
 // PING, WINDOW_UPDATE and flow control both ways (1 MiB receive windows, credit returned
