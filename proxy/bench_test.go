@@ -112,8 +112,8 @@ func BenchmarkOutboundPath(b *testing.B) {
 // net/http does anyway. The bound is the sum of:
 //   - 2: the outgoing request (a shallow copy of the incoming one) and its URL;
 //   - 1: the request-body holder for the attempt loop;
-//   - 3 with the default overall timeout: a cancellable context, its cause closure and the
-//     timer that fires it (runtime timers allocate);
+//   - 2 with the default overall timeout: a cancellable context and its cause closure (the
+//     timer that fires it is pooled);
 //   - 1: a map insertion into the caller's context children when it is cancellable.
 //
 // Picking, header handling, the body copy (pooled buffer) and metrics allocate nothing.
@@ -124,7 +124,7 @@ func TestOutboundPathAllocs(t *testing.T) {
 		max  float64
 	}{
 		{"no timeout", Policy{Timeout: -1}, 3},
-		{"default timeout", Policy{}, 7},
+		{"default timeout", Policy{}, 6}, // 5, but the race detector's sync.Pool drops some Puts
 	} {
 		h := newPathHarness(t, tc.pol)
 		h.serve()

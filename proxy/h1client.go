@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -236,8 +237,25 @@ func (p *h1Client) exchange(ctx context.Context, cc *h1ClientConn, req *http.Req
 	}
 	var res *http.Response
 	for {
+		if cc.br.Buffered() == 0 {
+			// The app cannot have answered yet: let the goroutines ready to run go first
+			// rather than read now for nothing (a system call for EAGAIN, then the poller).
+			runtime.Gosched()
+		}
 		if _, err := cc.br.Peek(1); err != nil {
 			return fail(err, !streaming)
+		}
+		if res, ok := readResponseFast(cc.br, req); ok {
+			b := &h1ClientBody{p: p, cc: cc, stop: stop, bodyDone: bodyDone, keep: !req.Close}
+			if res.ContentLength == 0 {
+				res.Body = http.NoBody
+				b.finish(true)
+				return res, nil
+			}
+			b.fixed = fixedBody{br: cc.br, n: res.ContentLength}
+			b.rc = &b.fixed
+			res.Body = b
+			return res, nil
 		}
 		var err error
 		res, err = http.ReadResponse(cc.br, req)
@@ -422,6 +440,7 @@ type h1ClientBody struct {
 	bodyDone chan error // the request body writer's result, when there is one
 	keep     bool
 	done     bool
+	fixed    fixedBody // rc when the head was read by readResponseFast
 }
 
 func (b *h1ClientBody) Read(p []byte) (int, error) {

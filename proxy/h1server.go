@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/textproto"
 	"net/url"
+	"runtime"
 	"runtime/debug"
 	"strconv"
 	"strings"
@@ -183,6 +184,12 @@ func (c *h1Conn) serve() bool {
 			l.wake() // the accept loop may be waiting for an idle connection to close
 		}
 		g.SetReadDeadline(now.Add(l.limits.IdleTimeout))
+		if g.r == g.w {
+			// Nothing pipelined: let the other goroutines ready to run go first, so that
+			// the client's next request has time to arrive. Reading now would mostly
+			// find nothing (a read system call for EAGAIN) and park in the poller.
+			runtime.Gosched()
+		}
 	}
 }
 

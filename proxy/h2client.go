@@ -36,19 +36,18 @@ type h2ClientConn struct {
 	conn   net.Conn
 	br     *bufio.Reader
 	fr     *http2.Framer
+	rd     *h2FrameReader // reads fr's frames, decoding header blocks
 	scheme string
 
-	wmu         sync.Mutex
-	wcond       *sync.Cond
-	bw          *bufio.Writer
-	enc         *hpack.Encoder
-	hbuf        bytes.Buffer
-	werr        error
-	nextID      uint32
-	sendWin     int64
-	peerInitWin int64
-	peerMaxSize int
-	lower       map[string]string
+	wmu    sync.Mutex
+	wcond  *sync.Cond
+	bw     *bufio.Writer
+	enc    *hpack.Encoder
+	hbuf   bytes.Buffer
+	werr   error
+	nextID uint32
+	h2Flow // send windows and frame size
+	lower  map[string]string
 
 	mu         sync.Mutex
 	slot       *sync.Cond // waits for a free stream slot
@@ -116,8 +115,8 @@ type h2ClientStream struct {
 // newH2ClientConn starts HTTP/2 on conn (the preface and SETTINGS are written; the
 // peer's SETTINGS are read as they come).
 func newH2ClientConn(conn net.Conn, tlsOn bool) (*h2ClientConn, error) {
-	cc := &h2ClientConn{conn: conn, scheme: "http", nextID: 1, sendWin: 65535, peerInitWin: 65535,
-		peerMaxSize: 16384, streams: map[uint32]*h2ClientStream{}, maxStreams: 100,
+	cc := &h2ClientConn{conn: conn, scheme: "http", nextID: 1, h2Flow: newH2Flow(),
+		streams: map[uint32]*h2ClientStream{}, maxStreams: 100,
 		recvWin: h2ClientConnWindow, lower: map[string]string{}, canon: map[string]string{},
 		readerDone: make(chan struct{}), idleSince: time.Now(), flushCh: make(chan struct{}, 1)}
 	cc.lastRead.Store(time.Now().UnixNano())
@@ -130,9 +129,8 @@ func newH2ClientConn(conn net.Conn, tlsOn bool) (*h2ClientConn, error) {
 	cc.bw = bufio.NewWriterSize(conn, h2WriteBuffer)
 	cc.fr = http2.NewFramer(cc.bw, cc.br)
 	cc.fr.SetMaxReadFrameSize(h2MaxReadFrame)
-	cc.fr.MaxHeaderListSize = 1 << 20
-	cc.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
 	cc.fr.SetReuseFrames()
+	cc.rd = newH2FrameReader(cc.fr, 1<<20)
 	cc.enc = hpack.NewEncoder(&cc.hbuf)
 	cc.bw.WriteString(http2.ClientPreface)
 	cc.fr.WriteSettings(
@@ -155,6 +153,9 @@ func newH2ClientConn(conn net.Conn, tlsOn bool) (*h2ClientConn, error) {
 type h2ClientTimedReader struct{ cc *h2ClientConn }
 
 func (r h2ClientTimedReader) Read(p []byte) (int, error) {
+	// Everything read so far is handled: let the goroutines it woke run first, so that
+	// the read finds more of the peer's frames (see h1Conn.serve).
+	runtime.Gosched()
 	n, err := r.cc.conn.Read(p)
 	if n > 0 {
 		r.cc.lastRead.Store(time.Now().UnixNano())
@@ -737,7 +738,7 @@ func (cc *h2ClientConn) readLoop() {
 
 func (cc *h2ClientConn) readFrames() error {
 	for {
-		f, err := cc.fr.ReadFrame()
+		f, err := cc.rd.ReadFrame()
 		if err != nil {
 			var se http2.StreamError
 			if errors.As(err, &se) {
@@ -821,32 +822,15 @@ func (cc *h2ClientConn) processSettings(f *http2.SettingsFrame) error {
 	}
 	cc.wmu.Lock()
 	defer cc.wmu.Unlock()
-	err := f.ForeachSetting(func(s http2.Setting) error {
-		if err := s.Valid(); err != nil {
-			return err
-		}
-		switch s.ID {
-		case http2.SettingHeaderTableSize:
-			cc.enc.SetMaxDynamicTableSizeLimit(s.Val)
-		case http2.SettingMaxConcurrentStreams:
+	err := cc.settingsLocked(f, cc.enc, cc.streamWindows, func(s http2.Setting) {
+		if s.ID == http2.SettingMaxConcurrentStreams {
 			cc.mu.Lock()
 			cc.maxStreams = int(min(s.Val, 1<<20))
 			cc.slot.Broadcast()
 			cc.mu.Unlock()
-		case http2.SettingInitialWindowSize:
-			delta := int64(s.Val) - cc.peerInitWin
-			cc.peerInitWin = int64(s.Val)
-			cc.mu.Lock()
-			for _, cs := range cc.streams {
-				cs.sendWin += delta
-			}
-			cc.mu.Unlock()
-			cc.wcond.Broadcast()
-		case http2.SettingMaxFrameSize:
-			cc.peerMaxSize = int(s.Val)
 		}
-		return nil
 	})
+	cc.wcond.Broadcast()
 	if err != nil {
 		return err
 	}
@@ -855,25 +839,43 @@ func (cc *h2ClientConn) processSettings(f *http2.SettingsFrame) error {
 	return nil
 }
 
+// streamWindows yields the send window of every open stream, under mu.
+func (cc *h2ClientConn) streamWindows(yield func(*int64) bool) {
+	cc.mu.Lock()
+	defer cc.mu.Unlock()
+	for _, cs := range cc.streams {
+		if !yield(&cs.sendWin) {
+			return
+		}
+	}
+}
+
+// errH2WindowOverflow fails a stream whose window the peer pushed beyond 2^31-1.
+var errH2WindowOverflow = errors.New("proxy: http2 peer overflowed the stream's flow-control window")
+
 func (cc *h2ClientConn) processWindowUpdate(f *http2.WindowUpdateFrame) error {
 	var cs *h2ClientStream
+	var win *int64
 	if f.StreamID != 0 {
 		if cs = cc.stream(f.StreamID); cs == nil {
 			return nil
 		}
+		win = &cs.sendWin
 	}
 	cc.wmu.Lock()
-	defer cc.wmu.Unlock()
-	if cs == nil {
-		cc.sendWin += int64(f.Increment)
-		if cc.sendWin > 1<<31-1 {
-			return http2.ConnectionError(http2.ErrCodeFlowControl)
-		}
-	} else {
-		cs.sendWin += int64(f.Increment)
+	overflow, err := cc.windowUpdateLocked(win, f.Increment)
+	if overflow && !cs.reset {
+		cs.reset = true
+		cc.fr.WriteRSTStream(f.StreamID, http2.ErrCodeFlowControl)
+		cc.kickLocked()
 	}
 	cc.wcond.Broadcast()
-	return nil
+	cc.wmu.Unlock()
+	if overflow {
+		cs.fail(errH2WindowOverflow)
+		cc.forget(cs)
+	}
+	return err
 }
 
 func (cc *h2ClientConn) processGoAway(f *http2.GoAwayFrame) {
@@ -980,12 +982,18 @@ func (cc *h2ClientConn) processHeaders(f *http2.MetaHeadersFrame) error {
 	}
 	fields := f.RegularFields()
 	h := make(http.Header, len(fields))
-	for _, hf := range fields {
+	vals := make([]string, len(fields)) // one array for every single-valued field
+	for i, hf := range fields {
 		k := cc.canonical(hf.Name)
-		h[k] = append(h[k], hf.Value)
+		if vv, ok := h[k]; ok {
+			h[k] = append(vv, hf.Value)
+		} else {
+			vals[i] = hf.Value
+			h[k] = vals[i : i+1 : i+1]
+		}
 	}
 	res := &http.Response{
-		Status:        status + " " + http.StatusText(code),
+		Status:        statusLine(code, status),
 		StatusCode:    code,
 		Proto:         "HTTP/2.0",
 		ProtoMajor:    2,
@@ -1029,6 +1037,26 @@ func (cc *h2ClientConn) processHeaders(f *http2.MetaHeadersFrame) error {
 	}
 	return nil
 }
+
+// statusLine is http.Response.Status for code (whose digits are status): precomputed for
+// the common codes.
+func statusLine(code int, status string) string {
+	if code >= 100 && code < 600 {
+		if s := statusLines[code-100]; s != "" {
+			return s
+		}
+	}
+	return status + " " + http.StatusText(code)
+}
+
+var statusLines = func() (t [500]string) {
+	for code := 100; code < 600; code++ {
+		if text := http.StatusText(code); text != "" {
+			t[code-100] = strconv.Itoa(code) + " " + text
+		}
+	}
+	return t
+}()
 
 func (cc *h2ClientConn) canonical(name string) string {
 	if k, ok := cc.canon[name]; ok {

@@ -539,3 +539,86 @@ func TestH2ClientInvalidHeaderKeepsConnection(t *testing.T) {
 		t.Errorf("%d %q", res.StatusCode, b)
 	}
 }
+
+// A WINDOW_UPDATE that pushes a window beyond 2^31-1 is a FLOW_CONTROL_ERROR (RFC 9113
+// §6.9.1): the stream's, a stream error (RST_STREAM, the request fails, the connection
+// goes on); the connection's, a connection error (GOAWAY). So is a SETTINGS_INITIAL_
+// WINDOW_SIZE that pushes an open stream's window beyond it (§6.9.2).
+func TestH2ClientWindowOverflow(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		script func(fr *http2.Framer, id uint32)
+		conn   bool // a connection error: GOAWAY, not RST_STREAM
+	}{
+		{"stream window", func(fr *http2.Framer, id uint32) { fr.WriteWindowUpdate(id, 1<<31-1) }, false},
+		{"connection window", func(fr *http2.Framer, id uint32) { fr.WriteWindowUpdate(0, 1<<31-1) }, true},
+		{"initial window", func(fr *http2.Framer, id uint32) {
+			fr.WriteWindowUpdate(id, 1<<31-1-65535) // the stream's window is now exactly 2^31-1
+			fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 65536})
+		}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := make(chan http2.Frame, 1)
+			addr := scriptServer(t, func(fr *http2.Framer, hdr func(uint32, bool, ...string)) {
+				id, ok := nextHeaders(fr)
+				if !ok {
+					return
+				}
+				tc.script(fr, id)
+				for {
+					f, err := fr.ReadFrame()
+					if err != nil {
+						close(got)
+						return
+					}
+					switch f := f.(type) {
+					case *http2.RSTStreamFrame:
+						got <- f
+						// The connection goes on: a second stream is answered.
+						if id2, ok := nextHeaders(fr); ok {
+							hdr(id2, true, ":status", "204")
+						}
+						time.Sleep(100 * time.Millisecond)
+						return
+					case *http2.GoAwayFrame:
+						got <- f
+						return
+					}
+				}
+			})
+			cc := dialH2Client(t, addr)
+			url := "http://" + addr + "/"
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			_, err := cc.RoundTrip(newReq(t, ctx, "GET", url, nil, 0))
+			if err == nil {
+				t.Fatal("the request succeeded")
+			}
+			var f http2.Frame
+			select {
+			case f = <-got:
+			case <-time.After(5 * time.Second):
+				t.Fatal("the client sent neither RST_STREAM nor GOAWAY")
+			}
+			switch f := f.(type) {
+			case *http2.RSTStreamFrame:
+				if tc.conn || f.ErrCode != http2.ErrCodeFlowControl {
+					t.Fatalf("RST_STREAM %v, want %s", f.ErrCode, map[bool]string{true: "GOAWAY FLOW_CONTROL_ERROR", false: "FLOW_CONTROL_ERROR"}[tc.conn])
+				}
+				if !strings.Contains(err.Error(), "flow-control window") {
+					t.Errorf("error %v, want the window overflow", err)
+				}
+				res, err := cc.RoundTrip(newReq(t, ctx, "GET", url, nil, 0))
+				if err != nil || res.StatusCode != 204 {
+					t.Fatalf("the next request: %v, %v", res, err)
+				}
+			case *http2.GoAwayFrame:
+				if !tc.conn || f.ErrCode != http2.ErrCodeFlowControl {
+					t.Fatalf("GOAWAY %v, want RST_STREAM FLOW_CONTROL_ERROR", f.ErrCode)
+				}
+			default:
+				t.Fatalf("the connection ended without RST_STREAM or GOAWAY (%v)", err)
+			}
+		})
+	}
+}

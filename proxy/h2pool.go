@@ -72,8 +72,7 @@ func (p *h2Pool) send(ctx context.Context, cc *h2ClientConn, req *http.Request, 
 	for n := 0; ; n++ {
 		next, ok := resendable(req)
 		res, err := cc.RoundTrip(req)
-		var re RefusedError
-		if err == nil || n >= h2Resends || ctx.Err() != nil || !errors.As(err, &re) ||
+		if err == nil || n >= h2Resends || ctx.Err() != nil || !isRefused(err) ||
 			!(ok || errors.Is(err, errH2NotSent)) {
 			return res, err
 		}
@@ -93,6 +92,13 @@ func (p *h2Pool) send(ctx context.Context, cc *h2ClientConn, req *http.Request, 
 		}
 		cc, req = c, next
 	}
+}
+
+// isRefused reports whether err is a RefusedError. (A function of its own: the target
+// of errors.As escapes, and send would allocate it for every request.)
+func isRefused(err error) bool {
+	var re RefusedError
+	return errors.As(err, &re)
 }
 
 // resendable returns a copy of req that can be sent again whatever the first attempt read

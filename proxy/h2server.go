@@ -29,9 +29,10 @@ import (
 // goroutine, another to the handler's goroutine and back for every write, a goroutine per
 // flush, two flushes (two write(2)s) for a response's HEADERS and DATA, and two read(2)s
 // per frame. Here the connection's goroutine reads frames through a buffer and handles
-// them itself; each stream's handler runs in a goroutine of its own and writes its frames
-// straight into the connection's buffer under a lock, so a short response goes out as
-// HEADERS, DATA and END_STREAM in one write.
+// them itself; each stream's handler runs in a goroutine of its own (reused for later
+// streams of the connection, see worker) and writes its frames straight into the
+// connection's buffer under a lock, so a short response goes out as HEADERS, DATA and
+// END_STREAM in one write.
 //
 // What it does (RFC 9113): SETTINGS (the peer's table size, initial window, frame size),
 // PING, WINDOW_UPDATE and flow control both ways (1 MiB receive windows, credit returned
@@ -72,6 +73,7 @@ type h2Conn struct {
 	conn   net.Conn
 	br     *bufio.Reader
 	fr     *http2.Framer
+	rd     *h2FrameReader // reads fr's frames, decoding header blocks
 	remote string
 	tls    *tls.ConnectionState
 	ctx    context.Context
@@ -80,16 +82,14 @@ type h2Conn struct {
 	lastRead atomic.Int64 // unix nanoseconds of the last read from the peer
 
 	// Writing, under wmu. Handlers waiting for send window wait on wcond.
-	wmu         sync.Mutex
-	wcond       *sync.Cond
-	bw          *bufio.Writer
-	enc         *hpack.Encoder
-	hbuf        bytes.Buffer
-	werr        error
-	sendWin     int64 // connection send window
-	peerInitWin int64
-	peerMaxSize int
-	lower       map[string]string // canonical header name -> lower case
+	wmu    sync.Mutex
+	wcond  *sync.Cond
+	bw     *bufio.Writer
+	enc    *hpack.Encoder
+	hbuf   bytes.Buffer
+	werr   error
+	h2Flow                   // send windows and frame size
+	lower  map[string]string // canonical header name -> lower case
 
 	// Streams, under mu.
 	mu        sync.Mutex
@@ -108,6 +108,7 @@ type h2Conn struct {
 
 	timer   *time.Timer
 	flushCh chan struct{}     // kicks the flusher (capacity 1)
+	work    chan *h2Stream    // hands a new stream to an idle worker (unbuffered)
 	canon   map[string]string // lower-case name -> canonical, reader goroutine only
 }
 
@@ -144,18 +145,17 @@ type h2Stream struct {
 // tlsState is the connection's, or nil.
 func (l *listener) serveHTTP2(conn net.Conn, tlsState *tls.ConnectionState) {
 	c := &h2Conn{l: l, conn: conn, remote: conn.RemoteAddr().String(), tls: tlsState,
-		streams: map[uint32]*h2Stream{}, peerInitWin: 65535, sendWin: 65535, peerMaxSize: 16384,
+		streams: map[uint32]*h2Stream{}, h2Flow: newH2Flow(),
 		recvWin: h2ConnWindow, lower: map[string]string{}, canon: map[string]string{},
-		flushCh: make(chan struct{}, 1)}
+		flushCh: make(chan struct{}, 1), work: make(chan *h2Stream)}
 	c.ctx, c.cancel = context.WithCancel(l.ctx)
 	c.wcond = sync.NewCond(&c.wmu)
 	c.br = bufio.NewReaderSize(h2TimedReader{c}, h2ReadBuffer)
 	c.bw = bufio.NewWriterSize(conn, h2WriteBuffer)
 	c.fr = http2.NewFramer(c.bw, c.br)
 	c.fr.SetMaxReadFrameSize(h2MaxReadFrame)
-	c.fr.MaxHeaderListSize = uint32(l.limits.MaxHeaderBytes)
-	c.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
 	c.fr.SetReuseFrames()
+	c.rd = newH2FrameReader(c.fr, uint32(l.limits.MaxHeaderBytes))
 	c.enc = hpack.NewEncoder(&c.hbuf)
 	c.idleSince = time.Now()
 	c.lastRead.Store(time.Now().UnixNano())
@@ -173,6 +173,9 @@ func (l *listener) serveHTTP2(conn net.Conn, tlsState *tls.ConnectionState) {
 type h2TimedReader struct{ c *h2Conn }
 
 func (r h2TimedReader) Read(p []byte) (int, error) {
+	// Everything read so far is handled: let the handlers it started run first, so that
+	// the read finds more of the peer's frames (see h1Conn.serve).
+	runtime.Gosched()
 	n, err := r.c.conn.Read(p)
 	if n > 0 {
 		r.c.lastRead.Store(time.Now().UnixNano())
@@ -202,7 +205,7 @@ func (c *h2Conn) serve() {
 	go c.flusher()
 	controls := 0
 	for {
-		f, err := c.fr.ReadFrame()
+		f, err := c.rd.ReadFrame()
 		if err != nil {
 			var se http2.StreamError
 			switch {
@@ -410,31 +413,8 @@ func (c *h2Conn) processSettings(f *http2.SettingsFrame) error {
 	}
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
-	err := f.ForeachSetting(func(s http2.Setting) error {
-		if err := s.Valid(); err != nil {
-			return err
-		}
-		switch s.ID {
-		case http2.SettingHeaderTableSize:
-			c.enc.SetMaxDynamicTableSizeLimit(s.Val)
-		case http2.SettingInitialWindowSize:
-			delta := int64(s.Val) - c.peerInitWin
-			c.peerInitWin = int64(s.Val)
-			c.mu.Lock()
-			for _, st := range c.streams {
-				st.sendWin += delta
-				if st.sendWin > 1<<31-1 {
-					c.mu.Unlock()
-					return http2.ConnectionError(http2.ErrCodeFlowControl)
-				}
-			}
-			c.mu.Unlock()
-			c.wcond.Broadcast()
-		case http2.SettingMaxFrameSize:
-			c.peerMaxSize = int(s.Val)
-		}
-		return nil
-	})
+	err := c.settingsLocked(f, c.enc, c.streamWindows, nil)
+	c.wcond.Broadcast()
 	if err != nil {
 		return err
 	}
@@ -443,8 +423,20 @@ func (c *h2Conn) processSettings(f *http2.SettingsFrame) error {
 	return nil
 }
 
+// streamWindows yields the send window of every open stream, under mu.
+func (c *h2Conn) streamWindows(yield func(*int64) bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, st := range c.streams {
+		if !yield(&st.sendWin) {
+			return
+		}
+	}
+}
+
 func (c *h2Conn) processWindowUpdate(f *http2.WindowUpdateFrame) error {
 	var st *h2Stream
+	var win *int64
 	if f.StreamID != 0 {
 		c.mu.Lock()
 		st = c.streams[f.StreamID]
@@ -452,17 +444,11 @@ func (c *h2Conn) processWindowUpdate(f *http2.WindowUpdateFrame) error {
 		if st == nil {
 			return nil // closed, or idle (a peer bug we tolerate)
 		}
+		win = &st.sendWin
 	}
 	c.wmu.Lock()
-	overflow := false
-	if st == nil {
-		c.sendWin += int64(f.Increment)
-		if c.sendWin > 1<<31-1 {
-			c.wmu.Unlock()
-			return http2.ConnectionError(http2.ErrCodeFlowControl)
-		}
-	} else if st.sendWin += int64(f.Increment); st.sendWin > 1<<31-1 {
-		overflow = true
+	overflow, err := c.windowUpdateLocked(win, f.Increment)
+	if overflow && !st.reset {
 		st.reset = true
 		c.fr.WriteRSTStream(f.StreamID, http2.ErrCodeFlowControl)
 		c.kickLocked()
@@ -472,7 +458,7 @@ func (c *h2Conn) processWindowUpdate(f *http2.WindowUpdateFrame) error {
 	if overflow {
 		st.abort(errH2StreamReset)
 	}
-	return nil
+	return err
 }
 
 func (c *h2Conn) processReset(f *http2.RSTStreamFrame) {
@@ -611,8 +597,26 @@ func (c *h2Conn) processHeaders(f *http2.MetaHeadersFrame) error {
 	c.streams[id] = st
 	c.handlers++
 	c.mu.Unlock()
-	go c.runHandler(st)
+	select {
+	case c.work <- st: // an idle handler goroutine takes it
+	default:
+		go c.worker(st)
+	}
 	return nil
+}
+
+// worker runs handlers: st's, then those of later streams, until the connection ends.
+// Reusing the goroutines spares a new goroutine per request and the growth of its stack
+// (a proxy's handler needs more than a new goroutine starts with).
+func (c *h2Conn) worker(st *h2Stream) {
+	for {
+		c.runHandler(st)
+		select {
+		case st = <-c.work:
+		case <-c.ctx.Done():
+			return
+		}
+	}
 }
 
 // writeStatusOnly answers a stream with a bare status and ends it.
@@ -724,18 +728,14 @@ func (c *h2Conn) newStream(f *http2.MetaHeadersFrame) (*h2Stream, error) {
 	st := &h2Stream{c: c, id: f.StreamID, recvWin: h2StreamWindow, declared: -1}
 	st.cond.L = &st.mu
 	st.ctx, st.cancel = context.WithCancel(c.ctx)
-	req := (&http.Request{
-		Method:     method,
-		URL:        u,
-		Proto:      "HTTP/2.0",
-		ProtoMajor: 2,
-		Header:     h,
-		Host:       authority,
-		RemoteAddr: c.remote,
-		RequestURI: path,
-		TLS:        c.tls,
-		Body:       http.NoBody,
-	}).WithContext(st.ctx)
+	req := h2ReqTemplate.WithContext(st.ctx) // a copy: one allocation, not two
+	req.Method = method
+	req.URL = u
+	req.Header = h
+	req.Host = authority
+	req.RemoteAddr = c.remote
+	req.RequestURI = path
+	req.TLS = c.tls
 	if scheme == "https" && c.tls == nil {
 		req.URL.Scheme = "" // as net/http: a request's URL has no scheme
 	}
@@ -775,6 +775,9 @@ func (c *h2Conn) newStream(f *http2.MetaHeadersFrame) (*h2Stream, error) {
 	st.res.st = st
 	return st, nil
 }
+
+// h2ReqTemplate holds what every HTTP/2 request has; nobody modifies it.
+var h2ReqTemplate = &http.Request{Proto: "HTTP/2.0", ProtoMajor: 2, Body: http.NoBody}
 
 // runHandler serves one stream in its own goroutine.
 func (c *h2Conn) runHandler(st *h2Stream) {

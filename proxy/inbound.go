@@ -213,7 +213,10 @@ func (in *Inbound) serveHTTP(w http.ResponseWriter, r *http.Request, x *exchange
 
 	removeHopByHop(r.Header, true)
 	appendForwardedFor(r.Header, r.RemoteAddr)
-	out := r.WithContext(r.Context())
+	// The request is the proxy's own (its HTTP/2 or HTTP/1 server made it, and only the
+	// method, path and protocol are looked at once this returns): it goes on as it is,
+	// with a URL of its own.
+	out := r
 	url := *r.URL
 	url.Scheme = "http"
 	url.Host = in.cfg.App

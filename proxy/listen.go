@@ -116,7 +116,7 @@ func (l *listener) serve(ln net.Listener) error {
 		l.active.Add(1)
 		l.metrics.conns.Inc()
 		l.metrics.active.Inc()
-		go l.handle(c)
+		go l.handle(newSysConn(c))
 	}
 }
 

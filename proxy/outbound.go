@@ -292,13 +292,17 @@ func (u *Upstream) serveHTTP(w http.ResponseWriter, r *http.Request, x *exchange
 	defer func() { x.reqBytes = body.bytesRead() }()
 
 	ctx := r.Context()
-	var overall *time.Timer
+	var overall *timeoutTimer
 	if d := u.timeout(); d > 0 {
 		var cancel context.CancelCauseFunc
 		ctx, cancel = context.WithCancelCause(ctx)
 		defer cancel(nil)
-		overall = time.AfterFunc(d, func() { cancel(errTimeout) })
-		defer overall.Stop()
+		overall = startTimeout(d, cancel)
+		defer func() {
+			if overall != nil {
+				overall.stop()
+			}
+		}()
 	}
 	out := r.WithContext(ctx)
 	url := *r.URL
@@ -358,7 +362,9 @@ func (u *Upstream) serveHTTP(w http.ResponseWriter, r *http.Request, x *exchange
 		res.Header.Del(headerNotProcessed)
 		// From here on the response is the client's. The overall timeout bounds only the
 		// wait for headers: stop it, unless it fired already.
-		if overall != nil && !overall.Stop() {
+		fired := overall != nil && !overall.stop()
+		overall = nil
+		if fired {
 			res.Body.Close()
 			cancelTry()
 			aspan.End(tracing.Result{Err: errTimeout})
@@ -381,6 +387,41 @@ func (u *Upstream) serveHTTP(w http.ResponseWriter, r *http.Request, x *exchange
 	writeError(w, code, lastErr)
 	x.err = lastErr
 	return code
+}
+
+// timeoutTimer cancels a request's context with errTimeout when the overall timeout
+// passes. Pooled: a request does not allocate a timer and a closure for it.
+type timeoutTimer struct {
+	t      *time.Timer
+	cancel context.CancelCauseFunc
+}
+
+var timeoutTimers = sync.Pool{New: func() any {
+	tt := &timeoutTimer{}
+	tt.t = time.AfterFunc(time.Hour, tt.fire)
+	tt.t.Stop()
+	return tt
+}}
+
+// startTimeout calls cancel(errTimeout) after d, unless stopped first.
+func startTimeout(d time.Duration, cancel context.CancelCauseFunc) *timeoutTimer {
+	tt := timeoutTimers.Get().(*timeoutTimer)
+	tt.cancel = cancel
+	tt.t.Reset(d)
+	return tt
+}
+
+func (tt *timeoutTimer) fire() { tt.cancel(errTimeout) }
+
+// stop stops the timer, once; false means it fired (or is firing) already. A stopped
+// timer goes back to the pool; one that fired does not, as fire may still run.
+func (tt *timeoutTimer) stop() bool {
+	if !tt.t.Stop() {
+		return false
+	}
+	tt.cancel = nil
+	timeoutTimers.Put(tt)
+	return true
 }
 
 // retryAllowed takes a retry budget slot and rewinds the body; false if either fails.

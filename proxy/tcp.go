@@ -30,10 +30,10 @@ func pipe(a, b net.Conn, pool BufferPool) (aToB, bToA int64) {
 func copyHalf(dst, src net.Conn, pool BufferPool) int64 {
 	var err error
 	var n int64
-	d, dOK := dst.(*net.TCPConn)
-	_, sOK := src.(*net.TCPConn)
+	d, dOK := tcpConn(dst)
+	s, sOK := tcpConn(src)
 	if dOK && sOK {
-		n, err = d.ReadFrom(src) // splice(2): no copy through user space
+		n, err = d.ReadFrom(s) // splice(2): no copy through user space
 	} else {
 		bp := pool.Get()
 		n, err = io.CopyBuffer(writerOnly{dst}, readerOnly{src}, *bp)
@@ -75,6 +75,7 @@ func (d dialer) dial(ctx context.Context, addr, alpn string) (net.Conn, error) {
 	if err != nil {
 		return nil, DialError{Addr: addr, Err: err}
 	}
+	c = newSysConn(c)
 	if d.sec == nil {
 		return c, nil
 	}
