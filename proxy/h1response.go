@@ -59,7 +59,7 @@ func readResponseFast(br *bufio.Reader, req *http.Request) (res *http.Response, 
 		}
 		switch {
 		case asciiEqualFold(name, "content-length"):
-			n, ok := parseLength(bytes.Trim(line[colon+1:], " \t"))
+			n, ok := parseContentLength(trimOWS(line[colon+1:]))
 			if !ok || cl >= 0 {
 				return nil, false
 			}
@@ -120,21 +120,6 @@ func hasCloseToken(v []byte) bool {
 		}
 	}
 	return false
-}
-
-// parseLength parses a Content-Length value: decimal digits only, at most 18 of them.
-func parseLength(v []byte) (int64, bool) {
-	if len(v) == 0 || len(v) > 18 {
-		return 0, false
-	}
-	var n int64
-	for _, c := range v {
-		if !isDigit(c) {
-			return 0, false
-		}
-		n = n*10 + int64(c-'0')
-	}
-	return n, true
 }
 
 // fixedBody is a response body of known length read from the connection's reader. A

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/podmesh/podmesh/internal/testutil"
 	"github.com/podmesh/podmesh/lb"
 )
 
@@ -19,45 +20,17 @@ var rawResponse = []byte("HTTP/1.1 200 OK\r\nContent-Length: 100\r\nContent-Type
 // startRawApp is an HTTP/1.1 app that allocates nothing per request: it reads request
 // heads (no bodies) and answers each with rawResponse.
 func startRawApp(tb testing.TB) string {
-	ln := listen(tb)
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var conns []net.Conn
-	go func() {
+	return testutil.ServeTCP(tb, func(c net.Conn) {
+		br := bufio.NewReader(c)
 		for {
-			c, err := ln.Accept()
-			if err != nil {
+			if err := skipHead(br); err != nil {
 				return
 			}
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				br := bufio.NewReader(c)
-				for {
-					if err := skipHead(br); err != nil {
-						return
-					}
-					if _, err := c.Write(rawResponse); err != nil {
-						return
-					}
-				}
-			}()
+			if _, err := c.Write(rawResponse); err != nil {
+				return
+			}
 		}
-	}()
-	tb.Cleanup(func() {
-		ln.Close()
-		mu.Lock()
-		for _, c := range conns {
-			c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
 	})
-	return ln.Addr().String()
 }
 
 // skipHead reads one message head, returning its Content-Length (0 when absent).
