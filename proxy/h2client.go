@@ -56,9 +56,8 @@ type h2ClientConn struct {
 	maxStreams int
 	goAway     bool
 	goAwayID   uint32
-	err        error // set when the connection is done for
-	recvWin    int64
-	connDebt   int64
+	err        error        // set when the connection is done for
+	recv       h2RecvWindow // the connection's
 	idleSince  time.Time
 	pingSent   time.Time
 	lastRead   atomic.Int64
@@ -100,8 +99,7 @@ type h2ClientStream struct {
 	off      int
 	eof      bool
 	err      error
-	recvWin  int64
-	debt     int64
+	recv     h2RecvWindow
 	trailer  http.Header
 	reqDone  bool // the request is fully sent (or abandoned)
 	resDone  bool // the response is fully received (or abandoned)
@@ -117,7 +115,7 @@ type h2ClientStream struct {
 func newH2ClientConn(conn net.Conn, tlsOn bool) (*h2ClientConn, error) {
 	cc := &h2ClientConn{conn: conn, scheme: "http", nextID: 1, h2Flow: newH2Flow(),
 		streams: map[uint32]*h2ClientStream{}, maxStreams: 100,
-		recvWin: h2ClientConnWindow, lower: map[string]string{}, canon: map[string]string{},
+		recv: newH2RecvWindow(h2ClientConnWindow), lower: map[string]string{}, canon: map[string]string{},
 		readerDone: make(chan struct{}), idleSince: time.Now(), flushCh: make(chan struct{}, 1)}
 	cc.lastRead.Store(time.Now().UnixNano())
 	if tlsOn {
@@ -234,7 +232,7 @@ func (cc *h2ClientConn) RoundTrip(req *http.Request) (*http.Response, error) {
 
 	hasBody := req.Body != nil && req.Body != http.NoBody
 	inline, _ := req.Body.(*bytesBody) // a body in memory goes with the head
-	cs := &h2ClientStream{cc: cc, req: req, ctx: ctx, notify: make(chan struct{}, 1), recvWin: h2ClientStreamWindow}
+	cs := &h2ClientStream{cc: cc, req: req, ctx: ctx, notify: make(chan struct{}, 1), recv: newH2RecvWindow(h2ClientStreamWindow)}
 	cc.wmu.Lock()
 	if cc.werr != nil {
 		err := cc.werr
@@ -600,12 +598,7 @@ func (cc *h2ClientConn) releaseSlot() {
 
 func (cc *h2ClientConn) returnConnCredit(n int64) {
 	cc.mu.Lock()
-	cc.connDebt += n
-	var incr int64
-	if cc.connDebt >= h2ClientConnWindow/2 {
-		incr, cc.connDebt = cc.connDebt, 0
-		cc.recvWin += incr
-	}
+	incr := cc.recv.consumed(n, true)
 	cc.mu.Unlock()
 	if incr > 0 {
 		cc.wmu.Lock()
@@ -629,12 +622,7 @@ func (b h2ClientBody) Read(p []byte) (int, error) {
 			if cs.off == len(cs.buf) {
 				cs.buf, cs.off = cs.buf[:0], 0
 			}
-			cs.debt += int64(n)
-			var incr int64
-			if cs.debt >= h2ClientStreamWindow/2 && !cs.eof {
-				incr, cs.debt = cs.debt, 0
-				cs.recvWin += incr
-			}
+			incr := cs.recv.consumed(int64(n), !cs.eof)
 			cs.mu.Unlock()
 			if incr > 0 {
 				cc.wmu.Lock()
@@ -903,11 +891,10 @@ func (cc *h2ClientConn) processGoAway(f *http2.GoAwayFrame) {
 func (cc *h2ClientConn) processData(f *http2.DataFrame) error {
 	n := int64(f.Length)
 	cc.mu.Lock()
-	if n > cc.recvWin {
+	if !cc.recv.take(n) {
 		cc.mu.Unlock()
 		return http2.ConnectionError(http2.ErrCodeFlowControl)
 	}
-	cc.recvWin -= n
 	cs := cc.streams[f.StreamID]
 	cc.mu.Unlock()
 	data := f.Data()
@@ -928,12 +915,11 @@ func (cc *h2ClientConn) processData(f *http2.DataFrame) error {
 		}
 		return nil
 	}
-	if int64(len(data)) > cs.recvWin {
+	if !cs.recv.take(int64(len(data))) {
 		cs.mu.Unlock()
 		cs.cancel(errors.New("proxy: http2 peer exceeded the stream's window"))
 		return nil
 	}
-	cs.recvWin -= int64(len(data))
 	cs.buf = append(cs.buf, data...)
 	if f.StreamEnded() {
 		cs.eof = true

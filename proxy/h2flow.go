@@ -20,6 +20,42 @@ type h2Flow struct {
 	peerMaxSize int   // SETTINGS_MAX_FRAME_SIZE
 }
 
+// h2RecvWindow is one receiving flow-control window, a connection's or a stream's, on
+// either side: what the peer may still send, and what the reader has consumed but not yet
+// given back. Credit goes back in batches of half the full window, so a WINDOW_UPDATE is
+// not sent for every read. The owner's lock guards it.
+type h2RecvWindow struct {
+	win  int64 // what the peer may still send
+	debt int64 // consumed, not yet returned
+	full int64 // the window advertised
+}
+
+func newH2RecvWindow(full int64) h2RecvWindow { return h2RecvWindow{win: full, full: full} }
+
+// take counts n received bytes against the window; false when the peer overran it (a
+// FLOW_CONTROL_ERROR, RFC 9113 §6.9.1), and nothing is taken.
+func (w *h2RecvWindow) take(n int64) bool {
+	if n > w.win {
+		return false
+	}
+	w.win -= n
+	return true
+}
+
+// consumed records n bytes the reader used and returns the increment of the WINDOW_UPDATE
+// to send now: the accumulated credit once it reaches half the window, else 0. A window
+// that will receive nothing more (more false: the stream has ended) returns nothing.
+func (w *h2RecvWindow) consumed(n int64, more bool) int64 {
+	w.debt += n
+	if w.debt < w.full/2 || !more {
+		return 0
+	}
+	incr := w.debt
+	w.debt = 0
+	w.win += incr
+	return incr
+}
+
 // newH2Flow is the state before the peer's first SETTINGS (RFC 9113 §6.5.2, §6.9.2).
 func newH2Flow() h2Flow { return h2Flow{sendWin: 65535, peerInitWin: 65535, peerMaxSize: 16384} }
 

@@ -102,8 +102,7 @@ type h2Conn struct {
 	lingering bool
 	idleSince time.Time
 	noHandler chan struct{} // closed when handlers drop to zero after closed
-	recvWin   int64         // what the peer may still send on the connection
-	connDebt  int64         // connection credit consumed, not yet returned
+	recv      h2RecvWindow  // the connection's
 	pingSent  time.Time
 
 	timer   *time.Timer
@@ -128,8 +127,7 @@ type h2Stream struct {
 	off      int
 	eof      bool // END_STREAM received
 	rerr     error
-	recvWin  int64 // what the peer may still send on the stream
-	debt     int64 // stream credit consumed, not yet returned
+	recv     h2RecvWindow
 	trailer  http.Header
 	needCont bool // 100-continue before the first read
 	bodyRead int64
@@ -146,7 +144,7 @@ type h2Stream struct {
 func (l *listener) serveHTTP2(conn net.Conn, tlsState *tls.ConnectionState) {
 	c := &h2Conn{l: l, conn: conn, remote: conn.RemoteAddr().String(), tls: tlsState,
 		streams: map[uint32]*h2Stream{}, h2Flow: newH2Flow(),
-		recvWin: h2ConnWindow, lower: map[string]string{}, canon: map[string]string{},
+		recv: newH2RecvWindow(h2ConnWindow), lower: map[string]string{}, canon: map[string]string{},
 		flushCh: make(chan struct{}, 1), work: make(chan *h2Stream)}
 	c.ctx, c.cancel = context.WithCancel(l.ctx)
 	c.wcond = sync.NewCond(&c.wmu)
@@ -478,11 +476,10 @@ func (c *h2Conn) processReset(f *http2.RSTStreamFrame) {
 func (c *h2Conn) processData(f *http2.DataFrame) error {
 	n := int64(f.Length) // padding included: it counts against flow control
 	c.mu.Lock()
-	if n > c.recvWin {
+	if !c.recv.take(n) {
 		c.mu.Unlock()
 		return http2.ConnectionError(http2.ErrCodeFlowControl)
 	}
-	c.recvWin -= n
 	st := c.streams[f.StreamID]
 	if st == nil {
 		c.mu.Unlock()
@@ -508,13 +505,12 @@ func (c *h2Conn) processData(f *http2.DataFrame) error {
 		}
 		return nil
 	}
-	if int64(len(data)) > st.recvWin {
+	if !st.recv.take(int64(len(data))) {
 		st.mu.Unlock()
 		c.writeReset(st.id, http2.ErrCodeFlowControl)
 		st.abort(errH2StreamReset)
 		return nil
 	}
-	st.recvWin -= int64(len(data))
 	if len(data) > 0 {
 		if st.off == len(st.buf) {
 			st.buf, st.off = st.buf[:0], 0
@@ -544,12 +540,7 @@ func (c *h2Conn) processData(f *http2.DataFrame) error {
 // batches of half the window.
 func (c *h2Conn) returnConnCredit(n int64) {
 	c.mu.Lock()
-	c.connDebt += n
-	var incr int64
-	if c.connDebt >= h2ConnWindow/2 {
-		incr, c.connDebt = c.connDebt, 0
-		c.recvWin += incr
-	}
+	incr := c.recv.consumed(n, true)
 	c.mu.Unlock()
 	if incr > 0 {
 		c.wmu.Lock()
@@ -725,7 +716,7 @@ func (c *h2Conn) newStream(f *http2.MetaHeadersFrame) (*h2Stream, error) {
 		}
 	}
 	delete(h, "Host")
-	st := &h2Stream{c: c, id: f.StreamID, recvWin: h2StreamWindow, declared: -1}
+	st := &h2Stream{c: c, id: f.StreamID, recv: newH2RecvWindow(h2StreamWindow), declared: -1}
 	st.cond.L = &st.mu
 	st.ctx, st.cancel = context.WithCancel(c.ctx)
 	req := h2ReqTemplate.WithContext(st.ctx) // a copy: one allocation, not two
@@ -948,12 +939,7 @@ func (b *h2Body) Read(p []byte) (int, error) {
 	if st.off < len(st.buf) {
 		n := copy(p, st.buf[st.off:])
 		st.off += n
-		st.debt += int64(n)
-		var incr int64
-		if st.debt >= h2StreamWindow/2 && !st.eof {
-			incr, st.debt = st.debt, 0
-			st.recvWin += incr
-		}
+		incr := st.recv.consumed(int64(n), !st.eof)
 		st.mu.Unlock()
 		if incr > 0 {
 			c.wmu.Lock()
