@@ -589,16 +589,13 @@ type h1Response struct {
 	status      int
 	wroteHeader bool // the status is decided
 	headSent    bool // the head is in the writer
-	isHead      bool
-	bodyAllowed bool
-	cl          int64 // declared Content-Length, -1 when unknown
-	written     int64
-	chunked     bool
-	closeAfter  bool
-	pending     []byte   // body of unknown length held back (at most pendingMax)
-	trailers    []string // trailer names declared with "Trailer" when the head was sent
-	werr        error
-	hijacked    bool
+	respBody
+	chunked    bool
+	closeAfter bool
+	pending    []byte   // body of unknown length held back (at most pendingMax)
+	trailers   []string // trailer names declared with "Trailer" when the head was sent
+	werr       error
+	hijacked   bool
 
 	mu       sync.Mutex // a 100 Continue (from a body read) against the head
 	contSent bool
@@ -681,6 +678,34 @@ func (w *h1Response) writeContinue() {
 	}
 }
 
+// respBody is what the HTTP/1 and HTTP/2 servers' responses track of the body the handler
+// writes.
+type respBody struct {
+	isHead      bool
+	bodyAllowed bool
+	cl          int64 // declared Content-Length, -1 when unknown
+	written     int64
+}
+
+// admit accounts for p, about to be written as body. send is false when nothing goes on
+// the wire: on an error (no body allowed for the status, werr, the response's write error
+// so far, or p passing the declared Content-Length), for an empty write where no body is
+// allowed, or for a response to HEAD (p counted, n = len(p)).
+func (b *respBody) admit(p []byte, werr error) (n int, send bool, err error) {
+	switch {
+	case !b.bodyAllowed && len(p) > 0:
+		return 0, false, http.ErrBodyNotAllowed
+	case !b.bodyAllowed:
+		return 0, false, nil
+	case werr != nil:
+		return 0, false, werr
+	case b.cl >= 0 && b.written+int64(len(p)) > b.cl:
+		return 0, false, http.ErrContentLength
+	}
+	b.written += int64(len(p))
+	return len(p), !b.isHead, nil
+}
+
 func (w *h1Response) Write(p []byte) (int, error) {
 	if w.hijacked {
 		return 0, http.ErrHijacked
@@ -688,21 +713,8 @@ func (w *h1Response) Write(p []byte) (int, error) {
 	if !w.wroteHeader {
 		w.WriteHeader(http.StatusOK)
 	}
-	if !w.bodyAllowed {
-		if len(p) > 0 {
-			return 0, http.ErrBodyNotAllowed
-		}
-		return 0, nil
-	}
-	if w.werr != nil {
-		return 0, w.werr
-	}
-	if w.cl >= 0 && w.written+int64(len(p)) > w.cl {
-		return 0, http.ErrContentLength
-	}
-	w.written += int64(len(p))
-	if w.isHead {
-		return len(p), nil
+	if n, send, err := w.admit(p, w.werr); !send {
+		return n, err
 	}
 	if !w.headSent {
 		if w.cl < 0 && len(w.pending)+len(p) <= pendingMax {

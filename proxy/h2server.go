@@ -988,14 +988,11 @@ type h2Response struct {
 	status      int
 	wroteHeader bool
 	headSent    bool
-	isHead      bool
-	bodyAllowed bool
-	cl          int64
-	written     int64
-	trailers    []string
-	err         error
-	contMu      sync.Mutex
-	contSent    bool
+	respBody
+	trailers []string
+	err      error
+	contMu   sync.Mutex
+	contSent bool
 }
 
 func (w *h2Response) reset(req *http.Request) {
@@ -1063,21 +1060,8 @@ func (w *h2Response) Write(p []byte) (int, error) {
 	if !w.wroteHeader {
 		w.WriteHeader(http.StatusOK)
 	}
-	if !w.bodyAllowed {
-		if len(p) > 0 {
-			return 0, http.ErrBodyNotAllowed
-		}
-		return 0, nil
-	}
-	if w.err != nil {
-		return 0, w.err
-	}
-	if w.cl >= 0 && w.written+int64(len(p)) > w.cl {
-		return 0, http.ErrContentLength
-	}
-	w.written += int64(len(p))
-	if w.isHead {
-		return len(p), nil
+	if n, send, err := w.admit(p, w.err); !send {
+		return n, err
 	}
 	if !w.headSent {
 		w.sendHead(false, false)
