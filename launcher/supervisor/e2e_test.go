@@ -625,7 +625,10 @@ func TestUpIsolationLimitsDown(t *testing.T) {
 	e.reg.mu.Lock()
 	dereg := e.reg.deregistered["web-1"]
 	e.reg.mu.Unlock()
-	drain := logTime(t, filepath.Join(e.logDir, e.project, "web-1", "sidecar.log"), "drain requested")
+	// The drain by the sidecar's own clock: a line's capture time can lag behind the app's
+	// (each stream is copied by its own goroutine), and the app is signalled only once the
+	// sidecar has answered the drain.
+	drain := sidecarLogTime(t, filepath.Join(e.logDir, e.project, "web-1", "sidecar.log"), "drain requested")
 	appStop := logTime(t, filepath.Join(e.logDir, e.project, "web-1", "app.log"), "stopping on signal")
 	exit := logTime(t, filepath.Join(e.logDir, e.project, "web-1", "sidecar.log"), "sidecar stopped")
 	if dereg.IsZero() || !dereg.Before(drain) || !drain.Before(appStop) || !appStop.Before(exit) {
@@ -650,6 +653,30 @@ func logTime(t *testing.T, path, s string) time.Time {
 			}
 			return tm
 		}
+	}
+	t.Fatalf("%s has no line with %q:\n%s", path, s, b)
+	return time.Time{}
+}
+
+// sidecarLogTime is logTime for a line of the sidecar's JSON log, by the time the sidecar
+// wrote into it rather than the time the launcher captured it.
+func sidecarLogTime(t *testing.T, path, s string) time.Time {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if !strings.Contains(line, s) {
+			continue
+		}
+		var rec struct {
+			Time time.Time `json:"time"`
+		}
+		if i := strings.IndexByte(line, '{'); i < 0 || json.Unmarshal([]byte(line[i:]), &rec) != nil || rec.Time.IsZero() {
+			t.Fatalf("%s: no JSON time in %q", path, line)
+		}
+		return rec.Time
 	}
 	t.Fatalf("%s has no line with %q:\n%s", path, s, b)
 	return time.Time{}
